@@ -1,0 +1,137 @@
+"""One frozen configuration for the whole model; it travels as JSON inside every checkpoint."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass
+
+FILL_MODES = ("propagate", "global", "average", "content", "none")
+ALIGN_MODES = ("hard", "soft")
+BACKENDS = ("auto", "xformers", "sdpa", "chunked", "naive")
+
+
+@dataclass(frozen=True)
+class COATConfig:
+    """Architecture and inference defaults of a COAT model.
+
+    Scales are given as divisors of the model resolution: ``scales=(16, 8, 4)`` at ``resolution=256`` aligns
+    feature maps of 16², 32² and 64² cells (coarse to fine).
+    """
+
+    # -- geometry -------------------------------------------------------------------------------------------
+    resolution: int = 256                      # square model resolution R (power of two, >= 16)
+    scales: tuple[int, ...] = (16, 8, 4)       # aligned scales as divisors of R, coarse to fine
+    # -- encoder --------------------------------------------------------------------------------------------
+    encoder_channels: tuple[int, ...] = (64, 128, 256, 512, 512)  # one per level, R, R/2, R/4, ...
+    feature_dim: int = 256                     # FPN feature channels at every aligned scale
+    descriptor_dim: int = 128                  # matching descriptor channels (L2-normalised)
+    # -- decoder (StyleGAN2 synthesis) ----------------------------------------------------------------------
+    w_dim: int = 256                           # latent channels per layer
+    channel_base: int = 8192                   # decoder channels at resolution r: min(channel_base / r, channel_max)
+    channel_max: int = 256
+    n_content_layers: int = 5                  # layers < n are driven by content latents
+    # -- correspondence -------------------------------------------------------------------------------------
+    temperature: float = 0.02                  # softmax temperature of the soft path (attention scale = 1/T)
+    sim_threshold: float = 0.3                 # hard path: minimum cosine similarity of a confident match
+    cycle_tolerance: float = 1.0               # hard path: max forward-backward error, in cells (L-inf)
+    cycle_sigma: float = 1.0                   # confidence falloff of the cycle error, in cells
+    geometric_sigma: float = 0.1               # pair-wise distance check sigma, normalised units
+    geometric_threshold: float = 0.5           # keep matches whose geometric score >= this
+    geometric_radius: int = 3                  # neighbourhood radius (cells) of the pair-wise distance check
+    confidence_threshold: float = 0.5          # soft path: mask = confidence >= threshold
+    fill: str = "propagate"                    # fill of unconfident cells
+    coarse_to_fine: bool = False               # hard path: restrict finer searches around coarse matches
+    search_radius: int = 2                     # coarse-to-fine window radius, cells of the finer scale
+    center_descriptors: bool = True            # CoCosNet centring before the cosine correlation
+
+    def __post_init__(self) -> None:
+        r = self.resolution
+        if r < 16 or r & (r - 1):
+            raise ValueError(f"resolution must be a power of two >= 16, got {r}")
+        if not self.scales or any(s < 1 or r % s or s & (s - 1) for s in self.scales):
+            raise ValueError(f"scales must be powers of two dividing the resolution {r}, got {self.scales}")
+        if list(self.scales) != sorted(self.scales, reverse=True) or len(set(self.scales)) != len(self.scales):
+            raise ValueError(f"scales must be distinct and ordered coarse to fine (decreasing), got {self.scales}")
+        if r // self.scales[0] < 2:
+            raise ValueError(f"the coarsest scale 1/{self.scales[0]} of {r} px leaves fewer than 2x2 cells")
+        if len(self.encoder_channels) < self.encoder_levels:
+            raise ValueError(
+                f"encoder_channels needs {self.encoder_levels} entries to reach 1/{self.scales[0]}, "
+                f"got {len(self.encoder_channels)}"
+            )
+        if self.fill not in FILL_MODES:
+            raise ValueError(f"fill must be one of {FILL_MODES}, got {self.fill!r}")
+        if not 1 <= self.n_content_layers <= self.n_layers:
+            raise ValueError(f"n_content_layers must be in [1, {self.n_layers}], got {self.n_content_layers}")
+        if self.temperature <= 0:
+            raise ValueError(f"temperature must be > 0, got {self.temperature}")
+
+    # -- derived ----------------------------------------------------------------------------------------------
+    @property
+    def log2_resolution(self) -> int:
+        return int(math.log2(self.resolution))
+
+    @property
+    def n_layers(self) -> int:
+        """Number of per-layer latents L = 2 log2 R - 2 (rosinality's ``n_latent``)."""
+        return 2 * self.log2_resolution - 2
+
+    @property
+    def encoder_levels(self) -> int:
+        """Encoder levels from R down to the coarsest aligned scale (R, R/2, ..., R/scales[0])."""
+        return int(math.log2(self.scales[0])) + 1
+
+    def decoder_channels(self, res: int) -> int:
+        return int(min(self.channel_base // res, self.channel_max))
+
+    def layer_resolution(self, layer: int) -> int:
+        """Resolution at which latent ``layer`` modulates (the table of COAT_SPEC B.6)."""
+        return 4 if layer == 0 else 2 ** ((layer + 1) // 2 + 2)
+
+    def layer_scale(self, layer: int) -> int:
+        """Aligned scale (a divisor) whose feature map drives latent ``layer``.
+
+        The finest scale whose map is no larger than the layer's resolution; the coarsest scale otherwise.
+        """
+        res = self.layer_resolution(layer)
+        fitting = [s for s in self.scales if self.resolution // s <= res]
+        return fitting[-1] if fitting else self.scales[0]
+
+    # -- presets and serialisation ------------------------------------------------------------------------------
+    @classmethod
+    def tiny(cls, **overrides) -> "COATConfig":
+        """A 32 px model with a few channels: for tests and quick experiments."""
+        base = dict(
+            resolution=32, scales=(8, 4, 2), encoder_channels=(8, 16, 16, 16), feature_dim=16,
+            descriptor_dim=16, w_dim=16, channel_base=256, channel_max=16, n_content_layers=3,
+        )
+        return cls(**{**base, **overrides})
+
+    @classmethod
+    def small(cls, **overrides) -> "COATConfig":
+        """The bundled checkpoint's architecture: 64-128 px, trainable on a CPU."""
+        base = dict(
+            resolution=64, scales=(8, 4, 2), encoder_channels=(32, 64, 96, 128), feature_dim=96,
+            descriptor_dim=64, w_dim=64, channel_base=4096, channel_max=128, n_content_layers=4,
+        )
+        return cls(**{**base, **overrides})
+
+    def replace(self, **changes) -> "COATConfig":
+        return dataclasses.replace(self, **changes)
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "COATConfig":
+        data = json.loads(text)
+        known = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - set(known))
+        if unknown:
+            raise ValueError(f"unknown COATConfig fields {unknown}: the checkpoint is from a newer version")
+        for name, value in data.items():
+            if isinstance(value, list):
+                data[name] = tuple(value)
+        return cls(**data)

@@ -1,0 +1,85 @@
+"""Encoder E: residual CNN with anti-aliased downsampling, an FPN top-down path, latent and descriptor heads.
+
+Outputs, for an image batch at the model resolution R (COAT_SPEC B.1-B.3):
+- ``features[s]``: FPN maps [B, feature_dim, R/s, R/s] for every aligned scale s (a divisor of R);
+- ``descriptors[s]``: L2-normalised matching descriptors [B, descriptor_dim, R/s, R/s];
+- ``offsets[l]``: per-layer latent offsets [B, w_dim, R/s(l), R/s(l)]; the latent is w_avg + offset.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import COATConfig
+from .layers import Downsample, EqualConv2d, FusedLeakyReLU
+
+
+class ConvAct(nn.Sequential):
+    def __init__(self, in_ch: int, out_ch: int, kernel: int = 3):
+        super().__init__(EqualConv2d(in_ch, out_ch, kernel, padding=kernel // 2, bias=False), FusedLeakyReLU(out_ch))
+
+
+class ResBlock(nn.Module):
+    """StyleGAN2 discriminator block: two convs with blur-downsampling, a 1x1 skip, sum scaled by 1/sqrt(2)."""
+
+    def __init__(self, in_ch: int, out_ch: int):
+        super().__init__()
+        self.conv1 = ConvAct(in_ch, in_ch)
+        self.down = Downsample()
+        self.conv2 = ConvAct(in_ch, out_ch)
+        self.skip = EqualConv2d(in_ch, out_ch, 1, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.conv2(self.down(self.conv1(x)))
+        return (out + self.skip(self.down(x))) / math.sqrt(2)
+
+
+class Encoder(nn.Module):
+    def __init__(self, config: COATConfig):
+        super().__init__()
+        self.config = config
+        ch = config.encoder_channels
+        levels = config.encoder_levels
+        self.from_rgb = ConvAct(3, ch[0], kernel=1)
+        self.blocks = nn.ModuleList(ResBlock(ch[i - 1], ch[i]) for i in range(1, levels))
+        level_of = {s: int(math.log2(s)) for s in config.scales}
+        self.level_of = level_of
+        d = config.feature_dim
+        self.lateral = nn.ModuleDict({str(s): EqualConv2d(ch[level_of[s]], d, 1) for s in config.scales})
+        self.smooth = nn.ModuleDict({str(s): ConvAct(d, d) for s in config.scales})
+        self.descriptor = nn.ModuleDict({
+            str(s): nn.Sequential(EqualConv2d(d, d, 1), nn.ReLU(), EqualConv2d(d, config.descriptor_dim, 1))
+            for s in config.scales
+        })
+        self.latent_heads = nn.ModuleList(
+            nn.Sequential(ConvAct(d, d), EqualConv2d(d, config.w_dim, 1)) for _ in range(config.n_layers)
+        )
+        # The last conv of each head starts small so that latents start near the average latent.
+        for head in self.latent_heads:
+            head[-1].weight.data.mul_(0.1)
+
+    def pyramid(self, images: torch.Tensor) -> dict[int, torch.Tensor]:
+        """[B, 3, R, R] in [-1, 1] -> FPN features per aligned scale."""
+        x = self.from_rgb(images)
+        levels = [x]
+        for block in self.blocks:
+            x = block(x)
+            levels.append(x)
+        features, top = {}, None
+        for s in self.config.scales:  # coarse to fine
+            lateral = self.lateral[str(s)](levels[self.level_of[s]])
+            if top is not None:
+                lateral = lateral + F.interpolate(top, size=lateral.shape[-2:], mode="bilinear", align_corners=False)
+            top = lateral
+            features[s] = self.smooth[str(s)](lateral)
+        return features
+
+    def descriptors(self, features: dict[int, torch.Tensor]) -> dict[int, torch.Tensor]:
+        return {s: F.normalize(self.descriptor[str(s)](f), dim=1) for s, f in features.items()}
+
+    def latent_offsets(self, features: dict[int, torch.Tensor]) -> list[torch.Tensor]:
+        return [head(features[self.config.layer_scale(l)]) for l, head in enumerate(self.latent_heads)]

@@ -1,0 +1,180 @@
+"""Checkpoints: ``.safetensors`` only, with the JSON config and a format version in the metadata.
+
+Loading never unpickles. The one pickle reader, :func:`import_stylegan2`, reads a rosinality-format generator
+with ``torch.load(weights_only=True)``, which refuses arbitrary objects.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+import tempfile
+from pathlib import Path
+
+import torch
+
+from .config import COATConfig
+
+FORMAT = "coat"
+FORMAT_VERSION = "1"
+_MAX_HEADER = 100 * 1024 * 1024
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be loaded; the message says why and what to do."""
+
+
+def _inspect(path: Path) -> dict[str, str]:
+    """Validate the safetensors container without executing anything; return its metadata."""
+    if path.suffix != ".safetensors":
+        raise CheckpointError(f"{path.name}: COAT checkpoints are .safetensors files (got {path.suffix or 'no suffix'})")
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(8)
+        if len(head) < 8:
+            raise CheckpointError(f"{path.name} is empty or truncated ({size} bytes): re-download or re-save it")
+        if head[:2] == b"PK" or head[:1] == b"\x80":
+            raise CheckpointError(
+                f"{path.name} is a PyTorch pickle/zip file renamed to .safetensors; COAT never unpickles. "
+                "Convert it with coat_model.io.import_stylegan2 (generators) or re-save it as safetensors"
+            )
+        (header_len,) = struct.unpack("<Q", head)
+        if header_len > min(_MAX_HEADER, size - 8):
+            raise CheckpointError(f"{path.name} is not a valid safetensors file (truncated or corrupt header)")
+        header = f.read(header_len)
+    try:
+        meta = json.loads(header)
+    except ValueError:
+        raise CheckpointError(f"{path.name} is not a valid safetensors file (unreadable header)") from None
+    end = max((v["data_offsets"][1] for k, v in meta.items() if k != "__metadata__"), default=0)
+    if 8 + header_len + end > size:
+        raise CheckpointError(f"{path.name} is truncated ({size} bytes, needs {8 + header_len + end}): re-save it")
+    metadata = meta.get("__metadata__") or {}
+    if metadata.get("format") != FORMAT or "config" not in metadata:
+        raise CheckpointError(f"{path.name} is a safetensors file but not a COAT checkpoint (no COAT config inside)")
+    if metadata.get("format_version") != FORMAT_VERSION:
+        raise CheckpointError(
+            f"{path.name} has COAT format version {metadata.get('format_version')!r}; "
+            f"this version reads {FORMAT_VERSION!r}: update comfyui-coat"
+        )
+    return metadata
+
+
+def read_config(path) -> COATConfig:
+    return COATConfig.from_json(_inspect(Path(path))["config"])
+
+
+def save(model, path, metadata: dict[str, str] | None = None) -> None:
+    """Atomically write ``model`` (a :class:`COAT`) to ``path`` (temporary file + rename)."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        raise CheckpointError(f"save to a .safetensors path, got {path.name}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    meta = {**(metadata or {}), "format": FORMAT, "format_version": FORMAT_VERSION, "config": model.config.to_json()}
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata=meta)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def load(path, device=None, dtype=None):
+    """Load a COAT model from a ``.safetensors`` checkpoint; eval mode, on ``device`` in ``dtype``."""
+    from safetensors.torch import load_file
+
+    from .model import COAT
+
+    path = Path(path)
+    metadata = _inspect(path)
+    try:
+        config = COATConfig.from_json(metadata["config"])
+    except (ValueError, TypeError) as e:
+        raise CheckpointError(f"{path.name} holds an invalid COAT config: {e}") from None
+    model = COAT(config)
+    state = load_file(str(path))
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    wrong = sorted(k for k in set(state) & set(expected) if state[k].shape != expected[k].shape)
+    if missing or unexpected or wrong:
+        raise CheckpointError(
+            f"{path.name} does not match its own config (another architecture or a damaged file): "
+            f"missing {missing[:3]}, unexpected {unexpected[:3]}, wrong shapes {wrong[:3]}"
+        )
+    model.load_state_dict(state)
+    model.eval().requires_grad_(False)
+    return model.to(device=device, dtype=dtype)
+
+
+def metadata(path) -> dict[str, str]:
+    """The metadata of a COAT checkpoint (config JSON, format version, training notes)."""
+    return _inspect(Path(path))
+
+
+# -- rosinality StyleGAN2 import -----------------------------------------------------------------------------------
+
+
+def import_stylegan2(path, config: COATConfig | None = None, *, n_mean: int = 4096, seed: int = 0):
+    """Build a :class:`COAT` whose decoder is a rosinality-format StyleGAN2 generator (``g_ema``).
+
+    The encoder stays randomly initialised (train it with the decoder frozen, COAT_SPEC A.7 I1). The average
+    latent comes from ``latent_avg`` when present, otherwise from the mapping network over ``n_mean`` samples.
+    The file is read with ``torch.load(weights_only=True)``: no code in it can run.
+    """
+    from .model import COAT
+
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - report every failure the same way
+        raise CheckpointError(f"cannot read {path} as a weights-only PyTorch checkpoint: {e}") from None
+    g = ckpt.get("g_ema", ckpt) if isinstance(ckpt, dict) else None
+    if not isinstance(g, dict) or "input.input" not in g or "conv1.conv.weight" not in g:
+        raise CheckpointError(f"{path} is not a rosinality StyleGAN2 checkpoint (no g_ema synthesis weights)")
+    n_convs = len({k.split(".")[1] for k in g if k.startswith("convs.")})
+    resolution = 2 ** (n_convs // 2 + 2)
+    w_dim = g["conv1.conv.modulation.weight"].shape[1]
+    channels = {4: g["input.input"].shape[1]}
+    for i in range(n_convs // 2):
+        channels[2 ** (i + 3)] = g[f"convs.{2 * i}.conv.weight"].shape[1]
+    if config is None:
+        config = COATConfig(
+            resolution=resolution, w_dim=w_dim, channel_base=channels[resolution] * resolution,
+            channel_max=channels[4],
+        )
+        if any(config.decoder_channels(r) != c for r, c in channels.items()):
+            raise CheckpointError(f"{path}: unusual channel table {channels}; pass a matching COATConfig explicitly")
+    model = COAT(config)
+    target = model.decoder.state_dict()
+    synthesis = {k: v for k, v in g.items() if k in target}
+    missing = sorted(set(target) - set(synthesis))
+    if missing:
+        raise CheckpointError(f"{path}: generator does not fit the config ({len(missing)} missing, e.g. {missing[:3]})")
+    model.decoder.load_state_dict(synthesis)
+    latent_avg = ckpt.get("latent_avg") if isinstance(ckpt, dict) else None
+    model.w_avg.copy_(latent_avg.flatten()[:w_dim] if latent_avg is not None else _mean_latent(g, w_dim, n_mean, seed))
+    return model
+
+
+def _mean_latent(g: dict[str, torch.Tensor], w_dim: int, n: int, seed: int) -> torch.Tensor:
+    """Mean of rosinality's mapping network (PixelNorm + EqualLinear with fused leaky ReLU) over n samples."""
+    from .layers import fused_leaky_relu
+
+    layers = sorted({int(k.split(".")[1]) for k in g if k.startswith("style.") and k.endswith(".weight")})
+    if not layers:
+        raise CheckpointError("the generator has neither latent_avg nor a mapping network: cannot find w_avg")
+    z = torch.randn(n, w_dim, generator=torch.Generator().manual_seed(seed))
+    x = z * torch.rsqrt(z.square().mean(dim=1, keepdim=True) + 1e-8)
+    lr_mul = 0.01
+    for i in layers:
+        weight, bias = g[f"style.{i}.weight"], g[f"style.{i}.bias"]
+        x = fused_leaky_relu(x @ (weight * lr_mul / weight.shape[1] ** 0.5).t(), bias * lr_mul)
+    return x.mean(dim=0)

@@ -1,0 +1,227 @@
+"""Dense correspondence between content and style descriptor maps, with confidence (COAT_SPEC B.4).
+
+Two paths share one output type, :class:`Match`:
+
+- :func:`soft_match` (differentiable, for training): one attention call gives the aligned style values and the
+  soft-argmax coordinates at once (the coordinate grid rides along in the value tensor); a second call in the
+  other direction gives the cycle (forward-backward) confidence. No HW x HW tensor on the fused backends.
+- :func:`hard_match` (inference default): exact argmax matches in both directions (chunked), confidence from
+  (a) mutual/cycle consistency plus a similarity floor AND (b) consistency of pair-wise distances between
+  neighbouring matches; optional coarse-to-fine search windows.
+
+Coordinates are in [-1, 1], (x, y) order, ``align_corners=True`` (-1 is the centre of the first cell).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from .attention import attend, chunked_argmax
+
+
+@dataclass
+class Match:
+    """Matches of every content cell at one scale.
+
+    flow: [B, 2, h, w] matched style coordinates; confidence: [B, 1, h, w] in [0, 1]; mask: [B, 1, h, w] bool;
+    similarity: [B, 1, h, w] cosine similarity of the match (hard path) or None; aligned: [B, Cv, h, w] soft-
+    aligned values (soft path) or None.
+    """
+
+    flow: torch.Tensor
+    confidence: torch.Tensor
+    mask: torch.Tensor
+    similarity: torch.Tensor | None = None
+    aligned: torch.Tensor | None = None
+
+
+def coordinate_grid(h: int, w: int, device=None, dtype=torch.float32) -> torch.Tensor:
+    """[h*w, 2] cell centres in [-1, 1], (x, y), row-major."""
+    ys = torch.linspace(-1, 1, h, device=device, dtype=dtype) if h > 1 else torch.zeros(1, device=device, dtype=dtype)
+    xs = torch.linspace(-1, 1, w, device=device, dtype=dtype) if w > 1 else torch.zeros(1, device=device, dtype=dtype)
+    gy, gx = torch.meshgrid(ys, xs, indexing="ij")
+    return torch.stack([gx, gy], dim=-1).reshape(h * w, 2)
+
+
+def cell_size(h: int, w: int) -> torch.Tensor:
+    """Size of one cell in normalised units, (x, y)."""
+    return torch.tensor([2.0 / max(w - 1, 1), 2.0 / max(h - 1, 1)])
+
+
+def tokens(maps: torch.Tensor) -> torch.Tensor:
+    """[B, C, h, w] -> contiguous [B, h*w, C]."""
+    return maps.flatten(2).transpose(1, 2).contiguous()
+
+
+def untokens(t: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """[B, h*w, C] -> [B, C, h, w]."""
+    return t.transpose(1, 2).reshape(t.shape[0], t.shape[2], h, w)
+
+
+def prepare_descriptors(d: torch.Tensor, center: bool = True) -> torch.Tensor:
+    """Centre per image over space (CoCosNet) and L2-normalise along channels; [B, C, h, w] -> [B, h*w, C]."""
+    if center:
+        d = d - d.mean(dim=(2, 3), keepdim=True)
+    return tokens(F.normalize(d.float(), dim=1))
+
+
+def sample_at(maps: torch.Tensor, flow: torch.Tensor, mode: str = "bilinear") -> torch.Tensor:
+    """Sample ``maps`` [B, C, H, W] at coordinates ``flow`` [B, 2, h, w] -> [B, C, h, w]."""
+    return F.grid_sample(maps, flow.permute(0, 2, 3, 1).to(maps.dtype), mode=mode, align_corners=True)
+
+
+# -- soft path -------------------------------------------------------------------------------------------------
+
+
+def soft_match(
+    content_desc: torch.Tensor,
+    style_desc: torch.Tensor,
+    style_values: torch.Tensor | None = None,
+    *,
+    temperature: float,
+    cycle_sigma: float = 1.0,
+    threshold: float = 0.5,
+    backend: str = "auto",
+    center: bool = True,
+) -> Match:
+    """Differentiable soft-argmax matches with cycle confidence.
+
+    Args:
+        content_desc, style_desc: descriptors [B, C, h, w] and [B, C, hs, ws].
+        style_values: optional [B, Cv, hs, ws] maps to align (returned in ``Match.aligned``).
+        temperature: softmax temperature T (attention scale 1/T).
+        cycle_sigma: falloff of the forward-backward error, in content cells.
+        threshold: ``mask = confidence >= threshold``.
+    """
+    b, _, h, w = content_desc.shape
+    hs, ws = style_desc.shape[-2:]
+    q, k = prepare_descriptors(content_desc, center), prepare_descriptors(style_desc, center)
+    grid_s = coordinate_grid(hs, ws, q.device).expand(b, -1, -1)
+    grid_c = coordinate_grid(h, w, q.device).expand(b, -1, -1)
+    values = grid_s if style_values is None else torch.cat([tokens(style_values).float(), grid_s], dim=-1)
+    out = attend(q, k, values, scale=1.0 / temperature, backend=backend)
+    flow = untokens(out[..., -2:], h, w)
+    back_map = untokens(attend(k, q, grid_c, scale=1.0 / temperature, backend=backend), hs, ws)
+    back = sample_at(back_map, flow)
+    err = ((back - untokens(grid_c, h, w)) / cell_size(h, w).to(back)[None, :, None, None]).norm(dim=1, keepdim=True)
+    confidence = torch.exp(-0.5 * (err / cycle_sigma) ** 2)
+    aligned = None if style_values is None else untokens(out[..., :-2], h, w).to(style_values.dtype)
+    return Match(flow=flow, confidence=confidence, mask=confidence >= threshold, aligned=aligned)
+
+
+# -- hard path -------------------------------------------------------------------------------------------------
+
+
+def _window_restriction(prior_flow: torch.Tensor, prior_mask: torch.Tensor, hs: int, ws: int, radius: int):
+    """``allowed(rows)`` for :func:`chunked_argmax`: a (2r+1)^2 window of style cells around the coarse match of
+    each confident content cell; other cells are unrestricted."""
+    b = prior_flow.shape[0]
+    centre = tokens(prior_flow)  # [B, L, 2] in [-1, 1]
+    centre_cells = (centre + 1) / 2 * torch.tensor([ws - 1, hs - 1], device=centre.device, dtype=centre.dtype)
+    confident = tokens(prior_mask.float())[..., 0] > 0.5
+    grid = coordinate_grid(hs, ws, centre.device)
+    grid_cells = (grid + 1) / 2 * torch.tensor([ws - 1, hs - 1], device=grid.device, dtype=grid.dtype)
+
+    def allowed(rows: slice) -> torch.Tensor:
+        delta = (grid_cells[None, None] - centre_cells[:, rows, None]).abs().amax(dim=-1)  # [B, rows, Ls]
+        return (delta <= radius + 0.5) | ~confident[:, rows, None].expand(b, -1, grid.shape[0])
+
+    return allowed
+
+
+def geometric_consistency(
+    content_xy: torch.Tensor, style_xy: torch.Tensor, valid: torch.Tensor, *, radius: int, sigma: float
+) -> torch.Tensor:
+    """Consistency of pair-wise distances between neighbouring matches (COAT_SPEC B.4 step 3 (b)).
+
+    For each content cell i and each valid neighbour k within ``radius`` cells, compares the content distance
+    ``d_c(i, k)``, scaled by the image's median ratio rho = median(d_s / d_c), with the distance ``d_s`` between
+    their matches. Score ``g_i = mean_k exp(-(rho d_c - d_s)^2 / sigma^2)``; 0 where i has no valid neighbour.
+
+    Args:
+        content_xy, style_xy: [B, 2, h, w] positions in cells (content grid and matched style cells).
+        valid: [B, 1, h, w] bool, the candidate matches.
+        radius: neighbourhood radius in cells; sigma: tolerance in cells.
+    Returns: [B, 1, h, w] scores in [0, 1].
+    """
+    b, _, h, w = content_xy.shape
+    size = 2 * radius + 1
+    unfold = lambda t: F.unfold(t, size, padding=radius).view(b, t.shape[1], size * size, h * w)  # noqa: E731
+    centre = (size * size) // 2
+    vf = valid.float()
+    pair_valid = (unfold(vf)[:, 0] > 0.5) & (vf.view(b, 1, h * w) > 0.5)  # [B, K, N]
+    pair_valid[:, centre] = False
+    # Unfolding pads with zeros; padded neighbours are invalid, so their positions never count.
+    d_c = (unfold(content_xy) - content_xy.view(b, 2, 1, h * w)).norm(dim=1)
+    d_s = (unfold(style_xy) - style_xy.view(b, 2, 1, h * w)).norm(dim=1)
+    ratio = torch.where(pair_valid, d_s / d_c.clamp_min(1e-6), torch.nan)
+    rho = ratio.flatten(1).nanmedian(dim=1).values.nan_to_num(1.0)[:, None, None]
+    score = torch.exp(-((rho * d_c - d_s) / sigma) ** 2) * pair_valid
+    count = pair_valid.sum(dim=1)
+    g = score.sum(dim=1) / count.clamp_min(1)
+    return torch.where(count > 0, g, torch.zeros_like(g)).view(b, 1, h, w)
+
+
+def hard_match(
+    content_desc: torch.Tensor,
+    style_desc: torch.Tensor,
+    *,
+    sim_threshold: float = 0.3,
+    cycle_tolerance: float = 1.0,
+    cycle_sigma: float = 1.0,
+    geometric: bool = True,
+    geometric_radius: int = 3,
+    geometric_sigma: float = 1.5,
+    geometric_threshold: float = 0.5,
+    confidence_threshold: float = 0.0,
+    prior: Match | None = None,
+    search_radius: int = 2,
+    center: bool = True,
+) -> Match:
+    """Argmax matches with mutual/cycle and pair-wise-distance confidence (COAT_SPEC B.4).
+
+    ``mask`` = cycle error <= ``cycle_tolerance`` cells AND similarity >= ``sim_threshold`` AND (if
+    ``geometric``) a geometric score >= ``geometric_threshold`` (computed twice, the second time on the survivors
+    of the first) AND ``confidence >= confidence_threshold``. ``confidence`` = exp(-err^2 / 2 sigma^2) times the
+    geometric score, zero below the similarity floor. ``prior`` (a coarser Match) restricts the search to
+    ``search_radius`` cells around the coarse match of its confident cells.
+    """
+    b, _, h, w = content_desc.shape
+    hs, ws = style_desc.shape[-2:]
+    q, k = prepare_descriptors(content_desc, center), prepare_descriptors(style_desc, center)
+    allowed = None
+    if prior is not None:
+        prior_flow = F.interpolate(prior.flow, size=(h, w), mode="nearest")
+        prior_mask = F.interpolate(prior.mask.float(), size=(h, w), mode="nearest")
+        allowed = _window_restriction(prior_flow, prior_mask, hs, ws, search_radius)
+    sim, fwd = chunked_argmax(q, k, allowed=allowed)  # content -> style
+    _, bwd = chunked_argmax(k, q)  # style -> content
+    cycle = torch.gather(bwd, 1, fwd)  # content -> style -> content
+
+    grid_c = torch.stack(torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij"), 0).flip(0)
+    grid_c = grid_c.to(q.device, torch.float32).reshape(2, h * w)  # (x, y) in cells
+    style_cells = torch.stack([fwd % ws, fwd // ws], dim=1).float()  # [B, 2, N]
+    back_cells = torch.stack([cycle % w, cycle // w], dim=1).float()
+    err = (back_cells - grid_c).abs().amax(dim=1).view(b, 1, h, w)
+
+    similarity = sim.view(b, 1, h, w)
+    confidence = torch.exp(-0.5 * (err / cycle_sigma) ** 2) * (similarity >= sim_threshold)
+    mask = (err <= cycle_tolerance) & (similarity >= sim_threshold)
+    if geometric:
+        content_xy = grid_c.view(1, 2, h, w).expand(b, -1, -1, -1)
+        style_xy = style_cells.view(b, 2, h, w)
+        g = geometric_consistency(content_xy, style_xy, mask, radius=geometric_radius, sigma=geometric_sigma)
+        g = geometric_consistency(
+            content_xy, style_xy, mask & (g >= geometric_threshold), radius=geometric_radius, sigma=geometric_sigma
+        )
+        mask = mask & (g >= geometric_threshold)
+        confidence = confidence * g
+    mask = mask & (confidence >= confidence_threshold)
+    to_unit = torch.tensor([2.0 / max(ws - 1, 1), 2.0 / max(hs - 1, 1)], device=q.device)
+    flow = (style_cells * to_unit[None, :, None] - 1.0).view(b, 2, h, w)
+    if ws == 1 or hs == 1:
+        flow = flow.clamp(-1, 1) * torch.tensor([ws > 1, hs > 1], device=q.device).view(1, 2, 1, 1)
+    return Match(flow=flow, confidence=confidence, mask=mask, similarity=similarity)

@@ -1,0 +1,345 @@
+"""The COAT model: encode, align, decode, transfer (COAT_SPEC B.9)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import ALIGN_MODES, COATConfig
+from .decoder import Decoder
+from .encoder import Encoder
+from .fill import fill_unconfident
+from .inputs import COATInputError, Frame, check_images, pair_batches
+from .matching import Match, hard_match, sample_at, soft_match
+
+
+@dataclass
+class Latents:
+    """Encoder output for a batch of images.
+
+    features / descriptors: per aligned scale s (a divisor of R), [B, C, R/s, R/s]; maps: per decoder layer l,
+    the spatial latent W_l = w_avg + offset [B, w_dim, R/s(l), R/s(l)]; frame: where the input sits in the
+    model canvas; mask: optional object mask [B, 1, R, R] (1 = object).
+    """
+
+    features: dict[int, torch.Tensor]
+    descriptors: dict[int, torch.Tensor]
+    maps: list[torch.Tensor]
+    frame: Frame
+    mask: torch.Tensor | None = None
+
+    @property
+    def batch_size(self) -> int:
+        return self.maps[0].shape[0]
+
+    def expand(self, batch: int) -> "Latents":
+        """Broadcast a single-image Latents to ``batch`` images (views, no copies)."""
+        if self.batch_size == batch:
+            return self
+        grow = lambda t: t.expand(batch, *t.shape[1:])  # noqa: E731
+        return Latents(
+            features={s: grow(t) for s, t in self.features.items()},
+            descriptors={s: grow(t) for s, t in self.descriptors.items()},
+            maps=[grow(t) for t in self.maps],
+            frame=self.frame,
+            mask=None if self.mask is None else grow(self.mask),
+        )
+
+
+@dataclass
+class Alignment:
+    """Style latents aligned to a content, per scale and per layer.
+
+    flow[s]: matched style coordinates in [-1, 1], [B, 2, h, w]; confidence[s]: [B, 1, h, w] in [0, 1];
+    mask[s]: [B, 1, h, w] bool; maps[l]: aligned style latent of layer l; mode: "hard" or "soft".
+    """
+
+    flow: dict[int, torch.Tensor]
+    confidence: dict[int, torch.Tensor]
+    mask: dict[int, torch.Tensor]
+    maps: list[torch.Tensor]
+    mode: str
+    options: dict = field(default_factory=dict)
+
+    @property
+    def scales(self) -> tuple[int, ...]:
+        return tuple(self.flow)
+
+    def coverage(self) -> dict[int, float]:
+        """Share of confident content cells per scale."""
+        return {s: m.float().mean().item() for s, m in self.mask.items()}
+
+
+class COAT(nn.Module):
+    """Correspondence-driven Object Appearance Transfer.
+
+    >>> model = COAT(COATConfig.tiny())
+    >>> images, confidence = model.transfer(content, style)     # [B, 3, H, W] in [0, 1] each
+    """
+
+    def __init__(self, config: COATConfig):
+        super().__init__()
+        self.config = config
+        self.encoder = Encoder(config)
+        self.decoder = Decoder(config)
+        self.register_buffer("w_avg", torch.zeros(config.w_dim))
+
+    @property
+    def n_layers(self) -> int:
+        return self.config.n_layers
+
+    @property
+    def device(self) -> torch.device:
+        return self.w_avg.device
+
+    # -- encode ------------------------------------------------------------------------------------------------
+    def encode(self, images: torch.Tensor, mask: torch.Tensor | None = None) -> Latents:
+        """Images [B, 3, H, W] in [0, 1] (any size; letterboxed to R) -> :class:`Latents`.
+
+        ``mask`` [B, 1, H, W] or [B, H, W] (1 = object) marks the object: background content cells keep
+        their own latents when aligning.
+        """
+        check_images(images)
+        frame = Frame.fit(images.shape[-2], images.shape[-1], self.config.resolution)
+        dtype = next(self.parameters()).dtype
+        x = frame.to_canvas(images.to(self.device, dtype)) * 2 - 1
+        canvas_mask = None
+        if mask is not None:
+            canvas_mask = frame.to_canvas(self._check_mask(mask, images).to(self.device, dtype))
+        features = self.encoder.pyramid(x)
+        offsets = self.encoder.latent_offsets(features)
+        maps = [self.w_avg.view(1, -1, 1, 1).to(o) + o for o in offsets]
+        return Latents(features, self.encoder.descriptors(features), maps, frame, canvas_mask)
+
+    @staticmethod
+    def _check_mask(mask: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+        if mask.dim() == 3:
+            mask = mask[:, None]
+        if mask.dim() != 4 or mask.shape[1] != 1:
+            raise COATInputError(f"mask must be [B, H, W] or [B, 1, H, W], got shape {tuple(mask.shape)}")
+        if mask.shape[-2:] != images.shape[-2:]:
+            raise COATInputError(
+                f"mask size {tuple(mask.shape[-2:])} differs from the image size {tuple(images.shape[-2:])}: "
+                "resize the mask to the image first"
+            )
+        if mask.shape[0] not in (1, images.shape[0]):
+            raise COATInputError(f"mask batch {mask.shape[0]} must be 1 or the image batch {images.shape[0]}")
+        if not torch.isfinite(mask).all():
+            raise COATInputError("mask contains NaN or Inf values")
+        return mask.float().clamp(0, 1).expand(images.shape[0], -1, -1, -1)
+
+    # -- align -------------------------------------------------------------------------------------------------
+    def align(
+        self,
+        content: Latents,
+        style: Latents,
+        *,
+        backend: str = "auto",
+        mode: str = "hard",
+        temperature: float | None = None,
+        confidence_threshold: float | None = None,
+        sim_threshold: float | None = None,
+        cycle_sigma: float | None = None,
+        geometric: bool = True,
+        fill: str | None = None,
+        scales: tuple[int, ...] | None = None,
+        coarse_to_fine: bool | None = None,
+    ) -> Alignment:
+        """Align the style latents to the content through dense correspondence (COAT_SPEC B.4-B.5).
+
+        Args:
+            backend: attention backend of the soft path ("auto", "xformers", "sdpa", "chunked", "naive").
+            mode: "hard" (argmax matches, inference default) or "soft" (differentiable, training).
+            temperature, confidence_threshold, sim_threshold, cycle_sigma, fill, coarse_to_fine: override the
+                config defaults. geometric: the pair-wise distance check of the hard path.
+            scales: subset of the config's scales to match; layers of other scales use the nearest matched
+                scale's flow.
+        """
+        cfg = self.config
+        if mode not in ALIGN_MODES:
+            raise COATInputError(f"mode must be one of {ALIGN_MODES}, got {mode!r}")
+        pair_batches(content.batch_size, style.batch_size)
+        style = style.expand(content.batch_size)
+        scales = tuple(cfg.scales if scales is None else scales)
+        if not scales or any(s not in cfg.scales for s in scales):
+            raise COATInputError(f"scales must be a non-empty subset of the model's scales {cfg.scales}, got {scales}")
+        scales = tuple(s for s in cfg.scales if s in scales)
+        options = dict(
+            temperature=cfg.temperature if temperature is None else temperature,
+            confidence_threshold=cfg.confidence_threshold if confidence_threshold is None else confidence_threshold,
+            sim_threshold=cfg.sim_threshold if sim_threshold is None else sim_threshold,
+            cycle_sigma=cfg.cycle_sigma if cycle_sigma is None else cycle_sigma,
+            fill=cfg.fill if fill is None else fill,
+            coarse_to_fine=cfg.coarse_to_fine if coarse_to_fine is None else coarse_to_fine,
+            geometric=geometric, backend=backend, mode=mode, scales=scales,
+        )
+        matches: dict[int, Match] = {}
+        prior = None
+        for s in scales:
+            dc, ds = content.descriptors[s], style.descriptors[s]
+            if mode == "soft":
+                layers = [l for l in range(cfg.n_layers) if cfg.layer_scale(l) == s]
+                values = torch.cat([style.maps[l] for l in layers], 1) if layers else None
+                m = soft_match(
+                    dc, ds, values, temperature=options["temperature"], cycle_sigma=options["cycle_sigma"],
+                    threshold=options["confidence_threshold"], backend=backend, center=cfg.center_descriptors,
+                )
+            else:
+                m = hard_match(
+                    dc, ds, sim_threshold=options["sim_threshold"], cycle_tolerance=cfg.cycle_tolerance,
+                    cycle_sigma=options["cycle_sigma"], geometric=geometric, geometric_radius=cfg.geometric_radius,
+                    geometric_sigma=cfg.geometric_sigma, geometric_threshold=cfg.geometric_threshold,
+                    confidence_threshold=options["confidence_threshold"] if confidence_threshold is not None else 0.0,
+                    prior=prior if options["coarse_to_fine"] else None, search_radius=cfg.search_radius,
+                    center=cfg.center_descriptors,
+                )
+            if content.mask is not None:
+                fg = F.interpolate(content.mask, size=m.mask.shape[-2:], mode="area") > 0.5
+                m.mask, m.confidence = m.mask & fg, m.confidence * fg
+            matches[s] = prior = m
+        maps = [self._aligned_map(l, content, style, matches, options) for l in range(cfg.n_layers)]
+        return Alignment(
+            flow={s: m.flow for s, m in matches.items()},
+            confidence={s: m.confidence for s, m in matches.items()},
+            mask={s: m.mask for s, m in matches.items()},
+            maps=maps, mode=mode, options=options,
+        )
+
+    def _aligned_map(self, layer: int, content: Latents, style: Latents, matches: dict[int, Match], options) -> torch.Tensor:
+        cfg = self.config
+        s = cfg.layer_scale(layer)
+        content_map, style_map = content.maps[layer], style.maps[layer]
+        if s in matches and matches[s].aligned is not None:  # soft path: the attention already aligned it
+            layers = [l for l in range(cfg.n_layers) if cfg.layer_scale(l) == s]
+            i = layers.index(layer) * cfg.w_dim
+            match = matches[s]
+            matched = match.aligned[:, i : i + cfg.w_dim]
+        else:
+            nearest = min(matches, key=lambda m: abs(m.bit_length() - s.bit_length()))
+            match = matches[nearest]
+            size = content_map.shape[-2:]
+            flow, mask = match.flow, match.mask
+            if flow.shape[-2:] != size:
+                flow = F.interpolate(flow, size=size, mode="nearest")
+                mask = F.interpolate(mask.float(), size=size, mode="nearest") > 0.5
+            match = Match(flow=flow, confidence=match.confidence, mask=mask)
+            matched = sample_at(style_map, flow, mode="nearest" if options["mode"] == "hard" else "bilinear")
+        hits = None
+        if options["fill"] in ("propagate", "global"):
+            hits = self._hit_map(match.flow, match.mask, style_map.shape[-2:])
+        mask = match.mask
+        if content.mask is not None:
+            fg = F.interpolate(content.mask, size=mask.shape[-2:], mode="area") > 0.5
+            mask = mask & fg
+        out = fill_unconfident(
+            matched, mask, mode=options["fill"], style_maps=style_map, style_hits=hits,
+            content_maps=content_map, average=self.w_avg,
+        )
+        if content.mask is not None:  # the background keeps the content's own appearance
+            fg = F.interpolate(content.mask, size=out.shape[-2:], mode="bilinear", align_corners=False)
+            out = fg * out + (1 - fg) * content_map
+        return out
+
+    @staticmethod
+    def _hit_map(flow: torch.Tensor, mask: torch.Tensor, size) -> torch.Tensor:
+        """Style cells [B, 1, hs, ws] that some confident content cell matched."""
+        b = flow.shape[0]
+        hs, ws = size
+        cells = ((flow + 1) / 2 * torch.tensor([ws - 1, hs - 1], device=flow.device).view(1, 2, 1, 1)).round().long()
+        index = (cells[:, 1].clamp(0, hs - 1) * ws + cells[:, 0].clamp(0, ws - 1)).flatten(1)
+        hits = torch.zeros(b, hs * ws, device=flow.device)
+        hits.scatter_add_(1, index, mask.flatten(1).float())
+        return (hits > 0).view(b, 1, hs, ws)
+
+    # -- decode ------------------------------------------------------------------------------------------------
+    def mix_latents(
+        self, content: Latents, alignment: Alignment, *, n_content_layers: int | None = None,
+        style_strength: float = 1.0, truncation: float | None = None,
+    ) -> list[torch.Tensor]:
+        """Per-layer latents of the hybrid: content for layers < n, aligned style for the rest."""
+        n = self.config.n_content_layers if n_content_layers is None else n_content_layers
+        if not 0 <= n <= self.n_layers:
+            raise COATInputError(f"n_content_layers must be in [0, {self.n_layers}], got {n}")
+        if len(alignment.maps) != self.n_layers or alignment.maps[0].shape[0] != content.batch_size:
+            raise COATInputError("the alignment does not belong to these content latents (batch or layer mismatch)")
+        maps = [
+            c if l < n else c + style_strength * (a - c)
+            for l, (c, a) in enumerate(zip(content.maps, alignment.maps))
+        ]
+        if truncation is not None:
+            avg = self.w_avg.view(1, -1, 1, 1)
+            maps = [avg + truncation * (m - avg) for m in maps]
+        return maps
+
+    def decode(
+        self,
+        content: Latents,
+        alignment: Alignment,
+        *,
+        n_content_layers: int | None = None,
+        style_strength: float = 1.0,
+        seed: int | None = None,
+        truncation: float | None = None,
+    ) -> torch.Tensor:
+        """Render the hybrid at the content's input size: [B, 3, H, W] in [0, 1].
+
+        ``n_content_layers`` = n: layers < n take the content latents (structure), the rest the aligned style
+        latents (appearance); n = L reproduces the content. ``seed`` draws fresh noise; None uses the fixed noise
+        buffers (deterministic). ``truncation`` psi pulls latents toward the average.
+        """
+        maps = self.mix_latents(
+            content, alignment, n_content_layers=n_content_layers, style_strength=style_strength,
+            truncation=truncation,
+        )
+        noise = None
+        if seed is not None:
+            noise = self.decoder.random_noise(content.batch_size, torch.Generator().manual_seed(seed))
+        canvas = self.decoder(maps, noise)
+        return content.frame.from_canvas(((canvas + 1) / 2).clamp(0, 1))
+
+    # -- all in one --------------------------------------------------------------------------------------------
+    def transfer(
+        self,
+        content_images: torch.Tensor,
+        style_images: torch.Tensor,
+        *,
+        content_mask: torch.Tensor | None = None,
+        n_content_layers: int | None = None,
+        style_strength: float = 1.0,
+        seed: int | None = None,
+        truncation: float | None = None,
+        **align_options,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Content structure + style appearance: (images [B, 3, H, W], confidence [B, 1, H, W]) at the content size.
+
+        The confidence is the finest aligned scale's, upsampled to the image. ``align_options`` go to
+        :meth:`align`.
+        """
+        check_images(content_images, "content_images")
+        check_images(style_images, "style_images")
+        pair_batches(content_images.shape[0], style_images.shape[0])
+        content = self.encode(content_images, content_mask)
+        style = self.encode(style_images)
+        alignment = self.align(content, style, **align_options)
+        images = self.decode(
+            content, alignment, n_content_layers=n_content_layers, style_strength=style_strength, seed=seed,
+            truncation=truncation,
+        )
+        return images, self.confidence_image(content, alignment)
+
+    def confidence_image(self, content: Latents, alignment: Alignment) -> torch.Tensor:
+        """The finest scale's confidence at the content's input size, [B, 1, H, W]."""
+        finest = alignment.scales[-1]
+        r = self.config.resolution
+        conf = F.interpolate(alignment.confidence[finest].float(), size=(r, r), mode="bilinear", align_corners=False)
+        return content.frame.from_canvas(conf).clamp(0, 1)
+
+    # -- persistence -------------------------------------------------------------------------------------------
+    def save(self, path, metadata: dict[str, str] | None = None) -> None:
+        """Write weights and config to a ``.safetensors`` file (see :mod:`coat_model.io`)."""
+        from .io import save
+
+        save(self, path, metadata)
