@@ -1,0 +1,30 @@
+# Developer entry points. `make setup` is idempotent (stamps in .venv/.setup/) and fast once done.
+#   COMFYUI_DIR=/path/to/ComfyUI  use an existing ComfyUI instead of the provisioned .comfyui/ComfyUI
+#   PORT=8188                     port for `make serve`
+# The repo is symlinked into <ComfyUI>/custom_nodes/comfyui-coat. `comfy-test lint` refuses symlinked packs,
+# so lint the repository itself: .venv/bin/comfy-test lint .
+PYTHON      ?= python3.11
+VENV        := .venv
+VPY         := $(VENV)/bin/python
+COMFY       := $(or $(COMFYUI_DIR),.comfyui/ComfyUI)
+FRONTEND    := $(CURDIR)/.comfyui/frontend
+PORT        ?= 8188
+SERVE_ARGS  ?=
+
+.PHONY: setup serve test
+
+setup:
+	$(PYTHON) scripts/setup_env.py
+
+# ComfyUI in the foreground on 127.0.0.1, CPU only, newest frontend; Ctrl-C stops it.
+serve: setup
+	cd $(COMFY) && exec $(abspath $(VPY)) main.py --cpu --listen 127.0.0.1 --port $(PORT) \
+		--front-end-root $(FRONTEND) $(SERVE_ARGS)
+
+# Whole suite (must stay < 20 min on 2 cores). Extra pytest args: make test PYTEST_ARGS="-k harness"
+test: setup
+	$(VPY) -m pytest -q $(PYTEST_ARGS) tests/
+
+# --- demo: (to be added) -------------------------------------------------------------------------
+
+# --- bench: (to be added) ------------------------------------------------------------------------
