@@ -1,0 +1,173 @@
+"""Training losses (COAT_SPEC B.7): reconstruction, average-latent regularisation, correspondence contrastive
+loss with hard negative mining and a hardness curriculum, and the non-saturating adversarial loss with R1."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .fill import gaussian_blur
+
+# -- reconstruction ------------------------------------------------------------------------------------------------
+
+
+def ssim(x: torch.Tensor, y: torch.Tensor, sigma: float = 1.5) -> torch.Tensor:
+    """Structural similarity per image ([B]) of images in [0, 1] ([B, C, H, W]) with a Gaussian window."""
+    c1, c2 = 0.01**2, 0.03**2
+    blur = lambda t: gaussian_blur(t, sigma)  # noqa: E731
+    mx, my = blur(x), blur(y)
+    vx, vy, cxy = blur(x * x) - mx * mx, blur(y * y) - my * my, blur(x * y) - mx * my
+    s = ((2 * mx * my + c1) * (2 * cxy + c2)) / ((mx * mx + my * my + c1) * (vx + vy + c2))
+    return s.flatten(1).mean(1)
+
+
+def ms_ssim(x: torch.Tensor, y: torch.Tensor, levels: int = 3) -> torch.Tensor:
+    """Multi-scale SSIM per image ([B]): the mean of SSIM over ``levels`` 2x-downsampled scales."""
+    total = x.new_zeros(x.shape[0])
+    for i in range(levels):
+        total = total + ssim(x, y)
+        if i < levels - 1 and min(x.shape[-2:]) >= 16:
+            x, y = F.avg_pool2d(x, 2), F.avg_pool2d(y, 2)
+    return total / levels
+
+
+def reconstruction_loss(output: torch.Tensor, target: torch.Tensor, ssim_weight: float = 0.5) -> torch.Tensor:
+    """Per-image L1 + ssim_weight * (1 - MS-SSIM) ([B]), images in [0, 1] (the offline fallback of spec B.7 #1)."""
+    return (output - target).abs().flatten(1).mean(1) + ssim_weight * (1 - ms_ssim(output, target))
+
+
+# -- regularisation ------------------------------------------------------------------------------------------------
+
+
+def latent_regularisation(maps: list[torch.Tensor], w_avg: torch.Tensor) -> torch.Tensor:
+    """Spatial pSp W-norm: mean over batch and positions of sum_l ||W_l - w_avg||_2 (spec B.7 #2)."""
+    avg = w_avg.detach().view(1, -1, 1, 1)
+    return sum((m - avg).norm(dim=1).mean() for m in maps)
+
+
+# -- correspondence contrastive loss --------------------------------------------------------------------------------
+
+
+def select_negatives(
+    logits: torch.Tensor,
+    candidates: torch.Tensor,
+    *,
+    n_negatives: int,
+    hard_share: float,
+    noise: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Indices [Q, n_negatives] of negatives: the hardest ``round(hard_share * n)`` candidates by logit, then
+    random candidates. ``candidates`` [Q, N] bool excludes the positives' neighbourhoods.
+
+    ``noise`` [Q, N] (uniform in [0, 1]) orders the random picks. Rows with fewer candidates than asked repeat
+    a candidate (never a non-candidate, as long as one exists).
+    """
+    n_hard = int(round(hard_share * n_negatives))
+    q, n = logits.shape
+    masked = logits.detach().masked_fill(~candidates, float("-inf"))
+    chosen = []
+    if n_hard:
+        chosen.append(masked.topk(min(n_hard, n), dim=1).indices)
+    n_rand = n_negatives - sum(c.shape[1] for c in chosen)
+    if n_rand > 0:
+        noise = torch.rand(q, n, device=logits.device) if noise is None else noise
+        free = candidates.clone()
+        if chosen:
+            free.scatter_(1, chosen[0], False)
+            free = torch.where(free.any(dim=1, keepdim=True), free, candidates)
+        chosen.append(noise.masked_fill(~free, -1.0).topk(min(n_rand, n), dim=1).indices)
+    index = torch.cat(chosen, dim=1)
+    # Fall back to a valid candidate where a row ran out of them (topk then returned masked entries).
+    valid = torch.gather(candidates, 1, index)
+    first = candidates.float().argmax(dim=1, keepdim=True).expand_as(index)
+    return torch.where(valid, index, first)
+
+
+def correspondence_nce(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    target: torch.Tensor,
+    valid: torch.Tensor,
+    *,
+    n_queries: int = 256,
+    n_negatives: int = 64,
+    hard_share: float = 1.0,
+    tau: float = 0.07,
+    exclusion: int = 2,
+    generators: list[torch.Generator] | None = None,
+) -> torch.Tensor:
+    """Correspondence contrastive loss with hard negatives (spec B.7 #3), per image.
+
+    Args:
+        query: descriptors [B, C, h, w] (of the hybrid or of the real content), L2-normalised.
+        key: style descriptors [B, C, hs, ws], L2-normalised; detached here (stop-gradient on keys).
+        target: [B, h*w] long, the style cell corresponding to each content cell.
+        valid: [B, h*w] bool, the content cells with a known positive.
+        n_queries: queries sampled per image; n_negatives: negatives per query, of which a share
+            ``hard_share`` are the most similar cells outside ``exclusion`` cells (L-inf) of the positive.
+        generators: one per image for the query and negative sampling (per-image streams keep data-parallel
+            runs identical to single-process ones).
+    Returns: [B] InfoNCE loss per image, the mean over its queries (0 for images without valid cells).
+    """
+    b, n = valid.shape
+    hs, ws = key.shape[-2:]
+    device = query.device
+    gens = generators or [None] * b
+    # Query sampling per image on the CPU streams: a random order of the valid cells, padded by repetition.
+    picks, weights = [], []
+    valid_cpu = valid.cpu()
+    for i in range(b):
+        cells = valid_cpu[i].nonzero()[:, 0]
+        order = cells[torch.randperm(cells.numel(), generator=gens[i])][:n_queries]
+        if order.numel() == 0:
+            order = torch.zeros(1, dtype=torch.long)
+        count = min(cells.numel(), n_queries)
+        picks.append(order.repeat(-(-n_queries // order.numel()))[:n_queries])
+        weights.append(torch.arange(n_queries) < count)
+    cells = torch.stack(picks).to(device)  # [B, Q]
+    weight = torch.stack(weights).to(device).float()
+    q = torch.gather(F.normalize(query.flatten(2), dim=1), 2, cells[:, None].expand(-1, query.shape[1], -1))
+    k = F.normalize(key.detach().flatten(2), dim=1)  # [B, C, Ns]
+    logits = torch.einsum("bcq,bcn->bqn", q, k) / tau  # [B, Q, Ns]
+    pos = torch.gather(target, 1, cells)  # [B, Q]
+    ky = torch.div(torch.arange(hs * ws, device=device), ws, rounding_mode="floor")
+    kx = torch.arange(hs * ws, device=device) % ws
+    far = ((ky - ky[pos][..., None]).abs() > exclusion) | ((kx - kx[pos][..., None]).abs() > exclusion)
+    noise = torch.stack([_uniform((n_queries, hs * ws), g, device) for g in gens])
+    negatives = select_negatives(logits.flatten(0, 1), far.flatten(0, 1), n_negatives=n_negatives,
+                                 hard_share=hard_share, noise=noise.flatten(0, 1)).view(b, n_queries, -1)
+    all_logits = torch.cat([logits.gather(2, pos[..., None]), logits.gather(2, negatives)], dim=2)
+    per_query = torch.logsumexp(all_logits, dim=2) - all_logits[..., 0]
+    return (per_query * weight).sum(1) / weight.sum(1).clamp_min(1.0) * (weight.sum(1) > 0)
+
+
+def _uniform(shape, generator: torch.Generator | None, device) -> torch.Tensor:
+    """Uniform noise made on ``device`` from a stream seeded by the (CPU) ``generator``."""
+    if generator is None:
+        return torch.rand(shape, device=device)
+    seed = int(torch.randint(1 << 62, (1,), generator=generator))
+    return torch.rand(shape, generator=torch.Generator(device).manual_seed(seed), device=device)
+
+
+def hardness_schedule(step: int, total: int, ramp: float = 0.2) -> float:
+    """Share of hard negatives: linear from 0 to 1 over the first ``ramp`` of training (spec B.7 curriculum)."""
+    return 1.0 if ramp <= 0 else min(1.0, step / max(1.0, ramp * total))
+
+
+# -- adversarial ---------------------------------------------------------------------------------------------------
+
+
+def generator_adversarial_loss(fake_logits: torch.Tensor) -> torch.Tensor:
+    """Non-saturating generator loss softplus(-D(fake))."""
+    return F.softplus(-fake_logits).mean()
+
+
+def discriminator_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
+    """Logistic discriminator loss softplus(-D(real)) + softplus(D(fake))."""
+    return F.softplus(-real_logits).mean() + F.softplus(fake_logits).mean()
+
+
+def r1_penalty(real_logits: torch.Tensor, real_images: torch.Tensor) -> torch.Tensor:
+    """R1 = E ||grad_x D(x)||^2 on real images (``real_images`` must require grad)."""
+    (grad,) = torch.autograd.grad(real_logits.sum(), real_images, create_graph=True)
+    return grad.square().flatten(1).sum(1).mean()

@@ -1,0 +1,141 @@
+"""Training batches of (content, style, target) pairs built from single images (COAT_SPEC B.7).
+
+Every sample of a global batch has its own random stream, seeded by ``(seed, global position)``: a batch split
+over any number of processes holds exactly the same pairs, and a resumed run continues the same sequence.
+
+Pair kinds, chosen per global position with fixed proportions:
+- ``warp``: style = a random geometric warp of the image (ground-truth flow), content = a random colour remap of
+  the image, target = the image. The only way to rebuild the target's colours is through the correspondence.
+- ``self``: style = the image, content = its colour remap, target = the image.
+- ``random``: content and style are different images; no target (CCL on confident matches, regularisation,
+  adversarial loss).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from .data.faces import _seed as mix_seed
+from .data.warp import random_color_remap, random_warp
+
+KINDS = ("warp", "self", "random")
+
+
+@dataclass
+class PairBatch:
+    """content, style: [B, 3, R, R] in [0, 1]; target: [B, 3, R, R] (zeros where there is none);
+    has_target: [B] bool; flow: [B, 2, R, R] content pixel -> style location in [-1, 1] (identity for self
+    pairs); has_flow: [B] bool; flow_valid: [B, 1, R, R] bool; kinds: per-sample kind; seeds: per-sample seeds of the
+    loss sampling streams (see :meth:`generators`)."""
+
+    content: torch.Tensor
+    style: torch.Tensor
+    target: torch.Tensor
+    has_target: torch.Tensor
+    flow: torch.Tensor
+    has_flow: torch.Tensor
+    flow_valid: torch.Tensor
+    kinds: list[str]
+    seeds: list[int]
+
+    def generators(self) -> list[torch.Generator]:
+        return [torch.Generator().manual_seed(s) for s in self.seeds]
+
+    def to(self, device) -> "PairBatch":
+        move = lambda t: t.to(device, non_blocking=True)  # noqa: E731
+        return PairBatch(move(self.content), move(self.style), move(self.target), move(self.has_target),
+                         move(self.flow), move(self.has_flow), move(self.flow_valid), self.kinds, self.seeds)
+
+
+def pair_kind(position: int, mix: tuple[float, float, float]) -> str:
+    """Deterministic kind of a global position: a low-discrepancy sequence with the given proportions."""
+    u = (position * 0.6180339887498949) % 1.0
+    edges = torch.tensor(mix, dtype=torch.float64).cumsum(0) / sum(mix)
+    return KINDS[int((u >= edges[:-1]).sum())]
+
+
+def identity_flow(size: int) -> torch.Tensor:
+    line = torch.linspace(-1, 1, size)
+    gy, gx = torch.meshgrid(line, line, indexing="ij")
+    return torch.stack([gx, gy])[None]
+
+
+class GlobalSampler:
+    """Indices of a dataset for any global position: a fresh permutation per epoch (finite datasets, like
+    DistributedSampler with shuffling), so every position maps to one index however the batch is split."""
+
+    def __init__(self, length: int, seed: int):
+        self.length, self.seed = length, seed
+        self._epoch, self._perm = -1, None
+
+    def __call__(self, position: int) -> int:
+        epoch, offset = divmod(position, self.length)
+        if epoch != self._epoch:
+            self._perm = torch.randperm(self.length, generator=torch.Generator().manual_seed(mix_seed(self.seed, epoch)))
+            self._epoch = epoch
+        return int(self._perm[offset])
+
+
+def build_pairs(dataset, sampler: GlobalSampler, positions: list[int], seed: int,
+                mix: tuple[float, float, float], colour_remap: bool = True) -> PairBatch:
+    """The pairs at the given global positions (a rank's slice of a global batch)."""
+    images = _batch(dataset, [sampler(p) for p in positions])
+    size = images.shape[-1]
+    gens = [torch.Generator().manual_seed(mix_seed(seed, p, 7)) for p in positions]
+    kinds = [pair_kind(p, mix) for p in positions]
+    contents, styles, targets, flows, valids = [], [], [], [], []
+    for i, (image, kind, gen) in enumerate(zip(images, kinds, gens)):
+        image = image[None]
+        flow, valid = identity_flow(size), torch.ones(1, 1, size, size, dtype=torch.bool)
+        if kind == "random":
+            jump = 1 + int(torch.randint(1 << 30, (1,), generator=gen))  # another image of the dataset
+            other = _batch(dataset, [sampler(positions[i] + jump)])
+            content, style, target = image, other, torch.zeros_like(image)
+        else:
+            content = random_color_remap(image, gen) if colour_remap else image
+            style, target = image, image
+            if kind == "warp":
+                style, flow, valid = random_warp(image, gen)
+                valid = valid.bool().view(1, 1, size, size)
+        contents.append(content)
+        styles.append(style)
+        targets.append(target)
+        flows.append(flow)
+        valids.append(valid)
+    return PairBatch(
+        content=torch.cat(contents).clamp(0, 1), style=torch.cat(styles).clamp(0, 1), target=torch.cat(targets),
+        has_target=torch.tensor([k != "random" for k in kinds]),
+        flow=torch.cat(flows), has_flow=torch.tensor([k != "random" for k in kinds]),
+        flow_valid=torch.cat(valids), kinds=kinds, seeds=[mix_seed(seed, p, 8) for p in positions],
+    )
+
+
+def _batch(dataset, indices: list[int]) -> torch.Tensor:
+    if hasattr(dataset, "batch"):
+        return dataset.batch(indices)
+    return torch.stack([dataset[i] for i in indices])
+
+
+def flow_targets(flow: torch.Tensor, valid: torch.Tensor, resolution: int, scale: int, style_cells: tuple[int, int]):
+    """Ground-truth style cell of every content cell at one scale.
+
+    Args:
+        flow: [B, 2, R, R] content pixel -> style location in [-1, 1] (align_corners=True, pixel centres).
+        valid: [B, 1, R, R] bool. scale: the divisor; style_cells: (hs, ws) of the style map.
+    Returns: (target [B, h*w] long style cell index, ok [B, h*w] bool).
+    """
+    h = resolution // scale
+    centre = (torch.arange(h, device=flow.device) * scale + (scale - 1) / 2) / (resolution - 1) * 2 - 1
+    gy, gx = torch.meshgrid(centre, centre, indexing="ij")
+    grid = torch.stack([gx, gy], -1)[None].expand(flow.shape[0], -1, -1, -1)
+    f = F.grid_sample(flow, grid, mode="bilinear", align_corners=True)  # [B, 2, h, h] style location
+    ok = F.grid_sample(valid.float(), grid, mode="nearest", align_corners=True)[:, 0] > 0.5
+    pixel = (f + 1) / 2 * (resolution - 1)
+    cells = torch.div(pixel, scale, rounding_mode="floor").long()
+    hs, ws = style_cells
+    inside = (cells[:, 0] >= 0) & (cells[:, 0] < ws) & (cells[:, 1] >= 0) & (cells[:, 1] < hs)
+    target = cells[:, 1].clamp(0, hs - 1) * ws + cells[:, 0].clamp(0, ws - 1)
+    return target.flatten(1), (ok & inside).flatten(1)

@@ -1,0 +1,252 @@
+"""Train a COAT model: ``python -m coat_model.train`` (or ``coat-train``); ``torchrun`` for many GPUs.
+
+Examples::
+
+    coat-train --data procedural:faces --preset small --resolution 64 --steps 20000 --out runs/faces64
+    coat-train --data /path/to/cats --resolution 128 --out runs/cats --resume
+    torchrun --nproc_per_node=8 -m coat_model.train --data /data/cars --resolution 256 --batch-size 64 --out runs/cars
+
+A run directory holds ``coat.safetensors`` (the EMA model, loadable by ``coat_model.load`` and the ComfyUI
+loader), ``train_state.safetensors`` (everything ``--resume`` needs), ``metrics.jsonl`` and ``samples/*.png``.
+Checkpoints are written atomically every ``--ckpt-every`` steps, at the end, and on SIGINT/SIGTERM.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.distributed as dist
+
+from .config import COATConfig
+from .trainer import TrainConfig, Trainer
+
+PRESETS = {"tiny": COATConfig.tiny, "small": COATConfig.small, "default": COATConfig}
+
+
+def make_dataset(spec: str, resolution: int, seed: int = 0):
+    """``procedural:faces`` (optionally ``procedural:faces-hard``) or an image folder path."""
+    if spec.startswith("procedural:"):
+        from .data.faces import FaceDataset
+
+        name = spec.split(":", 1)[1]
+        if name not in ("faces", "faces-hard"):
+            raise ValueError(f"unknown procedural dataset {name!r}; use procedural:faces or procedural:faces-hard")
+        return FaceDataset(size=resolution, length=1_000_000, seed=seed, split="hard" if name.endswith("hard") else "easy")
+    from .data.folder import ImageFolderDataset
+
+    return ImageFolderDataset(spec, resolution)
+
+
+def fit(
+    trainer: Trainer,
+    *,
+    out_dir: Path | None = None,
+    ckpt_every: int = 500,
+    log_every: int = 10,
+    sample_every: int = 500,
+    max_seconds: float | None = None,
+    on_step: Callable[[int, dict], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    metadata: dict[str, str] | None = None,
+) -> str:
+    """Run ``trainer`` until its configured steps, a stop request or the time budget; returns why it stopped
+    ("done", "stopped", "time"). Rank 0 logs, writes samples and checkpoints."""
+    cfg = trainer.config
+    main = trainer.rank == 0
+    log = open(out_dir / "metrics.jsonl", "a") if (main and out_dir) else None
+    start, window_start, window_images = time.time(), time.time(), 0
+    reason = "done"
+    try:
+        while trainer.step < cfg.steps:
+            stats = trainer.train_step()
+            window_images += cfg.batch_size
+            step = trainer.step
+            if on_step is not None:
+                on_step(step, stats)
+            if log_every and (step % log_every == 0 or step == cfg.steps):
+                elapsed = time.time() - window_start
+                stats["images_per_s"] = window_images / max(elapsed, 1e-9)
+                window_start, window_images = time.time(), 0
+                if main:
+                    _progress(step, cfg.steps, stats, time.time() - start)
+                    if log:
+                        log.write(json.dumps({"step": step, "time": round(time.time() - start, 2), **stats}) + "\n")
+                        log.flush()
+            if main and out_dir and sample_every and step % sample_every == 0:
+                write_samples(trainer, out_dir / "samples" / f"step_{step:07d}.png")
+            stop = bool(should_stop and should_stop())
+            over_time = max_seconds is not None and time.time() - start > max_seconds
+            if _agree(trainer, stop or over_time):
+                reason = "stopped" if stop else "time"
+                break
+            if main and out_dir and ckpt_every and step % ckpt_every == 0:
+                trainer.save(out_dir, metadata)
+    finally:
+        if log:
+            log.close()
+    if main and out_dir:
+        trainer.save(out_dir, metadata)
+    return reason
+
+
+def _agree(trainer: Trainer, flag: bool) -> bool:
+    """All ranks stop together when any one of them must."""
+    if trainer.world_size == 1:
+        return flag
+    t = torch.tensor([float(flag)], device=trainer.device)
+    dist.all_reduce(t)
+    return bool(t.item() > 0)
+
+
+def _progress(step: int, total: int, stats: dict, elapsed: float) -> None:
+    width = 24
+    done = int(width * step / total)
+    eta = elapsed / max(step, 1) * (total - step)
+    losses = " ".join(f"{k}={stats[k]:.3f}" for k in ("loss", "rec", "ccl", "ccl_hybrid", "adv", "coverage") if k in stats)
+    print(f"[{'#' * done}{'.' * (width - done)}] {step}/{total} {losses} {stats['images_per_s']:.1f} img/s "
+          f"eta {eta / 60:.1f} min", file=sys.stderr, flush=True)
+
+
+@torch.no_grad()
+def write_samples(trainer: Trainer, path: Path, n: int = 4) -> None:
+    """A grid of content | style | EMA hybrid | target rows for a fixed set of pairs."""
+    from .pairs import build_pairs
+    from .images import save_grid
+
+    cfg = trainer.config
+    batch = build_pairs(trainer.dataset, trainer.sampler, list(range(n)), cfg.seed, cfg.pair_mix, cfg.colour_remap)
+    model = trainer.ema
+    batch = batch.to(trainer.device)
+    content, style = model.encode(batch.content), model.encode(batch.style)
+    hybrid = model.decode(content, model.align(content, style))
+    rows = torch.cat([batch.content, batch.style, hybrid, batch.target]).float().cpu()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_grid(rows, path, nrow=n)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="coat-train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", default="procedural:faces", help="procedural:faces, procedural:faces-hard or an image folder")
+    p.add_argument("--out", required=True, type=Path, help="run directory (checkpoints, logs, samples)")
+    p.add_argument("--preset", choices=sorted(PRESETS), default="small", help="architecture preset")
+    p.add_argument("--resolution", type=int, default=None, help="model resolution (overrides the preset)")
+    p.add_argument("--init", type=Path, default=None, help="fine-tune from this COAT .safetensors checkpoint")
+    p.add_argument("--stylegan2", type=Path, default=None,
+                   help="rosinality StyleGAN2 checkpoint (g_ema): its generator becomes the frozen decoder")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out exactly where it stopped")
+    p.add_argument("--steps", type=int, default=20_000)
+    p.add_argument("--batch-size", type=int, default=16, help="global batch over all processes")
+    p.add_argument("--accumulate", type=int, default=1)
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--adv-weight", type=float, default=0.0, help="> 0 adds a discriminator (from scratch)")
+    p.add_argument("--ccl-hybrid-weight", type=float, default=1.0)
+    p.add_argument("--amp", choices=("auto", "off", "bf16", "fp16"), default="auto")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda when available)")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads (torch.set_num_threads)")
+    p.add_argument("--workers", type=int, default=0, help="background processes preparing batches")
+    p.add_argument("--ckpt-every", type=int, default=500)
+    p.add_argument("--sample-every", type=int, default=500)
+    p.add_argument("--log-every", type=int, default=10)
+    p.add_argument("--max-minutes", type=float, default=None, help="stop (and save) after this much wall-clock time")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    cuda = torch.cuda.is_available() and (args.device is None or args.device.startswith("cuda"))
+    device = torch.device(f"cuda:{local_rank}" if cuda and world_size > 1 else (args.device or ("cuda" if cuda else "cpu")))
+    if world_size > 1:
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+    try:
+        return _run(args, device, rank, world_size)
+    finally:
+        if world_size > 1:
+            dist.destroy_process_group()
+
+
+def _run(args, device, rank: int, world_size: int) -> int:
+    out: Path = args.out
+    state_path = out / "train_state.safetensors"
+    train_cfg = TrainConfig(
+        steps=args.steps, batch_size=args.batch_size, accumulate=args.accumulate, lr=args.lr, seed=args.seed,
+        adv_weight=args.adv_weight, ccl_hybrid_weight=args.ccl_hybrid_weight, amp=args.amp,
+        freeze_decoder=args.stylegan2 is not None,
+    )
+    model = None
+    if args.resume and state_path.is_file():
+        from .state import load_state
+
+        saved = load_state(state_path)
+        model_cfg = COATConfig.from_json(saved["model_config"])
+        # The run continues with its own settings; only --steps may extend it.
+        train_cfg = dataclasses.replace(TrainConfig.from_json(saved["train_config"]), steps=args.steps)
+    elif args.stylegan2 is not None:
+        from .io import import_stylegan2
+
+        model = import_stylegan2(args.stylegan2)
+        model_cfg = model.config
+    elif args.init is not None:
+        from .io import load
+
+        model = load(args.init).train()
+        model_cfg = model.config
+    else:
+        overrides = {"resolution": args.resolution} if args.resolution else {}
+        model_cfg = PRESETS[args.preset](**overrides)
+    dataset = make_dataset(args.data, model_cfg.resolution, args.seed)
+    trainer = Trainer(model_cfg, train_cfg, dataset, device=device, model=model, rank=rank, world_size=world_size,
+                      workers=args.workers)
+    if args.resume:
+        if state_path.is_file():
+            trainer.load(state_path)
+            if rank == 0:
+                print(f"resumed {out} at step {trainer.step}", file=sys.stderr)
+        elif rank == 0:
+            print(f"--resume: no state in {out} yet, starting fresh", file=sys.stderr)
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "run.json").write_text(json.dumps({
+            "command": " ".join(sys.argv), "model_config": json.loads(model_cfg.to_json()),
+            "train_config": json.loads(train_cfg.to_json()), "world_size": world_size, "device": str(device),
+            "torch": torch.__version__,
+        }, indent=2))
+    stop = {"flag": False}
+
+    def request_stop(signum, _frame):
+        stop["flag"] = True
+        if rank == 0:
+            print(f"\nsignal {signum}: saving a checkpoint after this step", file=sys.stderr)
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, request_stop)
+    metadata = {"data": args.data, "seed": str(args.seed)}
+    reason = fit(
+        trainer, out_dir=out, ckpt_every=args.ckpt_every, log_every=args.log_every, sample_every=args.sample_every,
+        max_seconds=args.max_minutes * 60 if args.max_minutes else None, should_stop=lambda: stop["flag"],
+        metadata=metadata,
+    )
+    if rank == 0:
+        print(f"{reason} at step {trainer.step}: {out / 'coat.safetensors'}"
+              + ("" if reason == "done" else f" (continue with --resume --out {out})"), file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,363 @@
+"""The COAT trainer: one optimisation step, EMA, checkpoints and exact resume, on CPU, one GPU or many.
+
+Losses are sums of per-sample terms divided by the number of applicable samples in the *global* batch, so that
+data-parallel gradient averaging gives exactly the single-process gradient of the same global batch.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+from .config import COATConfig
+from .discriminator import Discriminator
+from .losses import (
+    correspondence_nce, discriminator_loss, hardness_schedule, r1_penalty, reconstruction_loss,
+)
+from .model import COAT
+from .pairs import GlobalSampler, PairBatch, build_pairs, flow_targets
+from .state import load_state, save_state
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation settings (the model architecture lives in :class:`COATConfig`)."""
+
+    steps: int = 20_000
+    batch_size: int = 16                     # global batch (all processes together, per optimiser step)
+    accumulate: int = 1                      # micro-batches per optimiser step
+    lr: float = 2e-3
+    betas: tuple[float, float] = (0.0, 0.99)
+    lr_decay_start: float = 0.6              # cosine decay to 10% over the last 40% of steps
+    seed: int = 0
+    pair_mix: tuple[float, float, float] = (0.5, 0.25, 0.25)  # warp, self, random
+    colour_remap: bool = True
+    rec_weight: float = 1.0
+    ssim_weight: float = 0.5
+    reg_weight: float = 0.005
+    ccl_weight: float = 1.0                  # CCL on the real content descriptors
+    ccl_hybrid_weight: float = 1.0           # CCL on the hybrid's descriptors (one more encoder pass)
+    ccl_queries: int = 256
+    ccl_negatives: int = 64
+    ccl_tau: float = 0.07
+    hard_ramp: float = 0.2                   # hard-negative share ramps 0 -> 1 over this fraction of steps
+    bootstrap: float = 0.1                   # random pairs join CCL (confident matches) after this fraction
+    adv_weight: float = 0.0                  # > 0 trains a discriminator (from-scratch variant)
+    r1_gamma: float = 10.0
+    r1_every: int = 16
+    ema_decay: float = 0.999
+    w_avg_momentum: float = 0.999
+    freeze_decoder: bool = False             # pretrained-generator mode: train the encoder only
+    amp: str = "auto"                        # auto (bf16 on CUDA), off, bf16, fp16
+    align_mode: str = "soft"
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "TrainConfig":
+        data = {k: tuple(v) if isinstance(v, list) else v for k, v in json.loads(text).items()}
+        return cls(**data)
+
+    def __post_init__(self):
+        if self.steps < 1:
+            raise ValueError(f"steps must be >= 1, got {self.steps}")
+        if self.lr <= 0 or not math.isfinite(self.lr):
+            raise ValueError(f"the learning rate must be a positive number, got {self.lr}")
+        if self.batch_size < 1 or self.accumulate < 1 or self.batch_size % self.accumulate:
+            raise ValueError(f"batch_size {self.batch_size} must be a positive multiple of accumulate {self.accumulate}")
+        if self.amp not in ("auto", "off", "bf16", "fp16"):
+            raise ValueError(f"amp must be auto, off, bf16 or fp16, got {self.amp!r}")
+
+
+class TrainingStep(nn.Module):
+    """Generator-side losses of one micro-batch as a module, so DistributedDataParallel can wrap it."""
+
+    def __init__(self, model: COAT, discriminator: Discriminator | None, config: TrainConfig):
+        super().__init__()
+        self.model, self.config = model, config
+        self.discriminator = [discriminator]  # held outside the module tree: it has its own optimiser and DDP
+
+    def forward(self, batch: PairBatch, step: int, global_counts: dict[str, int]) -> tuple[torch.Tensor, dict]:
+        cfg, model = self.config, self.model
+        mcfg = model.config
+        r = mcfg.resolution
+        content = model.encode(batch.content)
+        style = model.encode(batch.style)
+        alignment = model.align(content, style, mode=cfg.align_mode)
+        maps = model.mix_latents(content, alignment)
+        hybrid = (model.decoder(maps) + 1) / 2  # [B, 3, R, R], unclamped for the gradient
+        terms: dict[str, torch.Tensor] = {}
+
+        has_target = batch.has_target
+        rec = reconstruction_loss(hybrid, batch.target, cfg.ssim_weight)
+        terms["rec"] = (rec * has_target).sum() / max(1, global_counts["target"])
+        reg = sum((m - model.w_avg.view(1, -1, 1, 1)).norm(dim=1).flatten(1).mean(1) for m in content.maps + style.maps)
+        terms["reg"] = reg.sum() / global_counts["all"]
+
+        hybrid_desc = model.encoder.descriptors(model.encoder.pyramid(hybrid * 2 - 1)) if cfg.ccl_hybrid_weight else None
+        hard_share = hardness_schedule(step, cfg.steps, cfg.hard_ramp)
+        use_random = step >= cfg.bootstrap * cfg.steps
+        ccl_real, ccl_hybrid = 0.0, 0.0
+        generators = batch.generators()
+        for s in mcfg.scales:
+            ks = style.descriptors[s]
+            target, ok = flow_targets(batch.flow, batch.flow_valid, r, s, ks.shape[-2:])
+            ok = ok & batch.has_flow[:, None]
+            if use_random:
+                est_target, est_ok = _confident_targets(alignment.flow[s], alignment.mask[s])
+                random_rows = ~batch.has_flow
+                target = torch.where(random_rows[:, None], est_target, target)
+                ok = torch.where(random_rows[:, None], est_ok, ok)
+            kw = dict(n_queries=cfg.ccl_queries, n_negatives=cfg.ccl_negatives, hard_share=hard_share, tau=cfg.ccl_tau)
+            ccl_real = ccl_real + correspondence_nce(content.descriptors[s], ks, target, ok,
+                                                     generators=generators, **kw).sum()
+            if hybrid_desc is not None:
+                ccl_hybrid = ccl_hybrid + correspondence_nce(hybrid_desc[s], ks, target, ok,
+                                                             generators=generators, **kw).sum()
+        n_scales = len(mcfg.scales)
+        terms["ccl"] = ccl_real / n_scales / global_counts["all"]
+        if hybrid_desc is not None:
+            terms["ccl_hybrid"] = ccl_hybrid / n_scales / global_counts["all"]
+        disc = self.discriminator[0]
+        if disc is not None and cfg.adv_weight:
+            terms["adv"] = F.softplus(-disc(hybrid * 2 - 1)).flatten().sum() / global_counts["all"]
+
+        weights = dict(rec=cfg.rec_weight, reg=cfg.reg_weight, ccl=cfg.ccl_weight, ccl_hybrid=cfg.ccl_hybrid_weight,
+                       adv=cfg.adv_weight)
+        loss = sum(weights[k] * v for k, v in terms.items())
+        stats = {k: v.detach() for k, v in terms.items()}
+        stats["coverage"] = torch.stack([m.float().mean() for m in alignment.mask.values()]).mean().detach()
+        self._last = (hybrid.detach(), [m.detach().mean(dim=(0, 2, 3)) for m in content.maps])
+        return loss, stats
+
+
+def _confident_targets(flow: torch.Tensor, mask: torch.Tensor):
+    b, _, h, w = flow.shape
+    cells = ((flow.detach() + 1) / 2 * torch.tensor([w - 1, h - 1], device=flow.device).view(1, 2, 1, 1)).round().long()
+    index = cells[:, 1].clamp(0, h - 1) * w + cells[:, 0].clamp(0, w - 1)
+    return index.flatten(1), mask.flatten(1)
+
+
+class _StepPairs(torch.utils.data.Dataset):
+    """Item i = the micro-batches of step ``start + i`` (for a DataLoader that prepares them ahead)."""
+
+    def __init__(self, trainer: "Trainer", start: int):
+        self.make, self.start, self.steps = trainer._pairs, start, trainer.config.steps
+
+    def __len__(self) -> int:
+        return self.steps - self.start
+
+    def __getitem__(self, i: int) -> list[PairBatch]:
+        return self.make(self.start + i)
+
+
+class Trainer:
+    """Owns the model, its EMA, the optional discriminator, optimisers, data and the step counter."""
+
+    def __init__(self, model_config: COATConfig, config: TrainConfig, dataset, *, device="cpu", model: COAT | None = None,
+                 rank: int = 0, world_size: int = 1, workers: int = 0):
+        self.config, self.dataset = config, dataset
+        self.device = torch.device(device)
+        self.rank, self.world_size = rank, world_size
+        if config.batch_size % (world_size * config.accumulate):
+            raise ValueError(
+                f"the global batch {config.batch_size} must divide evenly over {world_size} processes x "
+                f"{config.accumulate} accumulation steps"
+            )
+        torch.manual_seed(config.seed)
+        self.model = (model if model is not None else COAT(model_config)).to(self.device).train()
+        self.model.requires_grad_(True)
+        if config.freeze_decoder:
+            self.model.decoder.requires_grad_(False)
+        self.ema = copy.deepcopy(self.model).eval().requires_grad_(False)
+        self.disc = Discriminator(self.model.config).to(self.device) if config.adv_weight else None
+        self.step_module = TrainingStep(self.model, self.disc, config)
+        self.step_runner = self.step_module
+        self.disc_runner = self.disc
+        if world_size > 1:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.step_runner = nn.parallel.DistributedDataParallel(self.step_module, device_ids=ids)
+            if self.disc is not None:
+                self.disc_runner = nn.parallel.DistributedDataParallel(self.disc, device_ids=ids)
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        self.opt = torch.optim.Adam(params, lr=config.lr, betas=config.betas)
+        self.opt_d = None
+        if self.disc is not None:
+            c = config.r1_every / (config.r1_every + 1)  # lazy-R1 correction (StyleGAN2)
+            self.opt_d = torch.optim.Adam(self.disc.parameters(), lr=config.lr * c,
+                                          betas=(config.betas[0] ** c, config.betas[1] ** c))
+        self.sampler = GlobalSampler(len(dataset), config.seed)
+        self.step = 0
+        self.workers, self._loader, self._loader_step = workers, None, -1
+        self.amp_dtype = self._amp_dtype()
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
+
+    def _amp_dtype(self):
+        amp = self.config.amp
+        if amp == "off" or (amp == "auto" and self.device.type != "cuda"):
+            return None
+        if amp == "auto":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return {"bf16": torch.bfloat16, "fp16": torch.float16}[amp]
+
+    # -- one optimiser step -------------------------------------------------------------------------------------
+    def positions(self, step: int, micro: int) -> list[int]:
+        """Global positions of this rank's share of micro-batch ``micro`` of ``step``."""
+        cfg = self.config
+        micro_size = cfg.batch_size // cfg.accumulate
+        start = step * cfg.batch_size + micro * micro_size
+        local = micro_size // self.world_size
+        return list(range(start + self.rank * local, start + (self.rank + 1) * local))
+
+    def train_step(self) -> dict[str, float]:
+        cfg = self.config
+        self._set_lr()
+        self.opt.zero_grad(set_to_none=True)
+        totals: dict[str, float] = {}
+        for micro, batch in enumerate(self._next_batches()):
+            batch = batch.to(self.device)
+            counts = self._global_counts(self.step, micro)
+            with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None):
+                loss, stats = self.step_runner(batch, self.step, counts)
+            self.scaler.scale(loss * self.world_size).backward()  # DDP averages over ranks; the loss is a global sum
+            for k, v in stats.items():
+                totals[k] = totals.get(k, 0.0) + float(v) / (cfg.accumulate if k == "coverage" else 1)
+            if self.disc is not None:
+                totals.update(self._disc_step(batch))
+        self.scaler.step(self.opt)
+        self.scaler.update()
+        self._update_averages()
+        totals = self._reduce(totals)
+        totals["loss"] = sum(totals.get(k, 0.0) * w for k, w in (
+            ("rec", cfg.rec_weight), ("reg", cfg.reg_weight), ("ccl", cfg.ccl_weight),
+            ("ccl_hybrid", cfg.ccl_hybrid_weight), ("adv", cfg.adv_weight)))
+        totals["lr"] = self.opt.param_groups[0]["lr"]
+        self.step += 1
+        return totals
+
+    def _pairs(self, step: int) -> list[PairBatch]:
+        """This rank's micro-batches of ``step`` (CPU work: rendering, warps, colour remaps)."""
+        cfg = self.config
+        return [build_pairs(self.dataset, self.sampler, self.positions(step, m), cfg.seed, cfg.pair_mix, cfg.colour_remap)
+                for m in range(cfg.accumulate)]
+
+    def _next_batches(self) -> list[PairBatch]:
+        """Batches of the current step, prepared ahead by ``workers`` background processes when asked."""
+        if self.workers == 0:
+            return self._pairs(self.step)
+        if self._loader is None or self._loader_step != self.step:
+            steps = _StepPairs(self, self.step)
+            self._loader = iter(torch.utils.data.DataLoader(
+                steps, batch_size=None, num_workers=self.workers, prefetch_factor=4, persistent_workers=False,
+                worker_init_fn=lambda _: torch.set_num_threads(1),
+            ))
+            self._loader_step = self.step
+        self._loader_step += 1
+        return next(self._loader)
+
+    def _global_counts(self, step: int, micro: int) -> dict[str, int]:
+        from .pairs import pair_kind
+
+        cfg = self.config
+        micro_size = cfg.batch_size // cfg.accumulate
+        start = step * cfg.batch_size + micro * micro_size
+        kinds = [pair_kind(p, cfg.pair_mix) for p in range(start, start + micro_size)]
+        return {"all": micro_size * cfg.accumulate, "target": sum(k != "random" for k in kinds) * cfg.accumulate}
+
+    def _disc_step(self, batch: PairBatch) -> dict[str, float]:
+        cfg = self.config
+        fake = self.step_module._last[0] * 2 - 1
+        real = batch.style * 2 - 1
+        self.opt_d.zero_grad(set_to_none=True)
+        d_loss = discriminator_loss(self.disc_runner(real), self.disc_runner(fake))
+        out = {"d": float(d_loss)}
+        if self.step % cfg.r1_every == 0:
+            real = real.detach().requires_grad_(True)
+            r1 = r1_penalty(self.disc_runner(real), real)
+            d_loss = d_loss + cfg.r1_gamma / 2 * r1 * cfg.r1_every
+            out["r1"] = float(r1)
+        d_loss.backward()
+        self.opt_d.step()
+        return out
+
+    def _set_lr(self):
+        cfg = self.config
+        t = self.step / cfg.steps
+        factor = 1.0
+        if t > cfg.lr_decay_start:
+            u = (t - cfg.lr_decay_start) / (1 - cfg.lr_decay_start)
+            factor = 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, u)))
+        for group in self.opt.param_groups:
+            group["lr"] = cfg.lr * factor
+
+    @torch.no_grad()
+    def _update_averages(self):
+        cfg = self.config
+        batch_mean = torch.stack(self.step_module._last[1]).mean(0)
+        if self.world_size > 1:
+            dist.all_reduce(batch_mean)
+            batch_mean /= self.world_size
+        m = self.model
+        m.w_avg.lerp_(batch_mean.to(m.w_avg), 1 - cfg.w_avg_momentum)
+        decay = min(cfg.ema_decay, (1 + self.step) / (10 + self.step))  # warm-up: the EMA follows early steps
+        for p_ema, p in zip(self.ema.parameters(), m.parameters()):
+            p_ema.lerp_(p.detach(), 1 - decay)
+        for b_ema, b in zip(self.ema.buffers(), m.buffers()):
+            b_ema.copy_(b)
+
+    def _reduce(self, totals: dict[str, float]) -> dict[str, float]:
+        if self.world_size == 1:
+            return totals
+        keys = sorted(totals)
+        t = torch.tensor([totals[k] for k in keys], dtype=torch.float64, device=self.device)
+        dist.all_reduce(t)
+        per_rank_mean = {"coverage", "d", "r1"}
+        return {k: float(v) / (self.world_size if k in per_rank_mean else 1) for k, v in zip(keys, t.tolist())}
+
+    # -- persistence ------------------------------------------------------------------------------------------------
+    def state(self) -> dict:
+        return {
+            "step": self.step,
+            "model": self.model.state_dict(),
+            "ema": self.ema.state_dict(),
+            "opt": self.opt.state_dict(),
+            "disc": self.disc.state_dict() if self.disc is not None else None,
+            "opt_d": self.opt_d.state_dict() if self.opt_d is not None else None,
+            "scaler": self.scaler.state_dict(),
+            "rng": torch.get_rng_state(),
+            "model_config": self.model.config.to_json(),
+            "train_config": self.config.to_json(),
+        }
+
+    def save(self, directory, metadata: dict[str, str] | None = None) -> Path:
+        """Write ``train_state.safetensors`` (everything to resume) then ``coat.safetensors`` (the EMA model)."""
+        directory = Path(directory)
+        save_state(self.state(), directory / "train_state.safetensors")
+        meta = {"steps": str(self.step), "train_config": self.config.to_json(), **(metadata or {})}
+        self.ema.save(directory / "coat.safetensors", meta)
+        return directory / "coat.safetensors"
+
+    def load(self, path) -> None:
+        state = load_state(path)
+        if COATConfig.from_json(state["model_config"]) != self.model.config:
+            raise ValueError(f"{path} was trained with another model config; start a new run directory")
+        self.step = state["step"]
+        self.model.load_state_dict(state["model"])
+        self.ema.load_state_dict(state["ema"])
+        self.opt.load_state_dict(state["opt"])
+        if self.disc is not None and state["disc"] is not None:
+            self.disc.load_state_dict(state["disc"])
+            self.opt_d.load_state_dict(state["opt_d"])
+        if state["scaler"]:
+            self.scaler.load_state_dict(state["scaler"])
+        torch.set_rng_state(state["rng"])

@@ -1,0 +1,94 @@
+"""Losses on hand-made inputs: known values, gradients where they must flow, none where they must stop."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from coat_model.losses import (
+    correspondence_nce, discriminator_loss, generator_adversarial_loss, hardness_schedule, latent_regularisation,
+    ms_ssim, r1_penalty, reconstruction_loss, select_negatives,
+)
+
+
+def _grid_target(h, w):
+    return torch.arange(h * w)[None]
+
+
+def test_ccl_equals_log_one_plus_negatives_for_constant_features():
+    q = torch.ones(1, 8, 6, 6)
+    k = torch.ones(1, 8, 6, 6)
+    loss = correspondence_nce(q, k, _grid_target(6, 6), torch.ones(1, 36, dtype=torch.bool),
+                              n_queries=10, n_negatives=16, exclusion=1)
+    torch.testing.assert_close(loss, torch.tensor([math.log(17)]))
+
+
+def test_ccl_decreases_when_positives_get_more_similar():
+    g = torch.Generator().manual_seed(0)
+    k = F.normalize(torch.randn(1, 16, 8, 8, generator=g), dim=1)
+    noise = F.normalize(torch.randn(1, 16, 8, 8, generator=g), dim=1)
+    valid = torch.ones(1, 64, dtype=torch.bool)
+    losses = [
+        correspondence_nce(F.normalize(a * k + (1 - a) * noise, dim=1), k, _grid_target(8, 8), valid,
+                           generators=[torch.Generator().manual_seed(1)])
+        for a in (0.0, 0.5, 1.0)
+    ]
+    assert losses[0] > losses[1] > losses[2]
+
+
+def test_ccl_gradients_reach_queries_but_not_keys():
+    q = F.normalize(torch.randn(2, 8, 5, 5), dim=1).requires_grad_()
+    k = F.normalize(torch.randn(2, 8, 5, 5), dim=1).requires_grad_()
+    valid = torch.ones(2, 25, dtype=torch.bool)
+    valid[1] = False  # an image without positives contributes 0
+    loss = correspondence_nce(q, k, _grid_target(5, 5).expand(2, -1), valid, n_negatives=4, exclusion=1)
+    assert loss[1] == 0
+    loss.sum().backward()
+    assert q.grad.abs().sum() > 0 and k.grad is None
+
+
+@pytest.mark.parametrize("hard_share", [0.0, 0.5, 1.0])
+def test_negatives_never_inside_the_exclusion_zone(hard_share):
+    g = torch.Generator().manual_seed(2)
+    logits = torch.randn(20, 49, generator=g)
+    pos = torch.randint(49, (20,), generator=g)
+    ky, kx = torch.arange(49) // 7, torch.arange(49) % 7
+    far = ((ky - ky[pos, None]).abs() > 2) | ((kx - kx[pos, None]).abs() > 2)
+    index = select_negatives(logits, far, n_negatives=12, hard_share=hard_share)
+    assert torch.gather(far, 1, index).all()
+    if hard_share == 1.0:  # all picks are the hardest candidates
+        hardest = logits.masked_fill(~far, -1e9).topk(12, dim=1).indices
+        assert torch.equal(index.sort(1).values, hardest.sort(1).values)
+
+
+def test_hardness_curriculum_ramps_linearly():
+    assert hardness_schedule(0, 1000) == 0.0
+    assert hardness_schedule(100, 1000) == pytest.approx(0.5)
+    assert hardness_schedule(500, 1000) == 1.0
+
+
+def test_reconstruction_and_ssim_known_values():
+    x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(3))
+    torch.testing.assert_close(ms_ssim(x, x), torch.ones(2))
+    torch.testing.assert_close(reconstruction_loss(x, x), torch.zeros(2), atol=1e-6, rtol=0)
+    shifted = (x + 0.1).clamp(0, 1)
+    assert (reconstruction_loss(shifted, x) > 0.05).all()
+
+
+def test_latent_regularisation_known_value_and_stop_gradient():
+    w_avg = torch.zeros(4, requires_grad=True)
+    maps = [torch.full((1, 4, 2, 2), 0.5, requires_grad=True)]  # ||(0.5,0.5,0.5,0.5)|| = 1
+    loss = latent_regularisation(maps, w_avg)
+    torch.testing.assert_close(loss, torch.tensor(1.0))
+    loss.backward()
+    assert maps[0].grad is not None and w_avg.grad is None
+
+
+def test_adversarial_losses_and_r1():
+    logits = torch.zeros(4, 1)
+    torch.testing.assert_close(generator_adversarial_loss(logits), torch.tensor(math.log(2)))
+    torch.testing.assert_close(discriminator_loss(logits, logits), torch.tensor(2 * math.log(2)))
+    x = torch.randn(3, 2, requires_grad=True)
+    r1 = r1_penalty((x * torch.tensor([3.0, 4.0])).sum(1), x)  # gradient (3, 4) per sample: |g|^2 = 25
+    torch.testing.assert_close(r1, torch.tensor(25.0))
