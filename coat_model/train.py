@@ -57,9 +57,15 @@ def fit(
     on_step: Callable[[int, dict], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
     metadata: dict[str, str] | None = None,
+    fit_to_time: bool = False,
 ) -> str:
     """Run ``trainer`` until its configured steps, a stop request or the time budget; returns why it stopped
-    ("done", "stopped", "time"). Rank 0 logs, writes samples and checkpoints."""
+    ("done", "stopped", "time"). Rank 0 logs, writes samples and checkpoints.
+
+    ``fit_to_time`` (with ``max_seconds``): after 100 steps, shorten the schedule (learning-rate decay,
+    curricula) to the number of steps the measured speed allows, so that a time-boxed run still finishes its
+    schedule.
+    """
     cfg = trainer.config
     main = trainer.rank == 0
     log = open(out_dir / "metrics.jsonl", "a") if (main and out_dir) else None
@@ -70,6 +76,8 @@ def fit(
             stats = trainer.train_step()
             window_images += cfg.batch_size
             step = trainer.step
+            if fit_to_time and max_seconds and step == 100:
+                cfg = _fit_schedule(trainer, max_seconds, time.time() - start)
             if on_step is not None:
                 on_step(step, stats)
             if log_every and (step % log_every == 0 or step == cfg.steps):
@@ -96,6 +104,20 @@ def fit(
     if main and out_dir:
         trainer.save(out_dir, metadata)
     return reason
+
+
+def _fit_schedule(trainer: Trainer, max_seconds: float, elapsed: float) -> TrainConfig:
+    """Shorten the run to the steps that fit the remaining time at the measured speed (all ranks agree)."""
+    rate = torch.tensor([trainer.step / max(elapsed, 1e-9)], dtype=torch.float64, device=trainer.device)
+    if trainer.world_size > 1:
+        dist.all_reduce(rate, op=dist.ReduceOp.MIN)
+    steps = int(trainer.step + rate.item() * (max_seconds - elapsed) * 0.97)
+    if steps < trainer.config.steps:
+        trainer.config = dataclasses.replace(trainer.config, steps=max(steps, trainer.step + 1))
+        trainer.step_module.config = trainer.config
+        if trainer.rank == 0:
+            print(f"fit to time: the schedule now ends at step {trainer.config.steps}", file=sys.stderr)
+    return trainer.config
 
 
 def _agree(trainer: Trainer, flag: bool) -> bool:
@@ -158,6 +180,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--sample-every", type=int, default=500)
     p.add_argument("--log-every", type=int, default=10)
     p.add_argument("--max-minutes", type=float, default=None, help="stop (and save) after this much wall-clock time")
+    p.add_argument("--fit-to-time", action="store_true",
+                   help="with --max-minutes: shorten the schedule to the steps the measured speed allows")
     return p.parse_args(argv)
 
 
@@ -240,7 +264,7 @@ def _run(args, device, rank: int, world_size: int) -> int:
     reason = fit(
         trainer, out_dir=out, ckpt_every=args.ckpt_every, log_every=args.log_every, sample_every=args.sample_every,
         max_seconds=args.max_minutes * 60 if args.max_minutes else None, should_stop=lambda: stop["flag"],
-        metadata=metadata,
+        metadata=metadata, fit_to_time=args.fit_to_time,
     )
     if rank == 0:
         print(f"{reason} at step {trainer.step}: {out / 'coat.safetensors'}"
