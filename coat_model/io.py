@@ -67,24 +67,44 @@ def read_config(path) -> COATConfig:
     return COATConfig.from_json(_inspect(Path(path))["config"])
 
 
-def save(model, path, metadata: dict[str, str] | None = None) -> None:
-    """Atomically write ``model`` (a :class:`COAT`) to ``path`` (temporary file + rename)."""
+def atomic_save_file(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:
+    """Write a safetensors file through a temporary file in the same folder, fsync and rename: a crash at any
+    moment leaves either the old file or the new one, never a torn one."""
     from safetensors.torch import save_file
 
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata=metadata)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes owner-only files
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _umask() -> int:
+    """The process umask, read without changing it (os.umask would race with other threads)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    return 0o022
+
+
+def save(model, path, metadata: dict[str, str] | None = None) -> None:
+    """Atomically write ``model`` (a :class:`COAT`) to ``path`` (temporary file + rename)."""
     path = Path(path)
     if path.suffix != ".safetensors":
         raise CheckpointError(f"save to a .safetensors path, got {path.name}")
     path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
     meta = {**(metadata or {}), "format": FORMAT, "format_version": FORMAT_VERSION, "config": model.config.to_json()}
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=meta)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    atomic_save_file(tensors, path, meta)
 
 
 def load(path, device=None, dtype=None):

@@ -6,8 +6,6 @@ Nothing here unpickles: nested dicts/lists of tensors, numbers, strings, boolean
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import torch
@@ -45,25 +43,16 @@ def _unflatten(obj, tensors: dict[str, torch.Tensor]):
 
 def save_state(state: dict, path) -> None:
     """Atomically write a nested training state to ``path`` (temporary file + rename)."""
-    from safetensors.torch import save_file
+    from .io import atomic_save_file
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tensors: dict[str, torch.Tensor] = {}
     layout = json.dumps(_flatten(state, "state", tensors))
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata={"format": "coat-train-state", "layout": layout})
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    atomic_save_file(tensors, path, {"format": "coat-train-state", "layout": layout})
 
 
-def load_state(path, device=None) -> dict:
+def load_state(path) -> dict:
     from safetensors import safe_open
 
     with safe_open(str(path), framework="pt", device="cpu") as f:
@@ -71,6 +60,4 @@ def load_state(path, device=None) -> dict:
         if meta.get("format") != "coat-train-state":
             raise ValueError(f"{path} is not a COAT training state")
         tensors = {k: f.get_tensor(k) for k in f.keys()}
-    if device is not None:
-        tensors = {k: v.to(device) if v.is_floating_point() else v for k, v in tensors.items()}
     return _unflatten(json.loads(meta["layout"]), tensors)
