@@ -1,0 +1,172 @@
+"""Training images from a folder on disk or from an in-memory batch.
+
+Both datasets return float tensors [3, size, size] in [0, 1]: centre-cropped to a square, resized with
+anti-aliasing, and randomly flipped left-right when ``flip=True`` (using torch's global RNG, which a
+``DataLoader`` seeds per worker).
+
+Any PIL-readable file counts, whatever its size or mode:
+
+* RGBA, LA and palette images with transparency are composited on **white** (transparent pixels become
+  white, not black, so cut-outs look like objects on a plain background);
+* grayscale is repeated to three channels;
+* 16-bit images (``I;16``, ``I``, e.g. 16-bit PNGs) keep their precision: values are divided by 65535;
+  32-bit float images (``F``) are taken as [0, 1] if they fit, else divided by their maximum;
+* EXIF orientation is applied.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageOps
+
+__all__ = ["IMAGE_EXTENSIONS", "ImageFolderDataset", "TensorImageDataset", "images_to_dataset", "load_image"]
+
+IMAGE_EXTENSIONS: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".gif")
+
+
+def _to_rgb_array(img: Image.Image) -> np.ndarray:
+    """Any PIL image -> float32 array [H, W, 3] in [0, 1] (see module docstring for the rules)."""
+    mode = img.mode
+    if mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
+        grey = np.asarray(img, dtype=np.float64)
+        return np.repeat((np.clip(grey, 0, 65535) / 65535.0)[..., None], 3, -1).astype(np.float32)
+    if mode == "F":
+        grey = np.nan_to_num(np.asarray(img, dtype=np.float32))
+        top = grey.max() if grey.size else 1.0
+        grey = np.clip(grey / top if top > 1.0 else grey, 0.0, 1.0)
+        return np.repeat(grey[..., None], 3, -1)
+    if mode == "P" and "transparency" in img.info:
+        img = img.convert("RGBA")
+    if mode in ("RGBA", "LA", "PA", "RGBa", "La") or img.mode == "RGBA":
+        rgba = np.asarray(img.convert("RGBA"), dtype=np.float32) / 255.0
+        alpha = rgba[..., 3:]
+        return rgba[..., :3] * alpha + (1.0 - alpha)
+    return np.asarray(img.convert("RGB"), dtype=np.float32) / 255.0
+
+
+def load_image(path: str | os.PathLike) -> torch.Tensor:
+    """Read one image file as a float tensor [3, H, W] in [0, 1] (raises on unreadable files)."""
+    with Image.open(path) as img:
+        img = ImageOps.exif_transpose(img)
+        img.load()
+        array = _to_rgb_array(img)
+    return torch.from_numpy(np.ascontiguousarray(array)).permute(2, 0, 1)
+
+
+def _square_resize(image: torch.Tensor, size: int) -> torch.Tensor:
+    """Centre-crop [C, H, W] to a square and resize to [C, size, size] (anti-aliased bilinear)."""
+    _, h, w = image.shape
+    side = min(h, w)
+    top, left = (h - side) // 2, (w - side) // 2
+    square = image[:, top:top + side, left:left + side]
+    if side == size:
+        return square.contiguous()
+    out = F.interpolate(square[None], size=(size, size), mode="bilinear", align_corners=False,
+                        antialias=side > size)
+    return out[0].clamp(0.0, 1.0)
+
+
+def _maybe_flip(image: torch.Tensor, flip: bool) -> torch.Tensor:
+    return image.flip(-1) if flip and torch.rand(()) < 0.5 else image
+
+
+class ImageFolderDataset(torch.utils.data.Dataset):
+    """All images under ``root`` (recursively), as [3, size, size] tensors in [0, 1].
+
+    Files with an accepted extension (:data:`IMAGE_EXTENSIONS`, any case) are listed in sorted order and
+    their headers are checked once; unreadable ones are skipped and reported by a single warning. A file
+    that passes that check but fails to decode later is replaced by the next readable one (one more
+    warning at most). A folder without any readable image raises ``ValueError``.
+    """
+
+    def __init__(self, root: str | os.PathLike, size: int, flip: bool = True):
+        self.root, self.size, self.flip = Path(root), int(size), flip
+        if self.size < 1:
+            raise ValueError(f"size must be a positive number of pixels, got {size}")
+        if not self.root.is_dir():
+            raise ValueError(f"image folder {str(self.root)!r} does not exist or is not a folder")
+        candidates = sorted(p for p in self.root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+        self.files: list[Path] = []
+        bad: list[Path] = []
+        for path in candidates:
+            (self.files if _readable(path) else bad).append(path)
+        self.skipped = len(bad)
+        if bad:
+            names = ", ".join(str(p.relative_to(self.root)) for p in bad[:5]) + (", ..." if len(bad) > 5 else "")
+            warnings.warn(f"skipped {len(bad)} unreadable image file(s) in {str(self.root)!r}: {names}",
+                          stacklevel=2)
+        if not self.files:
+            found = f"{len(bad)} unreadable" if bad else "no"
+            raise ValueError(
+                f"no usable images in {str(self.root)!r} ({found} image files found, searched recursively); "
+                f"accepted extensions: {', '.join(IMAGE_EXTENSIONS)}"
+            )
+        self._warned_decode = False
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        for attempt in range(len(self.files)):
+            path = self.files[(index + attempt) % len(self.files)]
+            try:
+                image = load_image(path)
+            except Exception as error:      # a file that passed the header check but does not decode
+                if not self._warned_decode:
+                    warnings.warn(f"could not decode {str(path)!r} ({error}); using the next image instead",
+                                  stacklevel=2)
+                    self._warned_decode = True
+                continue
+            return _maybe_flip(_square_resize(image, self.size), self.flip)
+        raise ValueError(f"none of the {len(self.files)} images in {str(self.root)!r} could be decoded")
+
+
+def _readable(path: Path) -> bool:
+    try:
+        with Image.open(path) as img:
+            img.size     # header parsed
+        return True
+    except Exception:
+        return False
+
+
+class TensorImageDataset(torch.utils.data.Dataset):
+    """An in-memory batch [N, C, H, W] (C = 1, 3 or 4; float in [0, 1]) as a dataset of [3, size, size].
+
+    Grayscale is repeated to RGB and RGBA is composited on white, as for files.
+    """
+
+    def __init__(self, images: torch.Tensor, size: int | None = None, flip: bool = True):
+        if not isinstance(images, torch.Tensor) or images.dim() != 4:
+            raise ValueError(f"images must be a tensor [N, C, H, W], got {getattr(images, 'shape', type(images))}")
+        n, c, h, w = images.shape
+        if n == 0:
+            raise ValueError("images is an empty batch: give at least one image")
+        if c not in (1, 3, 4):
+            raise ValueError(f"images must have 1, 3 or 4 channels in dim 1 ([N, C, H, W]), got shape "
+                             f"{tuple(images.shape)}; ComfyUI IMAGE tensors [N, H, W, C] need .movedim(-1, 1)")
+        images = images.detach().float().cpu()
+        if c == 1:
+            images = images.expand(-1, 3, -1, -1)
+        elif c == 4:
+            images = images[:, :3] * images[:, 3:] + (1.0 - images[:, 3:])
+        self.images = images.clamp(0.0, 1.0)
+        self.size = int(size) if size is not None else min(h, w)
+        self.flip = flip
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        return _maybe_flip(_square_resize(self.images[index], self.size), self.flip)
+
+
+def images_to_dataset(images: torch.Tensor, size: int | None = None, flip: bool = True) -> TensorImageDataset:
+    """Dataset over an in-memory batch [N, C, H, W] in [0, 1]; ``size`` defaults to the shorter side."""
+    return TensorImageDataset(images, size, flip)

@@ -1,0 +1,252 @@
+"""Evaluation metrics of COAT_SPEC.md section C.2, on batches with exact ground truth.
+
+Shapes: images [B, 3, H, W] float in [0, 1]; labels [B, H, W] int64 (0 = background, parts 1..L-1);
+flows [B, 2, H, W] (x, y) in [-1, 1] with ``align_corners=True``; visible / confidence [B, 1, H, W].
+
+Pooling: part metrics are averaged over all (image, part) pairs of the batch whose content part covers at
+least ``min_area`` pixels; pixel metrics are pooled over all pixels of the batch; PSNR is the mean over
+images of the per-image PSNR. A metric that has nothing to measure (no flow given, no background, no
+confident match...) is ``None``.
+
+Colour differences are CIE76 (Euclidean in CIELAB, D65 white), from our own sRGB -> Lab conversion.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+__all__ = [
+    "srgb_to_lab", "lab_to_srgb", "part_mean_lab", "de_part", "paa", "de_to_content", "psnr", "l1",
+    "bg_l1", "pck", "conf_precision", "conf_coverage", "confidence_sweep", "compute_metrics", "PSNR_CAP_DB",
+]
+
+PSNR_CAP_DB = 100.0         # PSNR of a perfect output (MSE = 0) is reported as this many dB
+_WHITE_D65 = (0.95047, 1.0, 1.08883)
+_RGB_TO_XYZ = ((0.4124564, 0.3575761, 0.1804375),
+               (0.2126729, 0.7151522, 0.0721750),
+               (0.0193339, 0.1191920, 0.9503041))
+_DELTA = 6.0 / 29.0
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Colour
+
+
+def srgb_to_lab(rgb: torch.Tensor, dim: int = 1) -> torch.Tensor:
+    """sRGB in [0, 1] -> CIELAB (L in [0, 100]) along channel axis ``dim``."""
+    rgb = rgb.movedim(dim, 0).clamp(0.0, 1.0)
+    linear = torch.where(rgb <= 0.04045, rgb / 12.92, ((rgb + 0.055) / 1.055) ** 2.4)
+    matrix = torch.tensor(_RGB_TO_XYZ, dtype=rgb.dtype, device=rgb.device)
+    white = torch.tensor(_WHITE_D65, dtype=rgb.dtype, device=rgb.device)
+    t = torch.tensordot(matrix / white[:, None], linear, dims=1)        # XYZ / white, channel first
+    f = torch.where(t > _DELTA ** 3, t.clamp_min(1e-12) ** (1.0 / 3.0), t / (3 * _DELTA ** 2) + 4.0 / 29.0)
+    lab = torch.stack([116.0 * f[1] - 16.0, 500.0 * (f[0] - f[1]), 200.0 * (f[1] - f[2])])
+    return lab.movedim(0, dim)
+
+
+def lab_to_srgb(lab: torch.Tensor, dim: int = 1) -> torch.Tensor:
+    """CIELAB -> sRGB along channel axis ``dim``, clipped to [0, 1]."""
+    lab = lab.movedim(dim, -1)
+    big_l, a, b = lab.unbind(-1)
+    fy = (big_l + 16.0) / 116.0
+    f = torch.stack([fy + a / 500.0, fy, fy - b / 200.0], -1)
+    t = torch.where(f > _DELTA, f ** 3, 3 * _DELTA ** 2 * (f - 4.0 / 29.0))
+    xyz = t * torch.tensor(_WHITE_D65, dtype=lab.dtype, device=lab.device)
+    linear = (xyz @ torch.linalg.inv(torch.tensor(_RGB_TO_XYZ, dtype=lab.dtype, device=lab.device)).T).clamp(0, 1)
+    rgb = torch.where(linear <= 0.0031308, 12.92 * linear, 1.055 * linear.clamp_min(1e-12) ** (1 / 2.4) - 0.055)
+    return rgb.clamp(0.0, 1.0).movedim(-1, dim)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Part colours
+
+
+def part_mean_lab(images: torch.Tensor, labels: torch.Tensor, num_labels: int | None = None):
+    """Mean Lab colour of every label region: returns (means [B, L, 3], areas [B, L] in pixels)."""
+    return _part_means(srgb_to_lab(images), labels, num_labels)
+
+
+def _part_means(lab: torch.Tensor, labels: torch.Tensor, num_labels: int | None = None):
+    num_labels = int(labels.max()) + 1 if num_labels is None else num_labels
+    onehot = F.one_hot(labels.flatten(1), num_labels).to(lab.dtype)                 # [B, HW, L]
+    area = onehot.sum(1)                                                            # [B, L]
+    means = (lab.flatten(2) @ onehot).transpose(1, 2) / area.clamp_min(1.0)[..., None]
+    return means, area
+
+
+def _scored_parts(area: torch.Tensor, min_area: int) -> torch.Tensor:
+    """(image, part) pairs that count: part area >= min_area, background excluded. [B, L] bool."""
+    valid = area >= min_area
+    valid[:, 0] = False
+    return valid
+
+
+def _de(out_means: torch.Tensor, ref_means: torch.Tensor, valid: torch.Tensor) -> float | None:
+    return (out_means - ref_means).norm(dim=-1)[valid].mean().item() if valid.any() else None
+
+
+def _paa(out_means: torch.Tensor, ref_means: torch.Tensor, valid: torch.Tensor, distinct_de: float):
+    big = torch.finfo(out_means.dtype).max
+    mask_other = ~valid[:, None, :] | torch.eye(valid.shape[1], dtype=torch.bool, device=valid.device)
+    separation = torch.cdist(ref_means, ref_means).masked_fill(mask_other, big).amin(-1)    # [B, L]
+    scored = valid & (separation >= distinct_de)
+    if not scored.any():
+        return None
+    nearest = torch.cdist(out_means, ref_means).masked_fill(~valid[:, None, :], big).argmin(-1)  # [B, L]
+    own = torch.arange(valid.shape[1], device=valid.device).expand_as(nearest)
+    return (nearest == own)[scored].float().mean().item()
+
+
+def de_part(output: torch.Tensor, target: torch.Tensor, labels: torch.Tensor, min_area: int = 4) -> float | None:
+    """Mean CIE76 dE between output and target mean part colours, over content parts of >= min_area px."""
+    num = int(labels.max()) + 1
+    out_means, area = part_mean_lab(output, labels, num)
+    return _de(out_means, part_mean_lab(target, labels, num)[0], _scored_parts(area, min_area))
+
+
+def de_to_content(output: torch.Tensor, content: torch.Tensor, labels: torch.Tensor,
+                  min_area: int = 4) -> float | None:
+    """Mean dE between output part colours and the content's own part colours (higher = less leakage)."""
+    return de_part(output, content, labels, min_area)
+
+
+def paa(output: torch.Tensor, target: torch.Tensor, labels: torch.Tensor, min_area: int = 4,
+        distinct_de: float = 10.0) -> float | None:
+    """Part-assignment accuracy: share of parts whose output mean colour is nearest to their own target colour.
+
+    Candidates are the target mean colours of all parts of >= min_area px in that image; a part is scored
+    only if its target colour is at least ``distinct_de`` from every other candidate's.
+    """
+    num = int(labels.max()) + 1
+    out_means, area = part_mean_lab(output, labels, num)
+    return _paa(out_means, part_mean_lab(target, labels, num)[0], _scored_parts(area, min_area), distinct_de)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Pixel fidelity
+
+
+def l1(output: torch.Tensor, target: torch.Tensor, labels: torch.Tensor) -> float | None:
+    """Mean absolute error over the content object pixels (labels != 0) and channels."""
+    mask = (labels != 0)[:, None].expand_as(output)
+    return (output - target).abs()[mask].mean().item() if mask.any() else None
+
+
+def psnr(output: torch.Tensor, target: torch.Tensor, labels: torch.Tensor, cap_db: float = PSNR_CAP_DB) -> float | None:
+    """Mean over images of the PSNR (peak 1) inside the content object mask; each capped at ``cap_db``."""
+    mask = (labels != 0)[:, None].to(output.dtype)
+    count = mask.sum((1, 2, 3)) * output.shape[1]
+    keep = count > 0
+    if not keep.any():
+        return None
+    mse = (((output - target) ** 2) * mask).sum((1, 2, 3))[keep] / count[keep]
+    db = torch.where(mse > 0, -10.0 * torch.log10(mse.clamp_min(1e-30)), torch.full_like(mse, cap_db))
+    return db.clamp(max=cap_db).mean().item()
+
+
+def bg_l1(output: torch.Tensor, content: torch.Tensor, labels: torch.Tensor) -> float | None:
+    """Mean absolute difference to the content image outside the object (labels == 0)."""
+    mask = (labels == 0)[:, None].expand_as(output)
+    return (output - content).abs()[mask].mean().item() if mask.any() else None
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Correspondence
+
+
+def _match_size(flow: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """Bilinearly resize a normalised flow to the spatial size of ``like`` (values need no rescaling)."""
+    if flow.shape[-2:] == like.shape[-2:]:
+        return flow
+    return F.interpolate(flow, size=like.shape[-2:], mode="bilinear", align_corners=True)
+
+
+def _confident(confidence: torch.Tensor, like: torch.Tensor, threshold: float) -> torch.Tensor:
+    """Confidence [B, 1, h, w] (bool or float) -> bool [B, 1, H, W] (nearest upsampling of cells)."""
+    mask = confidence if confidence.dtype == torch.bool else confidence >= threshold
+    if mask.shape[-2:] != like.shape[-2:]:
+        mask = F.interpolate(mask.float(), size=like.shape[-2:], mode="nearest") > 0.5
+    return mask
+
+
+def _correct(pred_flow: torch.Tensor, gt_flow: torch.Tensor, alpha: float) -> torch.Tensor:
+    """bool [B, 1, H, W]: predicted location within alpha * R pixels of the truth (R = max(H, W))."""
+    h, w = gt_flow.shape[-2:]
+    pred_flow = _match_size(pred_flow, gt_flow)
+    scale = torch.tensor([(w - 1) / 2, (h - 1) / 2], dtype=gt_flow.dtype, device=gt_flow.device).view(1, 2, 1, 1)
+    error_px = ((pred_flow - gt_flow) * scale).norm(dim=1, keepdim=True)
+    return error_px <= alpha * max(h, w)
+
+
+def pck(pred_flow: torch.Tensor, gt_flow: torch.Tensor, visible: torch.Tensor, alpha: float) -> float | None:
+    """Share of visible content pixels whose predicted style location is within alpha * R px of the truth.
+
+    In normalised units the threshold is about ``2 * alpha`` (exactly ``2 * alpha * R / (R - 1)``).
+    """
+    if not visible.any():
+        return None
+    return _correct(pred_flow, gt_flow, alpha)[visible].float().mean().item()
+
+
+def conf_precision(pred_flow, gt_flow, visible, confidence, threshold: float = 0.5, alpha: float = 0.05):
+    """PCK@alpha restricted to confident visible pixels (None when no match is confident)."""
+    mask = visible & _confident(confidence, gt_flow, threshold)
+    return _correct(pred_flow, gt_flow, alpha)[mask].float().mean().item() if mask.any() else None
+
+
+def conf_coverage(visible, confidence, threshold: float = 0.5) -> float | None:
+    """Share of visible content pixels whose (cell's) match is confident."""
+    if not visible.any():
+        return None
+    return _confident(confidence, visible, threshold)[visible].float().mean().item()
+
+
+def confidence_sweep(pred_flow, gt_flow, visible, confidence: torch.Tensor,
+                     thresholds=(0.1, 0.3, 0.5, 0.7, 0.9)) -> list[dict[str, float | None]]:
+    """Precision / coverage for each confidence threshold (a float confidence map is required)."""
+    return [{"threshold": t, "precision": conf_precision(pred_flow, gt_flow, visible, confidence, t),
+             "coverage": conf_coverage(visible, confidence, t)} for t in thresholds]
+
+
+# ---------------------------------------------------------------------------------------------------------
+
+
+def compute_metrics(
+    output: torch.Tensor,               # [B, 3, H, W] method output
+    gt_transfer: torch.Tensor,          # [B, 3, H, W] render(S_content, A_style)
+    content_labels: torch.Tensor,       # [B, H, W]
+    content_image: torch.Tensor,        # [B, 3, H, W]
+    pred_flow: torch.Tensor | None = None,     # [B, 2, h, w] predicted style positions, if the method has any
+    gt_flow: torch.Tensor | None = None,       # [B, 2, H, W]
+    visible: torch.Tensor | None = None,       # [B, 1, H, W] bool
+    confidence: torch.Tensor | None = None,    # [B, 1, h, w] bool, or float thresholded at conf_threshold
+    conf_threshold: float = 0.5,
+    min_area: int = 4,
+    distinct_de: float = 10.0,
+) -> dict[str, float | None]:
+    """All C.2 metrics as a dict of floats (None where not applicable).
+
+    Keys: l1, psnr, de_part, paa, de_to_content, bg_l1 (always computed); pck05, pck10 (need pred_flow,
+    gt_flow and visible); conf_precision, conf_coverage (also need confidence).
+    """
+    num = int(content_labels.max()) + 1
+    out_means, area = part_mean_lab(output, content_labels, num)
+    ref_means, content_means = (part_mean_lab(x, content_labels, num)[0] for x in (gt_transfer, content_image))
+    valid = _scored_parts(area, min_area)
+    result: dict[str, float | None] = {
+        "l1": l1(output, gt_transfer, content_labels),
+        "psnr": psnr(output, gt_transfer, content_labels),
+        "de_part": _de(out_means, ref_means, valid),
+        "paa": _paa(out_means, ref_means, valid, distinct_de),
+        "de_to_content": _de(out_means, content_means, valid),
+        "bg_l1": bg_l1(output, content_image, content_labels),
+        "pck05": None, "pck10": None, "conf_precision": None, "conf_coverage": None,
+    }
+    if pred_flow is not None and gt_flow is not None and visible is not None:
+        result["pck05"] = pck(pred_flow, gt_flow, visible, 0.05)
+        result["pck10"] = pck(pred_flow, gt_flow, visible, 0.10)
+        if confidence is not None:
+            result["conf_precision"] = conf_precision(pred_flow, gt_flow, visible, confidence, conf_threshold)
+            result["conf_coverage"] = conf_coverage(visible, confidence, conf_threshold)
+    return result

@@ -1,0 +1,115 @@
+"""Random warps with exact flow, and random colour remaps."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from coat_model.data import random_color_remap, random_warp, render, sample_appearance, sample_structure
+
+
+def _smooth_images(b: int = 4, size: int = 48) -> torch.Tensor:
+    t = torch.linspace(0, 1, size)
+    x, y = t.view(1, size).expand(size, size), t.view(size, 1).expand(size, size)
+    image = torch.stack([x, y, 0.5 + 0.5 * torch.sin(3 * x + 2 * y)])
+    return image.expand(b, 3, size, size).contiguous()
+
+
+def _faces(b: int = 4, size: int = 48):
+    return render(sample_structure(b, 1), sample_appearance(b, 2), size)
+
+
+def _unwarp(warped: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
+    return F.grid_sample(warped, flow.permute(0, 2, 3, 1), mode="bilinear", align_corners=True)
+
+
+def test_shapes_and_determinism():
+    images = _smooth_images()
+    warped, flow, valid = random_warp(images, torch.Generator().manual_seed(0))
+    assert warped.shape == images.shape and flow.shape == (4, 2, 48, 48) and valid.shape == (4, 1, 48, 48)
+    assert valid.dtype == torch.bool and 0.5 < valid.float().mean() < 1.0
+    again = random_warp(images, torch.Generator().manual_seed(0))
+    assert all(torch.equal(a, b) for a, b in zip((warped, flow, valid), again))
+    assert not torch.equal(random_warp(images, 1)[1], flow)
+
+
+def test_flow_round_trip_reproduces_the_original():
+    """Sampling the warped image at the flow gives back the original where valid (double bilinear blur only)."""
+    images = _smooth_images()
+    warped, flow, valid = random_warp(images, 0, tps_jitter=0.15)
+    error = (_unwarp(warped, flow) - images).abs().amax(1, keepdim=True)[valid]
+    assert error.mean() < 0.005 and error.max() < 0.03
+    faces = _faces()[0]
+    warped, flow, valid = random_warp(faces, 3)
+    assert (_unwarp(warped, flow) - faces).abs().amax(1, keepdim=True)[valid].mean() < 0.03
+
+
+def _identity_flow(b: int, size: int) -> torch.Tensor:
+    t = torch.linspace(-1, 1, size)
+    return torch.stack([t.view(1, size).expand(size, size), t.view(size, 1).expand(size, size)]).expand(b, 2, -1, -1)
+
+
+def test_flow_of_a_pure_shift_is_constant():
+    images = _smooth_images(2)
+    _, flow, _ = random_warp(images, 0, rotation=0.0, scale=(1.0, 1.0), translate=0.2, tps_jitter=0.0)
+    shift = flow - _identity_flow(2, 48)
+    assert torch.allclose(shift, shift[:, :, :1, :1].expand_as(shift), atol=1e-5)
+    assert (shift.abs() <= 0.2 + 1e-6).all() and (shift.abs() > 1e-3).any()
+
+
+def test_flow_of_a_pure_zoom_scales_coordinates():
+    images = _smooth_images(2)
+    _, flow, valid = random_warp(images, 0, rotation=0.0, scale=(1.1, 1.3), translate=0.0, tps_jitter=0.0)
+    zoom = flow[:, 0, 0, -1]                                     # x of the right-most pixel of the top row
+    assert ((zoom > 1.1 - 1e-5) & (zoom < 1.3 + 1e-5)).all()
+    assert torch.allclose(flow, _identity_flow(2, 48) * zoom.view(2, 1, 1, 1), atol=1e-5)
+    assert not valid[:, :, 0, 0].any() and valid[:, :, 24, 24].all()
+
+
+def test_no_warp_is_the_identity():
+    faces = _faces(2)[0]
+    warped, flow, valid = random_warp(faces, 0, rotation=0.0, scale=(1.0, 1.0), translate=0.0, tps_jitter=0.0)
+    assert torch.allclose(warped, faces, atol=1e-5) and valid.all()
+    assert torch.allclose(flow, _identity_flow(2, 48), atol=1e-6)
+
+
+def test_labels_travel_with_the_flow():
+    """Each face pixel's label is found at its flow position in the warped label map."""
+    images, labels, _ = _faces(4, 64)
+    stacked = torch.cat([images, labels[:, None].float()], 1)
+    warped, flow, valid = random_warp(stacked, 5, tps_jitter=0.05)
+    # resample the warped labels at the flow with nearest: the label comes back in the interior of parts
+    back = F.grid_sample(warped[:, 3:], flow.permute(0, 2, 3, 1), mode="nearest", align_corners=True)
+    assert (back.round()[:, 0].long() == labels)[valid[:, 0]].float().mean() > 0.9
+
+
+def test_color_remap_changes_colours_not_structure():
+    images, labels, _ = _faces(6)
+    out = random_color_remap(images, torch.Generator().manual_seed(0))
+    assert out.shape == images.shape and out.min() >= 0 and out.max() <= 1
+    assert (out - images).abs().mean() > 0.08
+    # per image the remap is one affine colour map: fitting x -> K x + o leaves no residual
+    for src, dst in zip(images, out):
+        x = torch.cat([src.flatten(1), torch.ones(1, src[0].numel())]).T.double()      # [HW, 4]
+        y = dst.flatten(1).T.double()
+        fit = torch.linalg.lstsq(x, y).solution
+        assert (x @ fit - y).abs().max() < 1e-4
+    assert torch.equal(out, random_color_remap(images, torch.Generator().manual_seed(0)))
+
+
+def test_color_remap_changes_part_colours_strongly():
+    """Mean part colours move by a lot for most parts, which is what stops a decoder copying content colours."""
+    images, labels, _ = _faces(8)
+    out = random_color_remap(images, 1)
+    moved = []
+    for b in range(8):
+        for part in labels[b].unique().tolist():
+            mask = labels[b] == part
+            moved.append((out[b][:, mask].mean(1) - images[b][:, mask].mean(1)).abs().max())
+    assert (torch.stack(moved) > 0.1).float().mean() > 0.6
+
+
+def test_bad_shapes_raise():
+    with pytest.raises(ValueError, match=r"\[B, C, H, W\]"):
+        random_warp(torch.zeros(3, 8, 8))
+    with pytest.raises(ValueError, match=r"\[B, 3, H, W\]"):
+        random_color_remap(torch.zeros(1, 4, 8, 8))
