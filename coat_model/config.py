@@ -37,7 +37,7 @@ class COATConfig:
     sim_threshold: float = 0.3                 # hard path: minimum cosine similarity of a confident match
     cycle_tolerance: float = 1.0               # hard path: max forward-backward error, in cells (L-inf)
     cycle_sigma: float = 1.0                   # confidence falloff of the cycle error, in cells
-    geometric_sigma: float = 0.1               # pair-wise distance check sigma, normalised units
+    geometric_sigma: float = 1.5               # pair-wise distance check tolerance, in cells of each scale
     geometric_threshold: float = 0.5           # keep matches whose geometric score >= this
     geometric_radius: int = 3                  # neighbourhood radius (cells) of the pair-wise distance check
     confidence_threshold: float = 0.5          # soft path: mask = confidence >= threshold

@@ -194,6 +194,10 @@ def main(argv=None) -> int:
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     cuda = torch.cuda.is_available() and (args.device is None or args.device.startswith("cuda"))
     device = torch.device(f"cuda:{local_rank}" if cuda and world_size > 1 else (args.device or ("cuda" if cuda else "cpu")))
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
     if world_size > 1:
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
         if device.type == "cuda":
