@@ -25,6 +25,10 @@ serve: setup
 test: setup
 	$(VPY) -m pytest -q $(PYTEST_ARGS) tests/
 
-# --- demo: (to be added) -------------------------------------------------------------------------
+# --- demo: headless ComfyUI runs examples/workflows/coat_transfer_api.json on the sample images ------
+# Prints the result's path (under artifacts/demo/). DEMO_ARGS="--gpu" or "--random-weights" (see tools/demo.py).
+.PHONY: demo
+demo: setup
+	$(VPY) tools/demo.py $(DEMO_ARGS)
 
 # --- bench: (to be added) ------------------------------------------------------------------------

@@ -50,7 +50,7 @@ class ComfyServer:
     url: str
     log_path: Path
     proc: subprocess.Popen
-    root: Path  # tmp root holding input/, output/, temp/, user/
+    root: Path  # tmp root holding input/, output/, temp/, user/, models/coat/ (an extra `coat` model folder)
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -68,12 +68,16 @@ def start_server(root: Path, timeout: float = 120.0) -> ComfyServer:
     dirs = {k: root / k for k in ("input", "output", "temp", "user")}
     for d in dirs.values():
         d.mkdir(parents=True, exist_ok=True)
+    # A private `coat` model folder (root/models/coat) through an extra_model_paths.yaml, as users add folders.
+    (root / "models" / "coat").mkdir(parents=True, exist_ok=True)
+    (root / "extra_model_paths.yaml").write_text(f"tests:\n  base_path: {root / 'models'}\n  coat: coat\n")
     port = free_port()
     cmd = [str(VENV_PY if VENV_PY.exists() else sys.executable), "main.py", "--cpu",
            "--listen", "127.0.0.1", "--port", str(port),
            "--input-directory", str(dirs["input"]), "--output-directory", str(dirs["output"]),
            "--temp-directory", str(dirs["temp"]), "--user-directory", str(dirs["user"]),
-           "--database-url", "sqlite:///:memory:"]
+           "--database-url", "sqlite:///:memory:",
+           "--extra-model-paths-config", str(root / "extra_model_paths.yaml")]
     if (FRONTEND / "index.html").is_file():
         cmd += ["--front-end-root", str(FRONTEND)]
     log_path = root / "comfyui.log"

@@ -9,7 +9,8 @@ def comfy_server(tmp_path_factory):
     """A real ComfyUI server (``--cpu``, free port, tmp input/output/temp/user dirs) for the whole session.
 
     Yields an object with ``.url`` (``http://127.0.0.1:PORT``), ``.log_path``, ``.root`` (tmp dir holding
-    input/ output/ temp/ user/) and ``.proc``. The pack is loaded via the ``custom_nodes/comfyui-coat`` link.
+    input/ output/ temp/ user/ and models/coat/, an extra `coat` model folder) and ``.proc``. The pack is loaded
+    via the ``custom_nodes/comfyui-coat`` link.
     """
     server = comfy_harness.start_server(tmp_path_factory.mktemp("comfy_server"))
     yield server

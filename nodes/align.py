@@ -1,0 +1,128 @@
+"""COAT Align: content + style latents -> COAT_ALIGNMENT, a confidence MASK, and the match panel's data."""
+
+from __future__ import annotations
+
+import re
+
+from comfy_api.v0_0_2 import io
+
+from coat_model import COATConfig, COATInputError
+from coat_model.config import FILL_MODES
+
+from .matches import ui_entry
+from .types import (Aligned, CoatAlignment, CoatLatents, CoatModel, Encoded, LoadedModel, bchw_to_image,
+                    interrupt_point)
+
+MODES = ["hard", "soft"]
+FILLS = ["default", *FILL_MODES]
+
+
+def parse_scales(text: str, config: COATConfig) -> tuple[int, ...] | None:
+    """``all`` -> None (every scale); ``coarse`` / ``fine`` -> the coarsest / finest; ``8,4`` -> those divisors."""
+    t = text.strip().lower()
+    if t in ("", "all"):
+        return None
+    if t in ("coarse", "fine"):
+        return (config.scales[0] if t == "coarse" else config.scales[-1],)
+    try:
+        values = tuple(int(v) for v in re.split(r"[,;\s]+", t) if v)
+    except ValueError:
+        values = ()
+    if not values or any(v not in config.scales for v in values):
+        raise COATInputError(f"scales {text!r}: use 'all', 'coarse', 'fine' or a comma list of this model's "
+                             f"scales {', '.join(map(str, config.scales))} (divisors of {config.resolution} px)")
+    return values
+
+
+def align_options(config: COATConfig, mode="hard", scales="all", fill="default", temperature=-1.0,
+                  confidence_threshold=-1.0, sim_threshold=-1.0, cycle_sigma=-1.0) -> dict:
+    """Node widget values -> ``COAT.align`` keywords; negative numbers and 'default' keep the checkpoint's."""
+    if mode not in MODES:
+        raise COATInputError(f"mode must be one of {MODES}, got {mode!r}")
+    if fill not in FILLS:
+        raise COATInputError(f"fill must be one of {FILLS}, got {fill!r}")
+    keep = lambda v: None if v is None or v < 0 else float(v)  # noqa: E731
+    if keep(temperature) == 0:
+        raise COATInputError("temperature must be > 0 (or negative for the checkpoint's default)")
+    return dict(mode=mode, scales=parse_scales(scales, config), fill=None if fill == "default" else fill,
+                temperature=keep(temperature), confidence_threshold=keep(confidence_threshold),
+                sim_threshold=keep(sim_threshold), cycle_sigma=keep(cycle_sigma))
+
+
+def align(handle: LoadedModel, content: Encoded, style: Encoded, **options) -> Aligned:
+    content.check(handle, "content")
+    style.check(handle, "style")
+    interrupt_point()
+    alignment = handle.model.align(content.latents, style.latents, backend=handle.backend,
+                                   **align_options(handle.config, **options))
+    return Aligned(alignment, content, style)
+
+
+def confidence_mask(handle: LoadedModel, aligned: Aligned):
+    """MASK [B, H, W] at the content image size: the finest scale's confidence."""
+    conf = handle.model.confidence_image(aligned.content.latents, aligned.alignment)
+    return bchw_to_image(conf)[..., 0]
+
+
+# Widgets shared with COAT Transfer.
+def mode_input() -> io.Combo.Input:
+    return io.Combo.Input("mode", options=MODES, default="hard",
+                          tooltip="hard: exact best matches with cycle and geometric checks (inference). "
+                                  "soft: attention-weighted, smoother (the training path).")
+
+
+def fill_input() -> io.Combo.Input:
+    return io.Combo.Input("fill", options=FILLS, default="default",
+                          tooltip="What unconfident content cells get. propagate: from confident neighbours; "
+                                  "global: the mean of the matched style cells; average: the model's mean latent; "
+                                  "content: their own latents; "
+                                  "none: the raw matches. default: the checkpoint's choice.")
+
+
+class COATAlign(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="COATAlign",
+            display_name="COAT Align",
+            category="COAT",
+            description="Match every content cell to the style (dense correspondence with confidence) and align "
+                        "the style latents to the content.",
+            inputs=[
+                CoatModel.Input("model", tooltip="The COAT model the latents were encoded with."),
+                CoatLatents.Input("content", tooltip="Latents of the content (structure) images."),
+                CoatLatents.Input("style", tooltip="Latents of the style (appearance) images: one for all "
+                                                   "contents or one per content."),
+                mode_input(),
+                io.String.Input("scales", default="all",
+                                tooltip="Scales to match: all, coarse, fine, or a comma list of divisors of the "
+                                        "model resolution (e.g. 8,4). Other layers use the nearest matched scale."),
+                fill_input(),
+                io.Float.Input("temperature", default=-1.0, min=-1.0, max=1.0, step=0.001,
+                               tooltip="Soft mode: softmax temperature (lower = sharper). Negative: the "
+                                       "checkpoint's default."),
+                io.Float.Input("confidence_threshold", default=-1.0, min=-1.0, max=1.0, step=0.01,
+                               tooltip="Matches below this confidence count as unconfident and get the fill. "
+                                       "Negative: the checkpoint's default."),
+                io.Float.Input("sim_threshold", default=-1.0, min=-1.0, max=1.0, step=0.01,
+                               tooltip="Hard mode: minimum descriptor similarity of a confident match. Negative: "
+                                       "the checkpoint's default."),
+                io.Float.Input("cycle_sigma", default=-1.0, min=-1.0, max=16.0, step=0.1,
+                               tooltip="How fast confidence falls with the forward-backward (cycle) error, in "
+                                       "cells. Negative: the checkpoint's default."),
+            ],
+            outputs=[
+                CoatAlignment.Output(display_name="alignment", tooltip="Style latents aligned to the content."),
+                io.Mask.Output(display_name="confidence", tooltip="Match confidence at the content image size."),
+            ],
+        )
+
+    @classmethod
+    def execute(cls, model: LoadedModel, content: Encoded, style: Encoded, mode="hard", scales="all",
+                fill="default", temperature=-1.0, confidence_threshold=-1.0, sim_threshold=-1.0,
+                cycle_sigma=-1.0) -> io.NodeOutput:
+        aligned = align(model, content, style, mode=mode, scales=scales, fill=fill, temperature=temperature,
+                        confidence_threshold=confidence_threshold, sim_threshold=sim_threshold,
+                        cycle_sigma=cycle_sigma)
+        interrupt_point()
+        return io.NodeOutput(aligned, confidence_mask(model, aligned), ui={"coat_matches": [ui_entry(aligned)]})

@@ -1,0 +1,58 @@
+"""COAT Transfer: Encode + Align + Decode in one node -> IMAGE, confidence MASK."""
+
+from __future__ import annotations
+
+import comfy.utils
+from comfy_api.v0_0_2 import io
+
+from coat_model.inputs import pair_batches
+
+from .align import align, confidence_mask, fill_input, mode_input
+from .decode import decode, decode_inputs
+from .encode import encode
+from .matches import ui_entry
+from .types import CoatModel, LoadedModel, interrupt_point
+
+
+class COATTransfer(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="COATTransfer",
+            display_name="COAT Transfer",
+            category="COAT",
+            description="Give the content images the style image's appearance, part by part, through dense "
+                        "correspondence. One style for all contents, or one style per content.",
+            inputs=[
+                CoatModel.Input("model", tooltip="The COAT model (from COAT Model Loader)."),
+                io.Image.Input("content", tooltip="Content images: their structure (shape, pose, layout) is kept."),
+                io.Image.Input("style", tooltip="Style images: their appearance is transferred. Batch 1 (shared) "
+                                                "or the content's batch size (pairwise)."),
+                *decode_inputs(),
+                mode_input(),
+                fill_input(),
+                io.Mask.Input("content_mask", optional=True,
+                              tooltip="Optional object mask of the content, white (1) = object: only the object "
+                                      "changes. LoadImage's mask is 1 where transparent, so invert it first."),
+            ],
+            outputs=[
+                io.Image.Output(display_name="image", tooltip="The transferred images, at the content size."),
+                io.Mask.Output(display_name="confidence", tooltip="Match confidence at the content size."),
+            ],
+        )
+
+    @classmethod
+    def execute(cls, model: LoadedModel, content, style, n_content_layers=-1, style_strength=1.0, seed=-1,
+                mode="hard", fill="default", content_mask=None) -> io.NodeOutput:
+        pair_batches(content.shape[0], style.shape[0])  # fail before any work
+        bar = comfy.utils.ProgressBar(4)
+        c = encode(model, content, content_mask, "content")
+        bar.update(1)
+        s = encode(model, style, None, "style")
+        bar.update(1)
+        aligned = align(model, c, s, mode=mode, fill=fill)
+        bar.update(1)
+        images = decode(model, c, aligned, n_content_layers, style_strength, seed)
+        bar.update(1)
+        interrupt_point()
+        return io.NodeOutput(images, confidence_mask(model, aligned), ui={"coat_matches": [ui_entry(aligned)]})
