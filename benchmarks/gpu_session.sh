@@ -16,7 +16,7 @@ train() {  # $@: extra trainer flags
     --fit-to-time --ckpt-every 500 --sample-every 0 --log-every 50 "$@"
 }
 start=$(date +%s)
-train --workers 12 --amp bf16 > "$OUT/train.log" 2>&1 || true
+train --workers ${WORKERS:-14} --amp ${AMP:-off} > "$OUT/train.log" 2>&1 || true
 if [ ! -f "$RUN/coat.safetensors" ]; then  # a CUDA-path failure: retry plainly with what time is left
   echo "first attempt failed; retrying with --amp off --workers 4" >> "$OUT/train.log"
   TRAIN_MINUTES=$(python3 -c "print(max(1.0, $TRAIN_MINUTES - ($(date +%s) - $start) / 60))")
@@ -36,6 +36,10 @@ save_grid(torch.cat([p.content, p.style, out.cpu(), p.target]), sys.argv[2], nro
 PY
 timeout 90 python3 -m coat_model.bench quality --ckpt "$OUT/coat.safetensors" --pairs 200 --split easy --device cuda \
   --json "$OUT/quality.json" >> "$OUT/train.log" 2>&1 || true
-timeout 170 python3 benchmarks/gpu_check.py --json "$OUT/gpu_check.json" --xformers-wheel-dir .whl \
-  > "$OUT/gpu_check.log" 2>&1 || true
+if [ -f benchmarks/gpu_check.py ]; then
+  timeout 170 python3 benchmarks/gpu_check.py --json "$OUT/gpu_check.json" --xformers-wheel-dir .whl \
+    > "$OUT/gpu_check.log" 2>&1 || true
+else
+  timeout 90 python3 benchmarks/gpu_mini_check.py "$OUT/gpu_check.json" > "$OUT/gpu_check.log" 2>&1 || true
+fi
 tail -15 "$OUT/train.log"; tail -40 "$OUT/gpu_check.log"

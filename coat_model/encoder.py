@@ -55,12 +55,11 @@ class Encoder(nn.Module):
             str(s): nn.Sequential(EqualConv2d(d, d, 1), nn.ReLU(), EqualConv2d(d, config.descriptor_dim, 1))
             for s in config.scales
         })
-        self.latent_heads = nn.ModuleList(
-            nn.Sequential(ConvAct(d, d), EqualConv2d(d, config.w_dim, 1)) for _ in range(config.n_layers)
-        )
-        # The last conv of each head starts small so that latents start near the average latent.
-        for head in self.latent_heads:
-            head[-1].weight.data.mul_(0.1)
+        # Latent heads: one 3x3 trunk per scale shared by the layers that read it, then a 1x1 map per layer.
+        self.latent_trunk = nn.ModuleDict({str(s): ConvAct(d, d) for s in config.scales})
+        self.latent_heads = nn.ModuleList(EqualConv2d(d, config.w_dim, 1) for _ in range(config.n_layers))
+        for head in self.latent_heads:  # start small, so that latents start near the average latent
+            head.weight.data.mul_(0.1)
 
     def pyramid(self, images: torch.Tensor) -> dict[int, torch.Tensor]:
         """[B, 3, R, R] in [-1, 1] -> FPN features per aligned scale."""
@@ -82,4 +81,5 @@ class Encoder(nn.Module):
         return {s: F.normalize(self.descriptor[str(s)](f), dim=1) for s, f in features.items()}
 
     def latent_offsets(self, features: dict[int, torch.Tensor]) -> list[torch.Tensor]:
-        return [head(features[self.config.layer_scale(l)]) for l, head in enumerate(self.latent_heads)]
+        trunk = {s: self.latent_trunk[str(s)](f) for s, f in features.items()}
+        return [head(trunk[self.config.layer_scale(l)]) for l, head in enumerate(self.latent_heads)]

@@ -12,7 +12,16 @@ from .fill import gaussian_blur
 
 
 def ssim(x: torch.Tensor, y: torch.Tensor, sigma: float = 1.5) -> torch.Tensor:
-    """Structural similarity per image ([B]) of images in [0, 1] ([B, C, H, W]) with a Gaussian window."""
+    """Structural similarity per image ([B]) of images in [0, 1] ([B, C, H, W]) with a Gaussian window.
+
+    Always computed in fp32, also under autocast: the variances are small differences of large terms, and in
+    bf16 they go negative, which sends SSIM (and the loss) to huge values.
+    """
+    with torch.autocast(x.device.type, enabled=False):
+        return _ssim(x.float(), y.float(), sigma)
+
+
+def _ssim(x: torch.Tensor, y: torch.Tensor, sigma: float) -> torch.Tensor:
     c1, c2 = 0.01**2, 0.03**2
     blur = lambda t: gaussian_blur(t, sigma)  # noqa: E731
     mx, my = blur(x), blur(y)
@@ -108,7 +117,14 @@ def correspondence_nce(
         generators: one per image for the query and negative sampling (per-image streams keep data-parallel
             runs identical to single-process ones).
     Returns: [B] InfoNCE loss per image, the mean over its queries (0 for images without valid cells).
+    Computed in fp32 (logits / 0.07 lose too much in bf16).
     """
+    with torch.autocast(query.device.type, enabled=False):
+        return _nce(query.float(), key.float(), target, valid, n_queries=n_queries, n_negatives=n_negatives,
+                    hard_share=hard_share, tau=tau, exclusion=exclusion, generators=generators)
+
+
+def _nce(query, key, target, valid, *, n_queries, n_negatives, hard_share, tau, exclusion, generators):
     b, n = valid.shape
     hs, ws = key.shape[-2:]
     device = query.device

@@ -81,35 +81,35 @@ class GlobalSampler:
 
 def build_pairs(dataset, sampler: GlobalSampler, positions: list[int], seed: int,
                 mix: tuple[float, float, float], colour_remap: bool = True) -> PairBatch:
-    """The pairs at the given global positions (a rank's slice of a global batch)."""
+    """The pairs at the given global positions (a rank's slice of a global batch).
+
+    Rendering, colour remaps and warps run batched; every random draw of a sample comes from its own stream.
+    """
+    n = len(positions)
     images = _batch(dataset, [sampler(p) for p in positions])
     size = images.shape[-1]
     gens = [torch.Generator().manual_seed(mix_seed(seed, p, 7)) for p in positions]
     kinds = [pair_kind(p, mix) for p in positions]
-    contents, styles, targets, flows, valids = [], [], [], [], []
-    for i, (image, kind, gen) in enumerate(zip(images, kinds, gens)):
-        image = image[None]
-        flow, valid = identity_flow(size), torch.ones(1, 1, size, size, dtype=torch.bool)
-        if kind == "random":
-            jump = 1 + int(torch.randint(1 << 30, (1,), generator=gen))  # another image of the dataset
-            other = _batch(dataset, [sampler(positions[i] + jump)])
-            content, style, target = image, other, torch.zeros_like(image)
-        else:
-            content = random_color_remap(image, gen) if colour_remap else image
-            style, target = image, image
-            if kind == "warp":
-                style, flow, valid = random_warp(image, gen)
-                valid = valid.bool().view(1, 1, size, size)
-        contents.append(content)
-        styles.append(style)
-        targets.append(target)
-        flows.append(flow)
-        valids.append(valid)
+    rand = [i for i, k in enumerate(kinds) if k == "random"]
+    same = [i for i, k in enumerate(kinds) if k != "random"]
+    warp = [i for i, k in enumerate(kinds) if k == "warp"]
+    content, style, target = images.clone(), images.clone(), torch.zeros_like(images)
+    flow = identity_flow(size).repeat(n, 1, 1, 1)
+    valid = torch.ones(n, 1, size, size, dtype=torch.bool)
+    if rand:  # another image of the dataset as the style
+        jumps = [1 + int(torch.randint(1 << 30, (1,), generator=gens[i])) for i in rand]
+        style[rand] = _batch(dataset, [sampler(positions[i] + j) for i, j in zip(rand, jumps)])
+    if same:
+        target[same] = images[same]
+        if colour_remap:
+            content[same] = random_color_remap(images[same], [gens[i] for i in same])
+    if warp:
+        warped, warp_flow, warp_valid = random_warp(images[warp], [gens[i] for i in warp])
+        style[warp], flow[warp], valid[warp] = warped, warp_flow, warp_valid.bool().view(-1, 1, size, size)
+    has = torch.tensor([k != "random" for k in kinds])
     return PairBatch(
-        content=torch.cat(contents).clamp(0, 1), style=torch.cat(styles).clamp(0, 1), target=torch.cat(targets),
-        has_target=torch.tensor([k != "random" for k in kinds]),
-        flow=torch.cat(flows), has_flow=torch.tensor([k != "random" for k in kinds]),
-        flow_valid=torch.cat(valids), kinds=kinds, seeds=[mix_seed(seed, p, 8) for p in positions],
+        content=content.clamp(0, 1), style=style.clamp(0, 1), target=target, has_target=has, flow=flow,
+        has_flow=has.clone(), flow_valid=valid, kinds=kinds, seeds=[mix_seed(seed, p, 8) for p in positions],
     )
 
 

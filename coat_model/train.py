@@ -70,14 +70,17 @@ def fit(
     main = trainer.rank == 0
     log = open(out_dir / "metrics.jsonl", "a") if (main and out_dir) else None
     start, window_start, window_images = time.time(), time.time(), 0
+    t50, first_step = start, trainer.step
     reason = "done"
     try:
         while trainer.step < cfg.steps:
             stats = trainer.train_step()
             window_images += cfg.batch_size
             step = trainer.step
-            if fit_to_time and max_seconds and step == 100:
-                cfg = _fit_schedule(trainer, max_seconds, time.time() - start)
+            if step == first_step + 50:
+                t50 = time.time()
+            if fit_to_time and max_seconds and step == first_step + 100:  # the speed past warm-up
+                cfg = _fit_schedule(trainer, 50 / max(time.time() - t50, 1e-9), max_seconds, time.time() - start)
             if on_step is not None:
                 on_step(step, stats)
             if log_every and (step % log_every == 0 or step == cfg.steps):
@@ -106,9 +109,9 @@ def fit(
     return reason
 
 
-def _fit_schedule(trainer: Trainer, max_seconds: float, elapsed: float) -> TrainConfig:
+def _fit_schedule(trainer: Trainer, steps_per_s: float, max_seconds: float, elapsed: float) -> TrainConfig:
     """Shorten the run to the steps that fit the remaining time at the measured speed (all ranks agree)."""
-    rate = torch.tensor([trainer.step / max(elapsed, 1e-9)], dtype=torch.float64, device=trainer.device)
+    rate = torch.tensor([steps_per_s], dtype=torch.float64, device=trainer.device)
     if trainer.world_size > 1:
         dist.all_reduce(rate, op=dist.ReduceOp.MIN)
     steps = int(trainer.step + rate.item() * (max_seconds - elapsed) * 0.97)

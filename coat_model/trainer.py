@@ -99,7 +99,7 @@ class TrainingStep(nn.Module):
         terms: dict[str, torch.Tensor] = {}
 
         has_target = batch.has_target
-        rec = reconstruction_loss(hybrid, batch.target, cfg.ssim_weight)
+        rec = reconstruction_loss(hybrid.float(), batch.target, cfg.ssim_weight)
         terms["rec"] = (rec * has_target).sum() / max(1, global_counts["target"])
         reg = sum((m - model.w_avg.view(1, -1, 1, 1)).norm(dim=1).flatten(1).mean(1) for m in content.maps + style.maps)
         terms["reg"] = reg.sum() / global_counts["all"]

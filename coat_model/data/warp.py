@@ -25,13 +25,18 @@ import torch.nn.functional as F
 __all__ = ["random_warp", "random_color_remap"]
 
 
-def _generator(generator: torch.Generator | int | None) -> torch.Generator | None:
+def _generator(generator):
     if isinstance(generator, int):
         return torch.Generator().manual_seed(generator)
     return generator
 
 
 def _uniform(g, shape, lo: float, hi: float) -> torch.Tensor:
+    """Uniform draws of ``shape`` (batch first); ``g`` is one generator, or a list with one per image (each
+    image's draws then come from its own stream, whatever batch it is part of)."""
+    if isinstance(g, (list, tuple)):
+        per_image = tuple(shape[1:]) if isinstance(shape, tuple) else ()
+        return lo + (hi - lo) * torch.stack([torch.rand(per_image, generator=gi) for gi in g])
     return lo + (hi - lo) * torch.rand(shape, generator=g)
 
 
@@ -54,7 +59,7 @@ def _affine(points: torch.Tensor, matrix: torch.Tensor, offset: torch.Tensor) ->
 
 def random_warp(
     images: torch.Tensor,               # [B, C, H, W]
-    generator: torch.Generator | int | None = None,
+    generator: torch.Generator | list[torch.Generator] | int | None = None,
     rotation: float = 20.0,             # max |rotation|, degrees
     scale: tuple[float, float] = (0.8, 1.2),   # range of the zoom factor
     translate: float = 0.1,             # max |shift| per axis, in [-1, 1] units (0.1 = 5% of the width)
@@ -108,7 +113,7 @@ def _hue_rotation(angle: torch.Tensor) -> torch.Tensor:
 
 def random_color_remap(
     images: torch.Tensor,               # [B, 3, H, W] in [0, 1]
-    generator: torch.Generator | int | None = None,
+    generator: torch.Generator | list[torch.Generator] | int | None = None,
     saturation: tuple[float, float] = (0.6, 1.4),
     mixing: float = 0.25,               # max |off-identity entry| of the random channel-mixing matrix
     gain: tuple[float, float] = (0.7, 1.3),
@@ -133,7 +138,7 @@ def random_color_remap(
     k = (torch.eye(3) + _uniform(g, (b, 3, 3), -mixing, mixing)) @ k
     k = _uniform(g, (b, 3, 1), *gain) * k
     o = _uniform(g, (b, 3), -offset, offset)
-    flip = torch.rand(b, generator=g) < invert
+    flip = _uniform(g, b, 0.0, 1.0) < invert
     k = torch.where(flip[:, None, None], -k, k)
     o = torch.where(flip[:, None], 1.0 - o, o)
     k, o = k.to(images), o.to(images)
