@@ -10,6 +10,7 @@ import copy
 import dataclasses
 import json
 import math
+import signal
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -151,6 +152,14 @@ def _confident_targets(flow: torch.Tensor, mask: torch.Tensor):
     return index.flatten(1), mask.flatten(1)
 
 
+def _init_worker(_worker_id: int) -> None:
+    """Batch workers: one thread each, and deaf to SIGINT/SIGTERM (a Ctrl-C or a kill of the process group
+    reaches them too): the main process catches the signal, finishes its step and saves."""
+    torch.set_num_threads(1)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
 class _StepPairs(torch.utils.data.Dataset):
     """Item i = the micro-batches of step ``start + i`` (for a DataLoader that prepares them ahead)."""
 
@@ -262,7 +271,7 @@ class Trainer:
             steps = _StepPairs(self, self.step)
             self._loader = iter(torch.utils.data.DataLoader(
                 steps, batch_size=None, num_workers=self.workers, prefetch_factor=4, persistent_workers=False,
-                worker_init_fn=lambda _: torch.set_num_threads(1),
+                worker_init_fn=_init_worker,
             ))
             self._loader_step = self.step
         self._loader_step += 1
