@@ -14,12 +14,14 @@ from .decode import COATDecode
 from .encode import COATEncode
 from .loader import COATModelLoader, COATSaveModel
 from .preview import COATMatchPreview
+from .train import COATTrain
 from .transfer import COATTransfer
 
 __all__ = ["COATExtension", "NODES", "paths"]
 
 NODES: list[type[io.ComfyNode]] = [
     COATModelLoader, COATEncode, COATAlign, COATDecode, COATTransfer, COATMatchPreview, COATSaveModel,
+    COATTrain,
 ]
 
 

@@ -1,0 +1,184 @@
+"""COAT Train in-process, against the provisioned ComfyUI: registration, a short run, errors, Cancel and resume.
+
+Lean on purpose (a background training run shares the CPU): 32 px, batch 2, at most a few steps per run.
+"""
+import sys
+
+import pytest
+import torch
+
+import coat_model
+
+
+@pytest.fixture(scope="module")
+def M(comfy_inprocess):
+    return comfy_inprocess.NODE_CLASS_MAPPINGS
+
+
+@pytest.fixture(scope="module")
+def train_module(M):
+    return sys.modules[M["COATTrain"].__module__]
+
+
+def run(M, **kwargs):
+    """Call the node the way ComfyUI does: under inference mode."""
+    with torch.inference_mode():
+        return M["COATTrain"].execute(**kwargs)
+
+
+def batch(n=3, h=40, w=36, seed=0):
+    with torch.inference_mode():  # like LoadImage's output: an inference tensor
+        return torch.rand(n, h, w, 3, generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.fixture(scope="module")
+def tiny_base(M):
+    """A tiny COAT_MODEL made under inference mode, like COAT Model Loader's output."""
+    loaded = sys.modules[M["COATTrain"].__module__.rsplit(".", 1)[0] + ".types"].LoadedModel
+    with torch.inference_mode():
+        torch.manual_seed(1)
+        model = coat_model.COAT(coat_model.COATConfig.tiny()).eval()
+    return loaded(model, "sdpa", "tiny-base")
+
+
+@pytest.fixture
+def progress_hook():
+    """Install a ComfyUI progress hook (as main.py does) for one test; yields the list of its calls."""
+    import comfy.utils
+
+    calls, previous = [], comfy.utils.PROGRESS_BAR_HOOK
+    hook = {"fn": None}
+
+    def _hook(value, total, preview, prompt_id=None, node_id=None):
+        calls.append((value, total, preview))
+        if hook["fn"] is not None:
+            hook["fn"](value)
+
+    comfy.utils.set_progress_bar_global_hook(_hook)
+    yield calls, hook
+    comfy.utils.set_progress_bar_global_hook(previous)
+
+
+def test_registered_with_tooltips(comfy_inprocess, M):
+    cls = M["COATTrain"]
+    assert cls.GET_SCHEMA().category == "COAT"
+    assert comfy_inprocess.NODE_DISPLAY_NAME_MAPPINGS["COATTrain"] == "COAT Train"
+    info = cls.INPUT_TYPES()
+    inputs = {**info["required"], **info.get("optional", {})}
+    assert {"images", "folder", "run_name", "steps", "batch_size", "learning_rate", "resolution", "seed",
+            "base_model", "restart"} <= set(inputs)
+    for name, spec in inputs.items():
+        assert spec[1].get("tooltip"), f"COATTrain.{name} has no tooltip"
+    assert list(cls.RETURN_TYPES) == ["COAT_MODEL", "IMAGE"]
+    assert all(cls._OUTPUT_TOOLTIPS)
+
+
+def test_three_steps_from_an_image_batch(M, progress_hook):
+    import folder_paths
+
+    calls, _ = progress_hook
+    out = run(M, images=batch(), run_name="three", steps=3, batch_size=2, resolution=32, seed=0)
+    handle, curve = out.args
+    assert handle.config.resolution == 32 and not handle.model.training
+    assert not any(p.requires_grad for p in handle.model.parameters())
+    assert curve.shape == (1, 256, 512, 3) and curve.dtype == torch.float32
+    assert 0 <= curve.min() and curve.max() <= 1 and curve.std() > 0
+    assert [c[0] for c in calls] == [0, 1, 2, 3] and all(c[1] == 3 for c in calls)
+    previews = [c[2] for c in calls if c[2] is not None]
+    assert previews and previews[0][0] == "JPEG" and previews[0][1].height >= 256
+    with torch.inference_mode():  # the trained model works downstream
+        x = torch.rand(1, 3, 32, 32)
+        images, _ = handle.model.transfer(x, x)
+    assert images.shape == (1, 3, 32, 32) and torch.isfinite(images).all()
+    run_dir = folder_paths.get_output_directory()
+    assert (coat_model.load(f"{run_dir}/coat_runs/three/coat.safetensors").config == handle.config)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(steps=0), "set steps to 1 or more"),
+    (dict(steps=-5), "set steps to 1 or more"),
+    (dict(learning_rate=0.0), "set a positive learning rate"),
+    (dict(learning_rate=-0.001), "set a positive learning rate"),
+    (dict(batch_size=1), "set batch_size to 2 or more"),
+    (dict(resolution=48), "power of two"),
+    (dict(images=None), "connect an IMAGE batch"),
+    (dict(folder="somewhere"), "use one of them"),
+    (dict(images="1img"), "at least 2"),
+    (dict(run_name="../escape"), "invalid run_name"),
+])
+def test_clear_errors(M, kwargs, message):
+    args = dict(images=batch(), run_name="errors", steps=2, batch_size=2, resolution=32)
+    args.update(kwargs)
+    if isinstance(args["images"], str):
+        args["images"] = batch(n=1)
+    with pytest.raises(coat_model.COATInputError, match=message):
+        run(M, **args)
+
+
+def test_empty_or_missing_folder_is_a_clear_error(M, tmp_path):
+    (tmp_path / "notes.txt").write_text("not an image")
+    for folder in (str(tmp_path), str(tmp_path / "missing")):
+        with pytest.raises(coat_model.COATInputError, match="put images .* into that folder"):
+            run(M, folder=folder, run_name="empty", steps=2, batch_size=2, resolution=32)
+
+
+def test_folder_input_trains(M, tiny_base, tmp_path):
+    from PIL import Image
+
+    for i in range(2):
+        Image.new("RGB", (40, 30), (60 * i, 120, 200)).save(tmp_path / f"{i}.png")
+    handle, _ = run(M, folder=f'"{tmp_path}"', run_name="folder", steps=1, batch_size=2, base_model=tiny_base).args
+    assert handle.config == tiny_base.config
+
+
+def test_cancel_keeps_a_resumable_state_and_requeue_resumes(M, tiny_base, progress_hook):
+    """Cancel after step 1 (the flag seen by should_stop), again after step 2 (ComfyUI's hook raising inside the
+    progress update), then finish: the same EMA weights as one uninterrupted run, and the loss curve of all steps."""
+    import comfy.model_management as mm
+    import folder_paths
+
+    calls, hook = progress_hook
+    args = dict(images=batch(), steps=3, batch_size=2, learning_rate=0.001, seed=3, base_model=tiny_base)
+    base_before = {k: v.clone() for k, v in tiny_base.model.state_dict().items()}
+
+    hook["fn"] = lambda value: mm.interrupt_current_processing(True) if value == 1 else None
+    with pytest.raises(mm.InterruptProcessingException):
+        run(M, run_name="cancelled", **args)
+    run_dir = folder_paths.get_output_directory() + "/coat_runs/cancelled"
+    from coat_model.state import load_state
+    assert load_state(run_dir + "/train_state.safetensors")["step"] == 1
+
+    def comfy_hook(value):  # what main.py's hook does: check the flag inside the progress update
+        if value == 2:
+            mm.interrupt_current_processing(True)
+        mm.throw_exception_if_processing_interrupted()
+
+    hook["fn"] = comfy_hook
+    calls.clear()
+    with pytest.raises(mm.InterruptProcessingException):
+        run(M, run_name="cancelled", **args)
+    assert [c[0] for c in calls] == [1, 2]          # resumed at step 1
+    assert load_state(run_dir + "/train_state.safetensors")["step"] == 2
+    assert not mm.processing_interrupted()
+
+    hook["fn"] = None
+    calls.clear()
+    resumed, curve = run(M, run_name="cancelled", **args).args
+    assert [c[0] for c in calls] == [2, 3]
+    straight, _ = run(M, run_name="straight", **args).args
+    for (name, a), b in zip(resumed.model.state_dict().items(), straight.model.state_dict().values()):
+        assert torch.equal(a, b), name
+    assert curve.shape == (1, 256, 512, 3)
+    losses = [line for line in open(run_dir + "/losses.jsonl").read().splitlines() if line]
+    assert len(losses) == 3
+    for k, v in tiny_base.model.state_dict().items():   # fine-tuning never changes the base model
+        assert torch.equal(v, base_before[k]), k
+
+
+def test_changed_settings_need_restart(M, tiny_base):
+    args = dict(images=batch(), run_name="changed", steps=1, batch_size=2, base_model=tiny_base)
+    run(M, **args)
+    with pytest.raises(coat_model.COATInputError, match="set restart to true"):
+        run(M, **{**args, "batch_size": 3})
+    handle, _ = run(M, **{**args, "batch_size": 3, "restart": True}).args
+    assert handle.config == tiny_base.config
