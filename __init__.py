@@ -8,10 +8,11 @@ WEB_DIRECTORY = "./web"
 
 
 async def comfy_entrypoint():
-    """Register the ``coat`` model folder and return the extension with the COAT nodes."""
-    from .nodes import COATExtension, paths
+    """Register the ``coat`` model folder and the match route; return the extension with the COAT nodes."""
+    from .nodes import COATExtension, paths, routes
 
     paths.register()
+    routes.register()  # GET /coat/matches/{id} for the match panel (web/coat_panel.js)
     return COATExtension()
 
 

@@ -1,0 +1,1 @@
+"""Browser helpers for the frontend tests (Playwright with Debian's Chromium; see comfy_page.py)."""
