@@ -11,6 +11,7 @@ import dataclasses
 import json
 import math
 import signal
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -153,11 +154,10 @@ def _confident_targets(flow: torch.Tensor, mask: torch.Tensor):
 
 
 def _init_worker(_worker_id: int) -> None:
-    """Batch workers: one thread each, and deaf to SIGINT/SIGTERM (a Ctrl-C or a kill of the process group
-    reaches them too): the main process catches the signal, finishes its step and saves."""
+    """Batch workers: one thread each, and deaf to SIGINT (a Ctrl-C reaches the whole process group; the main
+    process catches it, finishes its step and saves). SIGTERM still ends them: shutdown relies on it."""
     torch.set_num_threads(1)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 class _StepPairs(torch.utils.data.Dataset):
@@ -275,7 +275,12 @@ class Trainer:
             ))
             self._loader_step = self.step
         self._loader_step += 1
-        return next(self._loader)
+        try:
+            return next(self._loader)
+        except (RuntimeError, StopIteration) as error:  # a worker was killed (say, a kill of the process group)
+            print(f"batch workers stopped ({error}); preparing batches in this process", file=sys.stderr)
+            self.workers, self._loader = 0, None
+            return self._pairs(self.step)
 
     def _global_counts(self, step: int, micro: int) -> dict[str, int]:
         from .pairs import pair_kind
