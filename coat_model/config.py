@@ -42,7 +42,7 @@ class COATConfig:
     geometric_radius: int = 3                  # neighbourhood radius (cells) of the pair-wise distance check
     confidence_threshold: float = 0.5          # soft path: mask = confidence >= threshold
     fill: str = "propagate"                    # fill of unconfident cells
-    coarse_to_fine: bool = False               # hard path: restrict finer searches around coarse matches
+    coarse_to_fine: bool = True                # hard path: restrict finer searches around coarse matches (B.4 step 4)
     search_radius: int = 2                     # coarse-to-fine window radius, cells of the finer scale
     center_descriptors: bool = True            # CoCosNet centring before the cosine correlation
 
