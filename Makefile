@@ -31,4 +31,9 @@ test: setup
 demo: setup
 	$(VPY) tools/demo.py $(DEMO_ARGS)
 
-# --- bench: (to be added) ------------------------------------------------------------------------
+# --- bench: CPU speed benchmark (6-10 min on 2 cores), rewrites the CPU tables of BENCHMARKS.md ----------
+# Raw results in artifacts/bench/speed_cpu.json. BENCH_ARGS="--quick" (< 3 min); "--threads 1" on a busy machine.
+.PHONY: bench
+bench: setup
+	$(VPY) -m coat_model.bench speed --device cpu --json artifacts/bench/speed_cpu.json \
+		--update-md BENCHMARKS.md $(BENCH_ARGS)

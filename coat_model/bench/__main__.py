@@ -1,0 +1,34 @@
+"""``python -m coat_model.bench speed|quality [options]``: dispatch to the benchmark's own ``main``."""
+
+from __future__ import annotations
+
+import sys
+
+USAGE = "usage: python -m coat_model.bench {speed,quality} [options]   (each takes --help)"
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help"):
+        print(USAGE)
+        return 0 if argv else 2
+    command, rest = argv[0], argv[1:]
+    if command == "speed":
+        from .speed import main as speed_main
+
+        return speed_main(rest)
+    if command == "quality":
+        try:
+            from .quality import main as quality_main
+        except ModuleNotFoundError as e:
+            if e.name != f"{__package__}.quality":
+                raise
+            print("the quality benchmark (coat_model/bench/quality.py) is not in this checkout yet", file=sys.stderr)
+            return 2
+        return quality_main(rest)
+    print(f"unknown benchmark {command!r}\n{USAGE}", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
