@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -22,6 +23,8 @@ def check_images(images, name: str = "images") -> torch.Tensor:
         raise COATInputError(f"{name} must have 4 dims [B, 3, H, W], got shape {tuple(images.shape)}")
     if images.shape[0] == 0:
         raise COATInputError(f"{name} is an empty batch: give at least one image")
+    if images.shape[-2] == 0 or images.shape[-1] == 0:
+        raise COATInputError(f"{name} has no pixels (size {images.shape[-2]}x{images.shape[-1]}): give at least 1x1")
     channels = images.shape[1]
     if channels != 3:
         hint = {1: "grayscale: repeat it to 3 channels", 4: "RGBA: drop or composite the alpha channel"}.get(
@@ -30,9 +33,9 @@ def check_images(images, name: str = "images") -> torch.Tensor:
         raise COATInputError(f"{name} must have 3 channels, got {channels} ({hint})")
     if not images.dtype.is_floating_point:
         raise COATInputError(f"{name} must be float in [0, 1], got {images.dtype}: divide uint8 images by 255")
-    if not torch.isfinite(images).all():
+    lo, hi = (v.item() for v in torch.aminmax(images))  # one pass, no copy: NaN and Inf show in the extremes
+    if not (math.isfinite(lo) and math.isfinite(hi)):
         raise COATInputError(f"{name} contains NaN or Inf values; check the node or file that produced them")
-    lo, hi = images.min().item(), images.max().item()
     if lo < -1e-3 or hi > 1 + 1e-3:
         raise COATInputError(f"{name} must lie in [0, 1], got values in [{lo:.3g}, {hi:.3g}]")
     return images

@@ -10,6 +10,7 @@ import copy
 import dataclasses
 import json
 import math
+import os
 import signal
 import sys
 from dataclasses import dataclass
@@ -155,9 +156,12 @@ def _confident_targets(flow: torch.Tensor, mask: torch.Tensor):
 
 def _init_worker(_worker_id: int) -> None:
     """Batch workers: one thread each, and deaf to SIGINT (a Ctrl-C reaches the whole process group; the main
-    process catches it, finishes its step and saves). SIGTERM still ends them: shutdown relies on it."""
+    process catches it, finishes its step and saves). SIGTERM still ends them (shutdown relies on it), with exit
+    status 0: a worker killed by a signal makes the DataLoader's SIGCHLD handler raise in the main process in the
+    middle of a step, so a SIGTERM to the process group would end the run without its final checkpoint."""
     torch.set_num_threads(1)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
 
 
 class _StepPairs(torch.utils.data.Dataset):

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from comfy_api.v0_0_2 import io
 
+from coat_model.inputs import check_images
+
 from .types import CoatLatents, CoatModel, Encoded, LoadedModel, image_to_bchw, interrupt_point, object_mask
 
 
 def encode(handle: LoadedModel, image, mask=None, name: str = "image") -> Encoded:
-    x = image_to_bchw(image, name)
+    x = check_images(image_to_bchw(image, name), name)  # errors name the input (content, style)
     m = object_mask(mask, image)
     interrupt_point()
     latents = handle.model.encode(x, None if m is None else m.to(x.device))

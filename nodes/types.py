@@ -80,7 +80,7 @@ def object_mask(mask: torch.Tensor | None, image: torch.Tensor) -> torch.Tensor 
         return None
     if mask.dim() == 2:
         mask = mask[None]
-    if mask.dim() != 3:
+    if mask.dim() != 3 or 0 in mask.shape[1:]:
         raise COATInputError(f"mask must be a ComfyUI MASK [B, H, W], got shape {tuple(mask.shape)}")
     if mask.shape[0] not in (1, image.shape[0]):
         raise COATInputError(f"mask batch {mask.shape[0]} must be 1 or the image batch {image.shape[0]}")
