@@ -469,7 +469,7 @@ def _header(result: dict) -> str:
         machine = f"{m['gpu']} (CUDA {m['cuda']}); host {machine}"
     load = ""
     if m.get("loadavg"):
-        end = f" → {m['loadavg_end'][0]:.1f} at end" if m.get("loadavg_end") else ""
+        end = f" -> {m['loadavg_end'][0]:.1f} at end" if m.get("loadavg_end") else ""
         load = f", load avg {m['loadavg'][0]:.1f} at start{end}"
     return (f"_`{m['command']}` · {machine}{load} · {m['date']} · torch {m['torch']}"
             f"{' · quick mode' if m.get('quick') else ''}_")
@@ -490,9 +490,9 @@ def _cell(row) -> list[str]:
     if "error" in row:
         return ["error", row["error"][:60]]
     if "projected_bytes" in row:
-        return ["skip", f"≈{_fmt_bytes(row['projected_bytes'])} proj."]
+        return ["skip", f"~{_fmt_bytes(row['projected_bytes'])} proj."]
     if "projected_seconds" in row:
-        return [f"skip (≈{row['projected_seconds']:.0f} s proj.)", ""]
+        return [f"skip (~{row['projected_seconds']:.0f} s proj.)", ""]
     return ["skip", ""]
 
 
