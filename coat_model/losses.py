@@ -52,9 +52,10 @@ def reconstruction_loss(output: torch.Tensor, target: torch.Tensor, ssim_weight:
 
 
 def latent_regularisation(maps: list[torch.Tensor], w_avg: torch.Tensor) -> torch.Tensor:
-    """Spatial pSp W-norm: mean over batch and positions of sum_l ||W_l - w_avg||_2 (spec B.7 #2)."""
+    """Spatial pSp W-norm per image ([B]): sum over layers of the mean over positions of ||W_l - w_avg||_2
+    (spec B.7 #2); no gradient reaches ``w_avg``."""
     avg = w_avg.detach().view(1, -1, 1, 1)
-    return sum((m - avg).norm(dim=1).mean() for m in maps)
+    return sum((m - avg).norm(dim=1).flatten(1).mean(1) for m in maps)
 
 
 # -- correspondence contrastive loss --------------------------------------------------------------------------------

@@ -27,7 +27,7 @@ from torch.amp import autocast
 from .config import COATConfig
 from .discriminator import Discriminator
 from .losses import (
-    correspondence_nce, discriminator_loss, hardness_schedule, r1_penalty, reconstruction_loss,
+    correspondence_nce, discriminator_loss, hardness_schedule, latent_regularisation, r1_penalty, reconstruction_loss,
 )
 from .model import COAT
 from .pairs import GlobalSampler, PairBatch, build_pairs, flow_targets
@@ -107,8 +107,7 @@ class TrainingStep(nn.Module):
         has_target = batch.has_target
         rec = reconstruction_loss(hybrid.float(), batch.target, cfg.ssim_weight)
         terms["rec"] = (rec * has_target).sum() / max(1, global_counts["target"])
-        reg = sum((m - model.w_avg.view(1, -1, 1, 1)).norm(dim=1).flatten(1).mean(1) for m in content.maps + style.maps)
-        terms["reg"] = reg.sum() / global_counts["all"]
+        terms["reg"] = latent_regularisation(content.maps + style.maps, model.w_avg).sum() / global_counts["all"]
 
         hybrid_desc = model.encoder.descriptors(model.encoder.pyramid(hybrid * 2 - 1)) if cfg.ccl_hybrid_weight else None
         hard_share = hardness_schedule(step, cfg.steps, cfg.hard_ramp)

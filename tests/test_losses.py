@@ -80,8 +80,8 @@ def test_latent_regularisation_known_value_and_stop_gradient():
     w_avg = torch.zeros(4, requires_grad=True)
     maps = [torch.full((1, 4, 2, 2), 0.5, requires_grad=True)]  # ||(0.5,0.5,0.5,0.5)|| = 1
     loss = latent_regularisation(maps, w_avg)
-    torch.testing.assert_close(loss, torch.tensor(1.0))
-    loss.backward()
+    torch.testing.assert_close(loss, torch.tensor([1.0]))
+    loss.sum().backward()
     assert maps[0].grad is not None and w_avg.grad is None
 
 
