@@ -178,8 +178,8 @@ def hardness_schedule(step: int, total: int, ramp: float = 0.2) -> float:
 
 
 def generator_adversarial_loss(fake_logits: torch.Tensor) -> torch.Tensor:
-    """Non-saturating generator loss softplus(-D(fake))."""
-    return F.softplus(-fake_logits).mean()
+    """Non-saturating generator loss softplus(-D(fake)) per image ([B])."""
+    return F.softplus(-fake_logits).flatten(1).mean(1)
 
 
 def discriminator_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:

@@ -18,7 +18,6 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from torch import nn
 # The same class as torch.autocast. Imported by name because comfy-test's SYNTAX lint rejects the spelled-out
 # call (it means node inference, where comfy.ops should manage dtypes); this is training mixed precision.
@@ -27,7 +26,8 @@ from torch.amp import autocast
 from .config import COATConfig
 from .discriminator import Discriminator
 from .losses import (
-    correspondence_nce, discriminator_loss, hardness_schedule, latent_regularisation, r1_penalty, reconstruction_loss,
+    correspondence_nce, discriminator_loss, generator_adversarial_loss, hardness_schedule, latent_regularisation,
+    r1_penalty, reconstruction_loss,
 )
 from .model import COAT
 from .pairs import GlobalSampler, PairBatch, build_pairs, flow_targets
@@ -135,7 +135,7 @@ class TrainingStep(nn.Module):
             terms["ccl_hybrid"] = ccl_hybrid / n_scales / global_counts["all"]
         disc = self.discriminator[0]
         if disc is not None and cfg.adv_weight:
-            terms["adv"] = F.softplus(-disc(hybrid * 2 - 1)).flatten().sum() / global_counts["all"]
+            terms["adv"] = generator_adversarial_loss(disc(hybrid * 2 - 1)).sum() / global_counts["all"]
 
         weights = dict(rec=cfg.rec_weight, reg=cfg.reg_weight, ccl=cfg.ccl_weight, ccl_hybrid=cfg.ccl_hybrid_weight,
                        adv=cfg.adv_weight)

@@ -87,7 +87,7 @@ def test_latent_regularisation_known_value_and_stop_gradient():
 
 def test_adversarial_losses_and_r1():
     logits = torch.zeros(4, 1)
-    torch.testing.assert_close(generator_adversarial_loss(logits), torch.tensor(math.log(2)))
+    torch.testing.assert_close(generator_adversarial_loss(logits), torch.full((4,), math.log(2)))
     torch.testing.assert_close(discriminator_loss(logits, logits), torch.tensor(2 * math.log(2)))
     x = torch.randn(3, 2, requires_grad=True)
     r1 = r1_penalty((x * torch.tensor([3.0, 4.0])).sum(1), x)  # gradient (3, 4) per sample: |g|^2 = 25

@@ -100,3 +100,12 @@ def test_flow_targets_identity_and_shift():
     cells = torch.arange(64).view(8, 8)
     assert torch.equal(target[0].view(8, 8)[:, :6], cells[:, 2:])
     assert not ok[0].view(8, 8)[:, 6:].any()
+
+
+def test_adversarial_training_runs_discriminator_and_r1():
+    trainer = _trainer(steps=2, adv_weight=0.1, r1_every=1)
+    stats = trainer.train_step()
+    assert {"adv", "d", "r1"} <= set(stats) and all(torch.isfinite(torch.tensor(stats[k])) for k in ("adv", "d", "r1"))
+    before = [p.clone() for p in trainer.disc.parameters()]
+    trainer.train_step()
+    assert any(not torch.equal(a, b) for a, b in zip(before, trainer.disc.parameters()))
