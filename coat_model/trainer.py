@@ -300,12 +300,12 @@ class Trainer:
         real = batch.style * 2 - 1
         self.opt_d.zero_grad(set_to_none=True)
         d_loss = discriminator_loss(self.disc_runner(real), self.disc_runner(fake))
-        out = {"d": float(d_loss)}
+        out = {"d": float(d_loss.detach())}
         if self.step % cfg.r1_every == 0:
             real = real.detach().requires_grad_(True)
             r1 = r1_penalty(self.disc_runner(real), real)
             d_loss = d_loss + cfg.r1_gamma / 2 * r1 * cfg.r1_every
-            out["r1"] = float(r1)
+            out["r1"] = float(r1.detach())
         d_loss.backward()
         self.opt_d.step()
         return out
