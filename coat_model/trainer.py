@@ -66,6 +66,10 @@ class TrainConfig:
     amp: str = "auto"                        # auto (bf16 on CUDA), off, bf16, fp16
     align_mode: str = "soft"
 
+    def loss_weights(self) -> dict[str, float]:
+        return dict(rec=self.rec_weight, reg=self.reg_weight, ccl=self.ccl_weight,
+                    ccl_hybrid=self.ccl_hybrid_weight, adv=self.adv_weight)
+
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), sort_keys=True)
 
@@ -137,8 +141,7 @@ class TrainingStep(nn.Module):
         if disc is not None and cfg.adv_weight:
             terms["adv"] = generator_adversarial_loss(disc(hybrid * 2 - 1)).sum() / global_counts["all"]
 
-        weights = dict(rec=cfg.rec_weight, reg=cfg.reg_weight, ccl=cfg.ccl_weight, ccl_hybrid=cfg.ccl_hybrid_weight,
-                       adv=cfg.adv_weight)
+        weights = cfg.loss_weights()
         loss = sum(weights[k] * v for k, v in terms.items())
         stats = {k: v.detach() for k, v in terms.items()}
         stats["coverage"] = torch.stack([m.float().mean() for m in alignment.mask.values()]).mean().detach()
@@ -226,13 +229,18 @@ class Trainer:
         return {"bf16": torch.bfloat16, "fp16": torch.float16}[amp]
 
     # -- one optimiser step -------------------------------------------------------------------------------------
+    def micro_batch(self, step: int, micro: int) -> range:
+        """Global positions of micro-batch ``micro`` of ``step`` (all ranks together)."""
+        cfg = self.config
+        size = cfg.batch_size // cfg.accumulate
+        start = step * cfg.batch_size + micro * size
+        return range(start, start + size)
+
     def positions(self, step: int, micro: int) -> list[int]:
         """Global positions of this rank's share of micro-batch ``micro`` of ``step``."""
-        cfg = self.config
-        micro_size = cfg.batch_size // cfg.accumulate
-        start = step * cfg.batch_size + micro * micro_size
-        local = micro_size // self.world_size
-        return list(range(start + self.rank * local, start + (self.rank + 1) * local))
+        whole = self.micro_batch(step, micro)
+        local = len(whole) // self.world_size
+        return list(whole[self.rank * local : (self.rank + 1) * local])
 
     def train_step(self) -> dict[str, float]:
         cfg = self.config
@@ -253,9 +261,7 @@ class Trainer:
         self.scaler.update()
         self._update_averages()
         totals = self._reduce(totals)
-        totals["loss"] = sum(totals.get(k, 0.0) * w for k, w in (
-            ("rec", cfg.rec_weight), ("reg", cfg.reg_weight), ("ccl", cfg.ccl_weight),
-            ("ccl_hybrid", cfg.ccl_hybrid_weight), ("adv", cfg.adv_weight)))
+        totals["loss"] = sum(totals.get(k, 0.0) * w for k, w in cfg.loss_weights().items())
         totals["lr"] = self.opt.param_groups[0]["lr"]
         self.step += 1
         return totals
@@ -289,10 +295,8 @@ class Trainer:
         from .pairs import pair_kind
 
         cfg = self.config
-        micro_size = cfg.batch_size // cfg.accumulate
-        start = step * cfg.batch_size + micro * micro_size
-        kinds = [pair_kind(p, cfg.pair_mix) for p in range(start, start + micro_size)]
-        return {"all": micro_size * cfg.accumulate, "target": sum(k != "random" for k in kinds) * cfg.accumulate}
+        kinds = [pair_kind(p, cfg.pair_mix) for p in self.micro_batch(step, micro)]
+        return {"all": len(kinds) * cfg.accumulate, "target": sum(k != "random" for k in kinds) * cfg.accumulate}
 
     def _disc_step(self, batch: PairBatch) -> dict[str, float]:
         cfg = self.config
