@@ -88,7 +88,7 @@ def fit(
                 stats["images_per_s"] = window_images / max(elapsed, 1e-9)
                 window_start, window_images = time.time(), 0
                 if main:
-                    _progress(step, cfg.steps, stats, time.time() - start)
+                    _progress(step, cfg.steps, stats, time.time() - start, first_step)
                     if log:
                         log.write(json.dumps({"step": step, "time": round(time.time() - start, 2), **stats}) + "\n")
                         log.flush()
@@ -107,6 +107,20 @@ def fit(
     if main and out_dir:
         trainer.save(out_dir, metadata)
     return reason
+
+
+def _write_run_record(path: Path, step: int, record: dict) -> None:
+    """``run.json``: this invocation's settings, plus ``history``, every invocation of the run so far with the step
+    it started at (a resumed run keeps the command that began it)."""
+    history = []
+    if path.is_file():
+        try:
+            previous = json.loads(path.read_text())
+            history = previous.get("history") or [{"command": previous.get("command"), "start_step": 0}]
+        except (OSError, ValueError, AttributeError):
+            history = []  # an unreadable record is replaced, never a reason to stop training
+    record["history"] = history + [{"command": record["command"], "start_step": step}]
+    path.write_text(json.dumps(record, indent=2))
 
 
 def _fit_schedule(trainer: Trainer, steps_per_s: float, max_seconds: float, elapsed: float) -> TrainConfig:
@@ -132,10 +146,12 @@ def _agree(trainer: Trainer, flag: bool) -> bool:
     return bool(t.item() > 0)
 
 
-def _progress(step: int, total: int, stats: dict, elapsed: float) -> None:
+def _progress(step: int, total: int, stats: dict, elapsed: float, first_step: int = 0) -> None:
+    """One progress line; the time left comes from the speed of this process (a resumed run started at
+    ``first_step``)."""
     width = 24
     done = int(width * step / total)
-    eta = elapsed / max(step, 1) * (total - step)
+    eta = elapsed / max(step - first_step, 1) * (total - step)
     losses = " ".join(f"{k}={stats[k]:.3f}" for k in ("loss", "rec", "ccl", "ccl_hybrid", "adv", "coverage") if k in stats)
     print(f"[{'#' * done}{'.' * (width - done)}] {step}/{total} {losses} {stats['images_per_s']:.1f} img/s "
           f"eta {eta / 60:.1f} min", file=sys.stderr, flush=True)
@@ -253,11 +269,11 @@ def _run(args, device, rank: int, world_size: int) -> int:
             print(f"--resume: no state in {out} yet, starting fresh", file=sys.stderr)
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
-        (out / "run.json").write_text(json.dumps({
+        _write_run_record(out / "run.json", trainer.step, {
             "command": " ".join(sys.argv), "model_config": json.loads(model_cfg.to_json()),
             "train_config": json.loads(train_cfg.to_json()), "world_size": world_size, "device": str(device),
             "torch": torch.__version__,
-        }, indent=2))
+        })
     stop = {"flag": False}
 
     def request_stop(signum, _frame):

@@ -109,3 +109,26 @@ def test_adversarial_training_runs_discriminator_and_r1():
     before = [p.clone() for p in trainer.disc.parameters()]
     trainer.train_step()
     assert any(not torch.equal(a, b) for a, b in zip(before, trainer.disc.parameters()))
+
+
+def test_progress_eta_counts_only_the_steps_of_this_process(capsys):
+    from coat_model.train import _progress
+
+    # A run resumed at step 1000 that did 10 steps in 20 s has 90 steps left: 180 s, not 90 * 20 / 1010.
+    _progress(1010, 1100, {"loss": 1.0, "images_per_s": 8.0}, 20.0, first_step=1000)
+    assert "eta 3.0 min" in capsys.readouterr().err
+
+
+def test_run_record_keeps_the_command_that_began_a_resumed_run(tmp_path):
+    from coat_model.train import _write_run_record
+
+    path = tmp_path / "run.json"
+    _write_run_record(path, 0, {"command": "coat-train --steps 100"})
+    _write_run_record(path, 100, {"command": "coat-train --resume --steps 300"})
+    record = json.loads(path.read_text())
+    assert record["command"] == "coat-train --resume --steps 300"
+    assert record["history"] == [{"command": "coat-train --steps 100", "start_step": 0},
+                                 {"command": "coat-train --resume --steps 300", "start_step": 100}]
+    path.write_text("{not json")  # a damaged record is replaced, never fatal
+    _write_run_record(path, 300, {"command": "c"})
+    assert json.loads(path.read_text())["history"] == [{"command": "c", "start_step": 300}]
