@@ -27,6 +27,7 @@ class COATConfig:
     encoder_channels: tuple[int, ...] = (64, 128, 256, 512, 512)  # one per level, R, R/2, R/4, ...
     feature_dim: int = 256                     # FPN feature channels at every aligned scale
     descriptor_dim: int = 128                  # matching descriptor channels (L2-normalised)
+    position_input: bool = True                # append the (x, y) grid to the encoder's input (CoordConv)
     # -- decoder (StyleGAN2 synthesis) ----------------------------------------------------------------------
     w_dim: int = 256                           # latent channels per layer
     channel_base: int = 8192                   # decoder channels at resolution r: min(channel_base / r, channel_max)
@@ -131,7 +132,46 @@ class COATConfig:
         unknown = sorted(set(data) - set(known))
         if unknown:
             raise ValueError(f"unknown COATConfig fields {unknown}: the checkpoint is from a newer version")
+        data.setdefault("position_input", False)  # checkpoints from before the field had no position input
         for name, value in data.items():
             if isinstance(value, list):
                 data[name] = tuple(value)
         return cls(**data)
+
+
+def parse_overrides(cls, items: list[str] | None) -> dict:
+    """``["field=value", ...]`` -> typed overrides of the dataclass ``cls`` (for command lines).
+
+    Types follow the field defaults: booleans accept true/false/1/0, tuples are comma-separated. Raises
+    ValueError naming the known fields when a field is unknown or a value does not parse.
+    """
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    out = {}
+    for item in items or []:
+        name, sep, text = item.partition("=")
+        name = name.strip().replace("-", "_")
+        if not sep or name not in fields:
+            raise ValueError(f"{item!r}: expected FIELD=VALUE with FIELD one of {sorted(fields)}")
+        default = fields[name].default
+        try:
+            out[name] = _parse_like(default, text.strip())
+        except ValueError as error:
+            raise ValueError(f"{item!r}: {error}") from None
+    return out
+
+
+def _parse_like(default, text: str):
+    if isinstance(default, bool):
+        if text.lower() in ("true", "1", "yes", "on"):
+            return True
+        if text.lower() in ("false", "0", "no", "off"):
+            return False
+        raise ValueError(f"expected true or false, got {text!r}")
+    if isinstance(default, tuple):
+        element = default[0] if default else text
+        return tuple(_parse_like(element, part.strip()) for part in text.split(",") if part.strip())
+    if isinstance(default, int):
+        return int(text)
+    if isinstance(default, float):
+        return float(text)
+    return text

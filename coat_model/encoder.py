@@ -44,7 +44,7 @@ class Encoder(nn.Module):
         self.config = config
         ch = config.encoder_channels
         levels = config.encoder_levels
-        self.from_rgb = ConvAct(3, ch[0], kernel=1)
+        self.from_rgb = ConvAct(3 + 2 * config.position_input, ch[0], kernel=1)
         self.blocks = nn.ModuleList(ResBlock(ch[i - 1], ch[i]) for i in range(1, levels))
         level_of = {s: int(math.log2(s)) for s in config.scales}
         self.level_of = level_of
@@ -63,6 +63,12 @@ class Encoder(nn.Module):
 
     def pyramid(self, images: torch.Tensor) -> dict[int, torch.Tensor]:
         """[B, 3, R, R] in [-1, 1] -> FPN features per aligned scale."""
+        if self.config.position_input:  # where a pixel sits in the frame: tells a left eye from a right one
+            b, _, h, w = images.shape
+            ys = torch.linspace(-1, 1, h, device=images.device, dtype=images.dtype)
+            xs = torch.linspace(-1, 1, w, device=images.device, dtype=images.dtype)
+            grid = torch.stack(torch.meshgrid(xs, ys, indexing="xy"))[None].expand(b, -1, -1, -1)
+            images = torch.cat([images, grid], dim=1)
         x = self.from_rgb(images)
         levels = [x]
         for block in self.blocks:

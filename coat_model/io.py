@@ -6,6 +6,7 @@ with ``torch.load(weights_only=True)``, which refuses arbitrary objects.
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import struct
@@ -72,7 +73,7 @@ def atomic_save_file(tensors: dict[str, torch.Tensor], path: Path, metadata: dic
     moment leaves either the old file or the new one, never a torn one."""
     from safetensors.torch import save_file
 
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp")
     os.close(fd)
     try:
         save_file(tensors, tmp, metadata=metadata)
@@ -83,6 +84,30 @@ def atomic_save_file(tensors: dict[str, torch.Tensor], path: Path, metadata: dic
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+    _remove_orphans(path)
+
+
+def _remove_orphans(path: Path) -> None:
+    """Delete the temporary files of earlier writes of ``path`` killed midway: those whose writer process
+    (the pid in the name) no longer runs. A live writer's file is never touched."""
+    for stray in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        pid = stray.name[len(path.name) + 2:].split(".", 1)[0]
+        if not pid.isdigit() or int(pid) == os.getpid() or _alive(int(pid)):
+            continue
+        try:
+            stray.unlink()
+        except OSError:
+            pass  # gone already, or not ours to delete: never a reason to fail a save
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists, owned by someone else
+        return True
+    return True
 
 
 def _umask() -> int:

@@ -108,12 +108,14 @@ def correspondence_nce(
     tau: float = 0.07,
     exclusion: int = 2,
     generators: list[torch.Generator] | None = None,
+    detach_keys: bool = True,
 ) -> torch.Tensor:
     """Correspondence contrastive loss with hard negatives (spec B.7 #3), per image.
 
     Args:
         query: descriptors [B, C, h, w] (of the hybrid or of the real content), L2-normalised.
-        key: style descriptors [B, C, hs, ws], L2-normalised; detached here (stop-gradient on keys).
+        key: style descriptors [B, C, hs, ws], L2-normalised; detached here (stop-gradient on keys, as in CUT)
+            unless ``detach_keys`` is False, when the style side learns from the same pairs.
         target: [B, h*w] long, the style cell corresponding to each content cell.
         valid: [B, h*w] bool, the content cells with a known positive.
         n_queries: queries sampled per image; n_negatives: negatives per query, of which a share
@@ -125,10 +127,11 @@ def correspondence_nce(
     """
     with autocast(query.device.type, enabled=False):
         return _nce(query.float(), key.float(), target, valid, n_queries=n_queries, n_negatives=n_negatives,
-                    hard_share=hard_share, tau=tau, exclusion=exclusion, generators=generators)
+                    hard_share=hard_share, tau=tau, exclusion=exclusion, generators=generators,
+                    detach_keys=detach_keys)
 
 
-def _nce(query, key, target, valid, *, n_queries, n_negatives, hard_share, tau, exclusion, generators):
+def _nce(query, key, target, valid, *, n_queries, n_negatives, hard_share, tau, exclusion, generators, detach_keys):
     b, n = valid.shape
     hs, ws = key.shape[-2:]
     device = query.device
@@ -147,7 +150,7 @@ def _nce(query, key, target, valid, *, n_queries, n_negatives, hard_share, tau, 
     cells = torch.stack(picks).to(device)  # [B, Q]
     weight = torch.stack(weights).to(device).float()
     q = torch.gather(F.normalize(query.flatten(2), dim=1), 2, cells[:, None].expand(-1, query.shape[1], -1))
-    k = F.normalize(key.detach().flatten(2), dim=1)  # [B, C, Ns]
+    k = F.normalize((key.detach() if detach_keys else key).flatten(2), dim=1)  # [B, C, Ns]
     logits = torch.einsum("bcq,bcn->bqn", q, k) / tau  # [B, Q, Ns]
     pos = torch.gather(target, 1, cells)  # [B, Q]
     ky = torch.div(torch.arange(hs * ws, device=device), ws, rounding_mode="floor")

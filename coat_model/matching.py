@@ -103,7 +103,7 @@ def soft_match(
     grid_c = coordinate_grid(h, w, q.device).expand(b, -1, -1)
     values = grid_s if style_values is None else torch.cat([tokens(style_values).float(), grid_s], dim=-1)
     out = attend(q, k, values, scale=1.0 / temperature, backend=backend)
-    flow = untokens(out[..., -2:], h, w)
+    flow = untokens(out[..., -2:], h, w).clamp(-1, 1)  # a convex combination of grid points; rounding can overshoot
     back_map = untokens(attend(k, q, grid_c, scale=1.0 / temperature, backend=backend), hs, ws)
     back = sample_at(back_map, flow)
     err = ((back - untokens(grid_c, h, w)) / cell_size(h, w).to(back)[None, :, None, None]).norm(dim=1, keepdim=True)

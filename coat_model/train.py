@@ -26,7 +26,7 @@ from typing import Callable
 import torch
 import torch.distributed as dist
 
-from .config import COATConfig
+from .config import COATConfig, parse_overrides
 from .trainer import TrainConfig, Trainer
 
 PRESETS = {"tiny": COATConfig.tiny, "small": COATConfig.small, "default": COATConfig}
@@ -192,6 +192,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--adv-weight", type=float, default=0.0, help="> 0 adds a discriminator (from scratch)")
     p.add_argument("--ccl-hybrid-weight", type=float, default=1.0)
     p.add_argument("--amp", choices=("auto", "off", "bf16", "fp16"), default="auto")
+    p.add_argument("--set", dest="train_set", action="append", metavar="FIELD=VALUE",
+                   help="override any TrainConfig field, e.g. --set betas=0.9,0.99 --set ccl_detach_keys=true")
+    p.add_argument("--model-set", action="append", metavar="FIELD=VALUE",
+                   help="override any COATConfig field of a new run, e.g. --model-set position_input=true")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda when available)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (torch.set_num_threads)")
     p.add_argument("--workers", type=int, default=0, help="background processes preparing batches")
@@ -201,7 +205,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--max-minutes", type=float, default=None, help="stop (and save) after this much wall-clock time")
     p.add_argument("--fit-to-time", action="store_true",
                    help="with --max-minutes: shorten the schedule to the steps the measured speed allows")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    try:
+        args.train_overrides = parse_overrides(TrainConfig, args.train_set)
+        args.model_overrides = parse_overrides(COATConfig, args.model_set)
+    except ValueError as error:
+        p.error(str(error))
+    if args.model_overrides and (args.resume or args.init or args.stylegan2):
+        p.error("--model-set only applies to a new run (a resumed or initialised run keeps its architecture)")
+    return args
 
 
 def main(argv=None) -> int:
@@ -234,7 +246,7 @@ def _run(args, device, rank: int, world_size: int) -> int:
     train_cfg = TrainConfig(
         steps=args.steps, batch_size=args.batch_size, accumulate=args.accumulate, lr=args.lr, seed=args.seed,
         adv_weight=args.adv_weight, ccl_hybrid_weight=args.ccl_hybrid_weight, amp=args.amp,
-        freeze_decoder=args.stylegan2 is not None,
+        freeze_decoder=args.stylegan2 is not None, **args.train_overrides,
     )
     model = None
     if args.resume and state_path.is_file():
@@ -256,7 +268,7 @@ def _run(args, device, rank: int, world_size: int) -> int:
         model_cfg = model.config
     else:
         overrides = {"resolution": args.resolution} if args.resolution else {}
-        model_cfg = PRESETS[args.preset](**overrides)
+        model_cfg = PRESETS[args.preset](**{**overrides, **args.model_overrides})
     dataset = make_dataset(args.data, model_cfg.resolution, args.seed)
     trainer = Trainer(model_cfg, train_cfg, dataset, device=device, model=model, rank=rank, world_size=world_size,
                       workers=args.workers)

@@ -1,6 +1,7 @@
 """Checkpoints: safetensors round trip, refusal of pickles (nothing executes), truncation, other configs,
 and the rosinality StyleGAN2 importer."""
 
+import os
 import pickle
 
 import pytest
@@ -114,3 +115,21 @@ def test_stylegan2_importer_loads_the_synthesis_network(tmp_path):
     assert coat_model.import_stylegan2(del_avg, cfg, n_mean=64).w_avg.abs().sum() > 0  # from the mapping net
     inferred = coat_model.import_stylegan2(path)  # config read off the weights
     assert inferred.config.resolution == 32 and inferred.config.w_dim == cfg.w_dim
+
+
+def test_a_save_removes_the_temporary_files_of_killed_writers_only(tmp_path):
+    import subprocess
+    import sys
+
+    from coat_model.io import atomic_save_file
+
+    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead_pid = int(finished.stdout)
+    target = tmp_path / "m[1].safetensors"  # glob characters in the name are taken literally
+    orphan = tmp_path / f".{target.name}.{dead_pid}.abc.tmp"
+    live = tmp_path / f".{target.name}.{os.getppid()}.def.tmp"  # a writer still running
+    other = tmp_path / f".other.safetensors.{dead_pid}.ghi.tmp"  # another file's business
+    for f in (orphan, live, other):
+        f.write_bytes(b"torn")
+    atomic_save_file({"x": torch.zeros(2)}, target, {"k": "v"})
+    assert target.is_file() and not orphan.exists() and live.exists() and other.exists()

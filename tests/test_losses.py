@@ -46,6 +46,12 @@ def test_ccl_gradients_reach_queries_but_not_keys():
     assert loss[1] == 0
     loss.sum().backward()
     assert q.grad.abs().sum() > 0 and k.grad is None
+    # Without the stop-gradient (the trainer's default) the style side learns from the same pairs.
+    q.grad = None
+    loss = correspondence_nce(q, k, _grid_target(5, 5).expand(2, -1), valid, n_negatives=4, exclusion=1,
+                              detach_keys=False)
+    loss.sum().backward()
+    assert q.grad.abs().sum() > 0 and k.grad[0].abs().sum() > 0 and k.grad[1].abs().sum() == 0
 
 
 @pytest.mark.parametrize("hard_share", [0.0, 0.5, 1.0])

@@ -1,5 +1,7 @@
 """The model API: shapes, batch rules, any input size, content path, fills, clear errors (spec B.11 #5-6)."""
 
+import json
+
 import pytest
 import torch
 
@@ -155,6 +157,30 @@ def test_config_round_trip_and_validation():
         COATConfig.tiny(scales=(2, 4, 8))
     with pytest.raises(ValueError, match="unknown COATConfig fields"):
         COATConfig.from_json('{"resolution": 32, "warp_drive": 1}')
+    # Checkpoints from before the position input existed load without it.
+    legacy = json.loads(COATConfig.tiny().to_json())
+    del legacy["position_input"]
+    assert COATConfig.from_json(json.dumps(legacy)).position_input is False
+    assert COATConfig.tiny().position_input is True
+
+
+def test_position_input_tells_mirrored_places_apart():
+    """A left-right symmetric image: without the (x, y) input the descriptors of mirrored cells are mirror
+    images of each other; with it they differ (a left eye is not a right eye)."""
+    torch.manual_seed(0)
+    image = torch.rand(1, 3, 32, 32)
+    image = (image + image.flip(-1)) / 2
+    for position, mirrored in ((False, True), (True, False)):
+        torch.manual_seed(0)
+        model = COAT(COATConfig.tiny(position_input=position)).eval()
+        # Make every convolution mirror-symmetric (average each kernel with its horizontal flip), so that only
+        # the position input can break the symmetry.
+        with torch.no_grad():
+            for module in model.encoder.modules():
+                if isinstance(getattr(module, "weight", None), torch.Tensor) and module.weight.dim() == 4:
+                    module.weight.copy_((module.weight + module.weight.flip(-1)) / 2)
+            d = model.encode(image).descriptors[4]
+        assert torch.allclose(d, d.flip(-1), atol=1e-5) is mirrored
 
 
 def test_tiny_model_trains_one_step_and_infers_quickly():

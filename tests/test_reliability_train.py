@@ -145,6 +145,7 @@ def test_checkpoint_write_killed_midway_keeps_the_last_good_checkpoint(tmp_path,
     done = train(tmp_path, "--resume")
     assert done.returncode == 0, done.stderr[-2000:]
     assert_same_weights(tmp_path, reference)
+    assert not list(tmp_path.glob(".*.tmp")), "the next save removes the temporary file of the killed writer"
 
 
 def _as_safetensors(tmp: Path) -> Path:

@@ -132,3 +132,31 @@ def test_run_record_keeps_the_command_that_began_a_resumed_run(tmp_path):
     path.write_text("{not json")  # a damaged record is replaced, never fatal
     _write_run_record(path, 300, {"command": "c"})
     assert json.loads(path.read_text())["history"] == [{"command": "c", "start_step": 300}]
+
+
+def test_command_line_overrides_are_typed_and_checked():
+    import pytest
+
+    from coat_model.config import parse_overrides
+    from coat_model.train import parse_args
+
+    assert parse_overrides(TrainConfig, ["betas=0.9,0.99", "ccl_detach_keys=true", "ccl-queries=128", "align_mode=hard"]) \
+        == {"betas": (0.9, 0.99), "ccl_detach_keys": True, "ccl_queries": 128, "align_mode": "hard"}
+    assert parse_overrides(COATConfig, ["position_input=0", "scales=8,4"]) == {"position_input": False, "scales": (8, 4)}
+    with pytest.raises(ValueError, match="FIELD one of"):
+        parse_overrides(TrainConfig, ["warp_speed=9"])
+    with pytest.raises(ValueError, match="true or false"):
+        parse_overrides(TrainConfig, ["colour_remap=maybe"])
+    with pytest.raises(ValueError, match="invalid literal"):
+        parse_overrides(TrainConfig, ["ccl_queries=many"])
+    args = parse_args(["--out", "x", "--set", "lr_decay_start=0.5", "--model-set", "w_dim=16"])
+    assert args.train_overrides == {"lr_decay_start": 0.5} and args.model_overrides == {"w_dim": 16}
+    with pytest.raises(SystemExit):  # a resumed run keeps its architecture
+        parse_args(["--out", "x", "--resume", "--model-set", "w_dim=16"])
+
+
+def test_train_states_from_before_ccl_detach_keys_keep_the_stop_gradient():
+    legacy = json.loads(TrainConfig().to_json())
+    del legacy["ccl_detach_keys"]
+    assert TrainConfig.from_json(json.dumps(legacy)).ccl_detach_keys is True
+    assert TrainConfig().ccl_detach_keys is False
