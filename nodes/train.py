@@ -72,12 +72,34 @@ def run_dir(run_name: str) -> Path:
     return Path(folder_paths.get_output_directory()) / RUNS / name
 
 
+DATA_ROOTS_ENV = "COAT_TRAIN_DATA_ROOTS"
+
+
+def data_roots() -> list[Path]:
+    """The folders COAT Train may read: ComfyUI's input folder, plus those the machine's owner lists in the
+    environment variable ``COAT_TRAIN_DATA_ROOTS`` (separated by ``os.pathsep``) when starting ComfyUI. A client
+    of the server cannot widen this, so a prompt over the API reads no folder the owner did not open."""
+    listed = os.environ.get(DATA_ROOTS_ENV, "").split(os.pathsep)
+    roots = [folder_paths.get_input_directory(), *(p.strip() for p in listed if p.strip())]
+    return [Path(os.path.abspath(os.path.expanduser(r))) for r in roots]
+
+
 def resolve_folder(folder: str) -> Path:
-    """A folder path as typed (quotes and ``~`` allowed); relative paths are taken from ComfyUI's input folder."""
+    """A folder path as typed (quotes and ``~`` allowed); relative paths are taken from ComfyUI's input folder.
+
+    The path must lie inside one of :func:`data_roots` (``..`` is collapsed first; links placed inside a root by
+    the owner are followed)."""
     text = folder.strip().strip('"').strip("'")
     path = Path(os.path.expanduser(text))
     if not path.is_absolute():
         path = Path(folder_paths.get_input_directory()) / path
+    path = Path(os.path.abspath(path))
+    roots = data_roots()
+    if not any(path == root or root in path.parents for root in roots):
+        raise COATInputError(
+            f"folder {path} is outside the folders COAT Train may read ({', '.join(map(str, roots))}). Fix: put the "
+            f"images (or a link to their folder) into {roots[0]} and type its name, or start ComfyUI with "
+            f"{DATA_ROOTS_ENV}={path} to allow that folder")
     return path
 
 
@@ -265,8 +287,9 @@ class COATTrain(io.ComfyNode):
                                        "'folder' instead."),
                 io.String.Input("folder", default="",
                                 tooltip="Or a folder of images (png, jpg, webp, ...; subfolders included). A "
-                                        "relative path starts in ComfyUI's input folder. Leave empty when "
-                                        "'images' is connected."),
+                                        "relative path starts in ComfyUI's input folder; folders elsewhere must be "
+                                        "allowed with COAT_TRAIN_DATA_ROOTS (README). Leave empty when 'images' "
+                                        "is connected."),
                 io.String.Input("run_name", default="coat_run",
                                 tooltip=f"Name of the run, kept in output/{RUNS}/<run_name>. Queue again with the "
                                         "same name (after Cancel, or with more steps) to continue it."),

@@ -2,7 +2,9 @@
 
 Lean on purpose (a background training run shares the CPU): 32 px, batch 2, at most a few steps per run.
 """
+import os
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -115,16 +117,35 @@ def test_clear_errors(M, kwargs, message):
         run(M, **args)
 
 
-def test_empty_or_missing_folder_is_a_clear_error(M, tmp_path):
+def test_folders_outside_the_allowed_roots_are_refused(M, tmp_path, monkeypatch):
+    import folder_paths
+
+    monkeypatch.delenv("COAT_TRAIN_DATA_ROOTS", raising=False)
+    inside = Path(folder_paths.get_input_directory())
+    for folder in (str(tmp_path), "../", f"{inside}/../models", "~"):
+        with pytest.raises(coat_model.COATInputError, match="outside the folders COAT Train may read"):
+            run(M, folder=folder, run_name="outside", steps=1, batch_size=2, resolution=32)
+    # Relative names inside the input folder pass the check (and then fail for lack of images, not for the place).
+    with pytest.raises(coat_model.COATInputError, match="put images"):
+        run(M, folder="no_such_subfolder", run_name="inside", steps=1, batch_size=2, resolution=32)
+    # The owner opens more folders when starting ComfyUI.
+    monkeypatch.setenv("COAT_TRAIN_DATA_ROOTS", os.pathsep.join(["/nonexistent", str(tmp_path)]))
+    with pytest.raises(coat_model.COATInputError, match="put images"):
+        run(M, folder=str(tmp_path / "sub"), run_name="allowed", steps=1, batch_size=2, resolution=32)
+
+
+def test_empty_or_missing_folder_is_a_clear_error(M, tmp_path, monkeypatch):
+    monkeypatch.setenv("COAT_TRAIN_DATA_ROOTS", str(tmp_path))
     (tmp_path / "notes.txt").write_text("not an image")
     for folder in (str(tmp_path), str(tmp_path / "missing")):
         with pytest.raises(coat_model.COATInputError, match="put images .* into that folder"):
             run(M, folder=folder, run_name="empty", steps=2, batch_size=2, resolution=32)
 
 
-def test_folder_input_trains(M, tiny_base, tmp_path):
+def test_folder_input_trains(M, tiny_base, tmp_path, monkeypatch):
     from PIL import Image
 
+    monkeypatch.setenv("COAT_TRAIN_DATA_ROOTS", str(tmp_path))
     for i in range(2):
         Image.new("RGB", (40, 30), (60 * i, 120, 200)).save(tmp_path / f"{i}.png")
     handle, _ = run(M, folder=f'"{tmp_path}"', run_name="folder", steps=1, batch_size=2, base_model=tiny_base).args
