@@ -9,6 +9,7 @@ import torch.nn.functional as F
 # for node inference, where comfy.ops manages dtypes); here it only turns autocast off so losses run in fp32.
 from torch.amp import autocast
 
+from . import streams
 from .fill import gaussian_blur
 
 # -- reconstruction ------------------------------------------------------------------------------------------------
@@ -107,7 +108,8 @@ def correspondence_nce(
     hard_share: float = 1.0,
     tau: float = 0.07,
     exclusion: int = 2,
-    generators: list[torch.Generator] | None = None,
+    seeds: torch.Tensor | None = None,
+    salt: int = 0,
     detach_keys: bool = True,
 ) -> torch.Tensor:
     """Correspondence contrastive loss with hard negatives (spec B.7 #3), per image.
@@ -118,37 +120,33 @@ def correspondence_nce(
             unless ``detach_keys`` is False, when the style side learns from the same pairs.
         target: [B, h*w] long, the style cell corresponding to each content cell.
         valid: [B, h*w] bool, the content cells with a known positive.
-        n_queries: queries sampled per image; n_negatives: negatives per query, of which a share
-            ``hard_share`` are the most similar cells outside ``exclusion`` cells (L-inf) of the positive.
-        generators: one per image for the query and negative sampling (per-image streams keep data-parallel
-            runs identical to single-process ones).
+        n_queries: queries sampled per image (among its valid cells); n_negatives: negatives per query, of which
+            a share ``hard_share`` are the most similar cells outside ``exclusion`` cells (L-inf) of the positive.
+        seeds: [B] integer seeds of the images' sampling streams (:mod:`coat_model.streams`; an image then draws
+            the same queries and negatives in any batch, on any device and in any process); ``salt`` tells
+            apart the calls of one step (scales, loss terms). None: the global torch RNG.
     Returns: [B] InfoNCE loss per image, the mean over its queries (0 for images without valid cells).
-    Computed in fp32 (logits / 0.07 lose too much in bf16).
+    Computed in fp32 (logits / 0.07 lose too much in bf16); no host synchronisation, no per-image loop.
     """
     with autocast(query.device.type, enabled=False):
         return _nce(query.float(), key.float(), target, valid, n_queries=n_queries, n_negatives=n_negatives,
-                    hard_share=hard_share, tau=tau, exclusion=exclusion, generators=generators,
+                    hard_share=hard_share, tau=tau, exclusion=exclusion, seeds=seeds, salt=salt,
                     detach_keys=detach_keys)
 
 
-def _nce(query, key, target, valid, *, n_queries, n_negatives, hard_share, tau, exclusion, generators, detach_keys):
+def _nce(query, key, target, valid, *, n_queries, n_negatives, hard_share, tau, exclusion, seeds, salt, detach_keys):
     b, n = valid.shape
     hs, ws = key.shape[-2:]
     device = query.device
-    gens = generators or [None] * b
-    # Query sampling per image on the CPU streams: a random order of the valid cells, padded by repetition.
-    picks, weights = [], []
-    valid_cpu = valid.cpu()
-    for i in range(b):
-        cells = valid_cpu[i].nonzero()[:, 0]
-        order = cells[torch.randperm(cells.numel(), generator=gens[i])][:n_queries]
-        if order.numel() == 0:
-            order = torch.zeros(1, dtype=torch.long)
-        count = min(cells.numel(), n_queries)
-        picks.append(order.repeat(-(-n_queries // order.numel()))[:n_queries])
-        weights.append(torch.arange(n_queries) < count)
-    cells = torch.stack(picks).to(device)  # [B, Q]
-    weight = torch.stack(weights).to(device).float()
+
+    def draw(count: int, stream: int) -> torch.Tensor:  # [B, count] uniform
+        if seeds is None:
+            return torch.rand(b, count, device=device)
+        return streams.uniform(seeds.to(device), count, salt=3 * salt + stream)
+
+    # Queries: the valid cells of highest random score, a uniform subset; unfilled slots get weight 0.
+    top = draw(n, 0).masked_fill(~valid.to(device), -1.0).topk(min(n_queries, n), dim=1)
+    cells, weight = top.indices, (top.values >= 0).float()  # [B, Q]
     q = torch.gather(F.normalize(query.flatten(2), dim=1), 2, cells[:, None].expand(-1, query.shape[1], -1))
     k = F.normalize((key.detach() if detach_keys else key).flatten(2), dim=1)  # [B, C, Ns]
     logits = torch.einsum("bcq,bcn->bqn", q, k) / tau  # [B, Q, Ns]
@@ -156,20 +154,17 @@ def _nce(query, key, target, valid, *, n_queries, n_negatives, hard_share, tau, 
     ky = torch.div(torch.arange(hs * ws, device=device), ws, rounding_mode="floor")
     kx = torch.arange(hs * ws, device=device) % ws
     far = ((ky - ky[pos][..., None]).abs() > exclusion) | ((kx - kx[pos][..., None]).abs() > exclusion)
-    noise = torch.stack([_uniform((n_queries, hs * ws), g, device) for g in gens])
+    noise = None
+    if min(int(round(hard_share * n_negatives)), hs * ws) < n_negatives:  # select_negatives needs random picks
+        # Random negatives: one uniform per style cell, shifted on the circle by one uniform per query, so every
+        # query ranks the cells in its own random order from B * (Ns + Q) draws instead of B * Q * Ns.
+        noise = torch.frac(draw(hs * ws, 1)[:, None, :] + draw(cells.shape[1], 2)[:, :, None])
     negatives = select_negatives(logits.flatten(0, 1), far.flatten(0, 1), n_negatives=n_negatives,
-                                 hard_share=hard_share, noise=noise.flatten(0, 1)).view(b, n_queries, -1)
+                                 hard_share=hard_share,
+                                 noise=None if noise is None else noise.flatten(0, 1)).view(b, cells.shape[1], -1)
     all_logits = torch.cat([logits.gather(2, pos[..., None]), logits.gather(2, negatives)], dim=2)
     per_query = torch.logsumexp(all_logits, dim=2) - all_logits[..., 0]
     return (per_query * weight).sum(1) / weight.sum(1).clamp_min(1.0) * (weight.sum(1) > 0)
-
-
-def _uniform(shape, generator: torch.Generator | None, device) -> torch.Tensor:
-    """Uniform noise made on ``device`` from a stream seeded by the (CPU) ``generator``."""
-    if generator is None:
-        return torch.rand(shape, device=device)
-    seed = int(torch.randint(1 << 62, (1,), generator=generator))
-    return torch.rand(shape, generator=torch.Generator(device).manual_seed(seed), device=device)
 
 
 def hardness_schedule(step: int, total: int, ramp: float = 0.2) -> float:

@@ -29,7 +29,7 @@ class PairBatch:
     """content, style: [B, 3, R, R] in [0, 1]; target: [B, 3, R, R] (zeros where there is none);
     has_target: [B] bool; flow: [B, 2, R, R] content pixel -> style location in [-1, 1] (identity for self
     pairs); has_flow: [B] bool; flow_valid: [B, 1, R, R] bool; kinds: per-sample kind; seeds: per-sample seeds of the
-    loss sampling streams (see :meth:`generators`)."""
+    loss sampling streams (:mod:`coat_model.streams`)."""
 
     content: torch.Tensor
     style: torch.Tensor
@@ -40,9 +40,6 @@ class PairBatch:
     flow_valid: torch.Tensor
     kinds: list[str]
     seeds: list[int]
-
-    def generators(self) -> list[torch.Generator]:
-        return [torch.Generator().manual_seed(s) for s in self.seeds]
 
     def to(self, device) -> "PairBatch":
         move = lambda t: t.to(device, non_blocking=True)  # noqa: E731

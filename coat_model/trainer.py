@@ -119,8 +119,8 @@ class TrainingStep(nn.Module):
         hard_share = hardness_schedule(step, cfg.steps, cfg.hard_ramp)
         use_random = step >= cfg.bootstrap * cfg.steps
         ccl_real, ccl_hybrid = 0.0, 0.0
-        generators = batch.generators()
-        for s in mcfg.scales:
+        seeds = torch.tensor(batch.seeds, dtype=torch.long)
+        for i, s in enumerate(mcfg.scales):
             ks = style.descriptors[s]
             target, ok = flow_targets(batch.flow, batch.flow_valid, r, s, ks.shape[-2:])
             ok = ok & batch.has_flow[:, None]
@@ -132,10 +132,10 @@ class TrainingStep(nn.Module):
             kw = dict(n_queries=cfg.ccl_queries, n_negatives=cfg.ccl_negatives, hard_share=hard_share, tau=cfg.ccl_tau,
                       detach_keys=cfg.ccl_detach_keys)
             ccl_real = ccl_real + correspondence_nce(content.descriptors[s], ks, target, ok,
-                                                     generators=generators, **kw).sum()
+                                                     seeds=seeds, salt=2 * i, **kw).sum()
             if hybrid_desc is not None:
                 ccl_hybrid = ccl_hybrid + correspondence_nce(hybrid_desc[s], ks, target, ok,
-                                                             generators=generators, **kw).sum()
+                                                             seeds=seeds, salt=2 * i + 1, **kw).sum()
         n_scales = len(mcfg.scales)
         terms["ccl"] = ccl_real / n_scales / global_counts["all"]
         if hybrid_desc is not None:
@@ -289,7 +289,9 @@ class Trainer:
         self._loader_step += 1
         try:
             return next(self._loader)
-        except (RuntimeError, StopIteration) as error:  # a worker was killed (say, a kill of the process group)
+        # A worker was killed (say, a kill of the process group): the loader raises RuntimeError, or EOFError /
+        # ConnectionError when the worker died while handing over a batch's shared memory.
+        except (RuntimeError, StopIteration, EOFError, ConnectionError) as error:
             print(f"batch workers stopped ({error}); preparing batches in this process", file=sys.stderr)
             self.workers, self._loader = 0, None
             return self._pairs(self.step)

@@ -31,7 +31,7 @@ def test_ccl_decreases_when_positives_get_more_similar():
     valid = torch.ones(1, 64, dtype=torch.bool)
     losses = [
         correspondence_nce(F.normalize(a * k + (1 - a) * noise, dim=1), k, _grid_target(8, 8), valid,
-                           generators=[torch.Generator().manual_seed(1)])
+                           seeds=torch.tensor([1]))
         for a in (0.0, 0.5, 1.0)
     ]
     assert losses[0] > losses[1] > losses[2]
@@ -98,3 +98,35 @@ def test_adversarial_losses_and_r1():
     x = torch.randn(3, 2, requires_grad=True)
     r1 = r1_penalty((x * torch.tensor([3.0, 4.0])).sum(1), x)  # gradient (3, 4) per sample: |g|^2 = 25
     torch.testing.assert_close(r1, torch.tensor(25.0))
+
+
+def test_ccl_of_an_image_does_not_depend_on_its_batch():
+    """Seeded streams: an image's loss is the same alone or beside others (data-parallel == single process)."""
+    g = torch.Generator().manual_seed(0)
+    q = F.normalize(torch.randn(3, 8, 6, 6, generator=g), dim=1)
+    k = F.normalize(torch.randn(3, 8, 6, 6, generator=g), dim=1)
+    valid = torch.rand(3, 36, generator=g) > 0.3
+    target = torch.randint(36, (3, 36), generator=g)
+    seeds = torch.tensor([11, 22, 33])
+    kw = dict(n_queries=10, n_negatives=8, hard_share=0.5, exclusion=1, salt=4)
+    batch = correspondence_nce(q, k, target, valid, seeds=seeds, **kw)
+    alone = torch.cat([correspondence_nce(q[i:i + 1], k[i:i + 1], target[i:i + 1], valid[i:i + 1],
+                                          seeds=seeds[i:i + 1], **kw) for i in range(3)])
+    torch.testing.assert_close(batch, alone)
+    assert not torch.equal(batch, correspondence_nce(q, k, target, valid, seeds=seeds, **{**kw, "salt": 5}))
+
+
+def test_ccl_queries_are_a_uniform_sample_of_the_valid_cells():
+    """With one valid cell whose positive is perfect and every other cell a poor match, the loss is low exactly
+    when only that cell is queried; a partly valid image averages over its valid cells only."""
+    k = F.normalize(torch.randn(1, 16, 6, 6, generator=torch.Generator().manual_seed(1)), dim=1)
+    q = -k.clone()
+    q.view(1, 16, 36)[..., 7] = k.view(1, 16, 36)[..., 7]
+    target = _grid_target(6, 6)
+    only_seven = torch.zeros(1, 36, dtype=torch.bool)
+    only_seven[0, 7] = True
+    low = correspondence_nce(q, k, target, only_seven, n_queries=10, n_negatives=8, exclusion=1,
+                             seeds=torch.tensor([0]))
+    everything = correspondence_nce(q, k, target, torch.ones(1, 36, dtype=torch.bool), n_queries=36,
+                                    n_negatives=8, exclusion=1, seeds=torch.tensor([0]))
+    assert low < 0.5 < everything

@@ -160,3 +160,19 @@ def test_train_states_from_before_ccl_detach_keys_keep_the_stop_gradient():
     del legacy["ccl_detach_keys"]
     assert TrainConfig.from_json(json.dumps(legacy)).ccl_detach_keys is True
     assert TrainConfig().ccl_detach_keys is False
+
+
+def test_a_worker_dying_mid_handover_falls_back_to_in_process_batches():
+    """SIGTERM to the process group can kill a batch worker while it hands over shared memory: the loader then
+    raises EOFError (or ConnectionError), and the step goes on with batches built in this process."""
+    t = _trainer(steps=2)
+
+    def dying():
+        raise EOFError
+        yield
+
+    t.workers, t._loader, t._loader_step = 1, dying(), t.step
+    batches = t._next_batches()
+    assert t.workers == 0 and len(batches) == t.config.accumulate
+    reference = t._pairs(t.step)
+    assert torch.equal(batches[0].content, reference[0].content)
