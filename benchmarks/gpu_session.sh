@@ -12,7 +12,7 @@ nvidia-smi -L; python3 -c "import torch; print('torch', torch.__version__, torch
 train() {  # $@: extra trainer flags
   rm -rf "$RUN"
   timeout $(( ${TRAIN_MINUTES%.*} * 60 + 90 )) python3 -m coat_model.train --data procedural:faces --preset small \
-    --resolution 128 --steps 20000 --batch-size 64 --lr 2e-3 --seed 0 --out "$RUN" --max-minutes "$TRAIN_MINUTES" \
+    --resolution 128 --steps 20000 --batch-size ${BATCH:-128} --lr 2e-3 --seed 0 --out "$RUN" --max-minutes "$TRAIN_MINUTES" \
     --fit-to-time --ckpt-every 500 --sample-every 0 --log-every 50 "$@"
 }
 start=$(date +%s)

@@ -193,7 +193,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--ccl-hybrid-weight", type=float, default=1.0)
     p.add_argument("--amp", choices=("auto", "off", "bf16", "fp16"), default="auto")
     p.add_argument("--set", dest="train_set", action="append", metavar="FIELD=VALUE",
-                   help="override any TrainConfig field, e.g. --set betas=0.9,0.99 --set ccl_detach_keys=true")
+                   help="override any TrainConfig field, e.g. --set betas=0,0.99 --set ccl_detach_keys=true")
     p.add_argument("--model-set", action="append", metavar="FIELD=VALUE",
                    help="override any COATConfig field of a new run, e.g. --model-set position_input=true")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda when available)")

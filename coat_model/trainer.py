@@ -42,7 +42,8 @@ class TrainConfig:
     batch_size: int = 16                     # global batch (all processes together, per optimiser step)
     accumulate: int = 1                      # micro-batches per optimiser step
     lr: float = 2e-3
-    betas: tuple[float, float] = (0.0, 0.99)
+    betas: tuple[float, float] = (0.9, 0.99)  # StyleGAN2 uses beta1 = 0 (with the adversarial loss); the encoder's
+                                             # descriptors learn ~1.5x faster with momentum (BENCHMARKS, Quality)
     lr_decay_start: float = 0.6              # cosine decay to 10% over the last 40% of steps
     seed: int = 0
     pair_mix: tuple[float, float, float] = (0.5, 0.25, 0.25)  # warp, self, random
