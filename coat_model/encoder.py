@@ -16,6 +16,7 @@ from torch import nn
 
 from .config import COATConfig
 from .layers import Downsample, EqualConv2d, FusedLeakyReLU
+from .matching import coordinate_grid, untokens
 
 
 class ConvAct(nn.Sequential):
@@ -65,10 +66,8 @@ class Encoder(nn.Module):
         """[B, 3, R, R] in [-1, 1] -> FPN features per aligned scale."""
         if self.config.position_input:  # where a pixel sits in the frame: tells a left eye from a right one
             b, _, h, w = images.shape
-            ys = torch.linspace(-1, 1, h, device=images.device, dtype=images.dtype)
-            xs = torch.linspace(-1, 1, w, device=images.device, dtype=images.dtype)
-            grid = torch.stack(torch.meshgrid(xs, ys, indexing="xy"))[None].expand(b, -1, -1, -1)
-            images = torch.cat([images, grid], dim=1)
+            grid = untokens(coordinate_grid(h, w, images.device, images.dtype)[None], h, w)
+            images = torch.cat([images, grid.expand(b, -1, -1, -1)], dim=1)
         x = self.from_rgb(images)
         levels = [x]
         for block in self.blocks:

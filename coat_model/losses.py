@@ -138,11 +138,12 @@ def _nce(query, key, target, valid, *, n_queries, n_negatives, hard_share, tau, 
     b, n = valid.shape
     hs, ws = key.shape[-2:]
     device = query.device
+    seeds = None if seeds is None else seeds.to(device)
 
     def draw(count: int, stream: int) -> torch.Tensor:  # [B, count] uniform
         if seeds is None:
             return torch.rand(b, count, device=device)
-        return streams.uniform(seeds.to(device), count, salt=3 * salt + stream)
+        return streams.uniform(seeds, count, salt=3 * salt + stream)
 
     # Queries: the valid cells of highest random score, a uniform subset; unfilled slots get weight 0.
     top = draw(n, 0).masked_fill(~valid.to(device), -1.0).topk(min(n_queries, n), dim=1)

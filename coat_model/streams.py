@@ -39,20 +39,21 @@ def uniform(seeds: torch.Tensor, n: int, salt: int = 0) -> torch.Tensor:
         seeds: [B] integer seeds (any int64 values).
         salt: tells apart the streams of one image (say, one per scale and loss term).
     """
-    key = _mix(seeds.long().view(-1, 1) ^ _signed(_mix(torch.tensor(salt, dtype=torch.long)).item() & _MASK))
+    key = _mix(seeds.long().view(-1, 1) ^ _signed(_mix_int(salt & _MASK)))
     counter = torch.arange(n, device=seeds.device, dtype=torch.long) * _signed(_GOLDEN)
     bits = _mix(key + counter)
     return _shr(bits, 40).float() / float(1 << 24)  # the top 24 bits: exact in float32
 
 
+def _mix_int(x: int) -> int:
+    """The same finaliser on a plain Python integer in [0, 2**64)."""
+    z = (x + _GOLDEN) & _MASK
+    z = ((z ^ (z >> 30)) * _M1) & _MASK
+    z = ((z ^ (z >> 27)) * _M2) & _MASK
+    return z ^ (z >> 31)
+
+
 def uniform_reference(seed: int, n: int, salt: int = 0) -> list[float]:
     """The same numbers for one image, in plain Python integers (the test oracle)."""
-
-    def mix(x: int) -> int:
-        z = (x + _GOLDEN) & _MASK
-        z = ((z ^ (z >> 30)) * _M1) & _MASK
-        z = ((z ^ (z >> 27)) * _M2) & _MASK
-        return z ^ (z >> 31)
-
-    key = mix((seed & _MASK) ^ mix(salt & _MASK))
-    return [(mix((key + j * _GOLDEN) & _MASK) >> 40) / float(1 << 24) for j in range(n)]
+    key = _mix_int((seed & _MASK) ^ _mix_int(salt & _MASK))
+    return [(_mix_int((key + j * _GOLDEN) & _MASK) >> 40) / float(1 << 24) for j in range(n)]

@@ -90,11 +90,8 @@ def resolve_folder(folder: str) -> Path:
     The path must lie inside one of :func:`data_roots` (``..`` is collapsed first; links placed inside a root by
     the owner are followed)."""
     text = folder.strip().strip('"').strip("'")
-    path = Path(os.path.expanduser(text))
-    if not path.is_absolute():
-        path = Path(folder_paths.get_input_directory()) / path
-    path = Path(os.path.abspath(path))
     roots = data_roots()
+    path = Path(os.path.abspath(roots[0] / os.path.expanduser(text)))  # roots[0] is the input folder
     if not any(path == root or root in path.parents for root in roots):
         raise COATInputError(
             f"folder {path} is outside the folders COAT Train may read ({', '.join(map(str, roots))}). Fix: put the "
