@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import ALIGN_MODES, COATConfig
+from .config import ALIGN_MODES, FILL_MODES, COATConfig
 from .decoder import Decoder
 from .encoder import Encoder
 from .fill import fill_unconfident
@@ -200,12 +200,40 @@ class COAT(nn.Module):
                 fg = F.interpolate(content.mask, size=m.mask.shape[-2:], mode="area") > 0.5
                 m.mask, m.confidence = m.mask & fg, m.confidence * fg
             matches[s] = prior = m
-        maps = [self._aligned_map(l, content, style, matches, options) for l in range(cfg.n_layers)]
+        return self._assemble(content, style, matches, options)
+
+    def align_from_matches(self, content: Latents, style: Latents, matches: dict[int, Match], *,
+                           fill: str | None = None) -> Alignment:
+        """Aligned latents from matches found elsewhere: ground truth, another matcher, edited matches.
+
+        ``matches[s]`` gives, for every content cell of scale s (a subset of the model's scales), its style location
+        (``flow``, cell-centre convention in [-1, 1]) and whether it is trusted (``mask``); style maps are sampled
+        there as in the hard path (nearest cell), and untrusted cells are filled by ``fill``. With the ground truth
+        this is the decoder's oracle: the transfer with perfect correspondence.
+        """
+        cfg = self.config
+        pair_batches(content.batch_size, style.batch_size)
+        if not matches or any(s not in cfg.scales for s in matches):
+            raise COATInputError(f"matches must be keyed by the model's scales {cfg.scales}, got {sorted(matches)}")
+        for s, m in matches.items():
+            expected = (content.batch_size, 2, *content.descriptors[s].shape[-2:])
+            if tuple(m.flow.shape) != expected or m.mask.shape[-2:] != m.flow.shape[-2:]:
+                raise COATInputError(f"matches at scale 1/{s}: flow must be {list(expected)} with a mask of the same "
+                                     f"size, got {list(m.flow.shape)} and {list(m.mask.shape)}")
+        fill = cfg.fill if fill is None else fill
+        if fill not in FILL_MODES:
+            raise COATInputError(f"fill must be one of {FILL_MODES}, got {fill!r}")
+        matches = {s: matches[s] for s in cfg.scales if s in matches}
+        options = dict(fill=fill, mode="hard", scales=tuple(matches))
+        return self._assemble(content, style.expand(content.batch_size), matches, options)
+
+    def _assemble(self, content: Latents, style: Latents, matches: dict[int, Match], options: dict) -> Alignment:
+        maps = [self._aligned_map(l, content, style, matches, options) for l in range(self.config.n_layers)]
         return Alignment(
             flow={s: m.flow for s, m in matches.items()},
             confidence={s: m.confidence for s, m in matches.items()},
             mask={s: m.mask for s, m in matches.items()},
-            maps=maps, mode=mode, options=options,
+            maps=maps, mode=options["mode"], options=options,
         )
 
     def _aligned_map(self, layer: int, content: Latents, style: Latents, matches: dict[int, Match], options) -> torch.Tensor:

@@ -124,15 +124,22 @@ def flow_targets(flow: torch.Tensor, valid: torch.Tensor, resolution: int, scale
         valid: [B, 1, R, R] bool. scale: the divisor; style_cells: (hs, ws) of the style map.
     Returns: (target [B, h*w] long style cell index, ok [B, h*w] bool).
     """
-    h = resolution // scale
-    centre = (torch.arange(h, device=flow.device) * scale + (scale - 1) / 2) / (resolution - 1) * 2 - 1
-    gy, gx = torch.meshgrid(centre, centre, indexing="ij")
-    grid = torch.stack([gx, gy], -1)[None].expand(flow.shape[0], -1, -1, -1)
-    f = F.grid_sample(flow, grid, mode="bilinear", align_corners=True)  # [B, 2, h, h] style location
-    ok = F.grid_sample(valid.float(), grid, mode="nearest", align_corners=True)[:, 0] > 0.5
+    f = at_cell_centres(flow, scale)  # [B, 2, h, h] style location
+    ok = at_cell_centres(valid.float(), scale, mode="nearest")[:, 0] > 0.5
     pixel = (f + 1) / 2 * (resolution - 1)
     cells = torch.div(pixel, scale, rounding_mode="floor").long()
     hs, ws = style_cells
     inside = (cells[:, 0] >= 0) & (cells[:, 0] < ws) & (cells[:, 1] >= 0) & (cells[:, 1] < hs)
     target = cells[:, 1].clamp(0, hs - 1) * ws + cells[:, 0].clamp(0, ws - 1)
     return target.flatten(1), (ok & inside).flatten(1)
+
+
+def at_cell_centres(maps: torch.Tensor, scale: int, mode: str = "bilinear") -> torch.Tensor:
+    """Per-pixel maps [B, C, R, R] read at the centres of the cells of scale ``scale``: [B, C, R/scale, R/scale]."""
+    resolution = maps.shape[-1]
+    h = resolution // scale
+    pixel = torch.arange(h, device=maps.device, dtype=maps.dtype) * scale + (scale - 1) / 2
+    centre = pixel / (resolution - 1) * 2 - 1
+    gy, gx = torch.meshgrid(centre, centre, indexing="ij")
+    grid = torch.stack([gx, gy], -1)[None].expand(maps.shape[0], -1, -1, -1)
+    return F.grid_sample(maps, grid, mode=mode, align_corners=True)

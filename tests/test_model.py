@@ -46,6 +46,41 @@ def test_align_outputs(model, mode):
     assert [m.shape for m in a.maps] == [m.shape for m in c.maps]
 
 
+def test_align_from_matches_rebuilds_the_hard_alignment_from_its_own_matches(model):
+    from coat_model.matching import Match
+
+    c, s = model.encode(_images(2)), model.encode(_images(1, seed=1))   # one style for two contents
+    a = model.align(c, s)
+    matches = {sc: Match(flow=a.flow[sc], confidence=a.confidence[sc], mask=a.mask[sc]) for sc in a.scales}
+    b = model.align_from_matches(c, s, matches)
+    for got, want in zip(b.maps, a.maps):
+        torch.testing.assert_close(got, want)
+    # Matches that send every cell to style cell (0, 0) give every aligned map the style's value there.
+    corner = {sc: Match(flow=-torch.ones_like(m.flow), confidence=torch.ones_like(m.confidence),
+                        mask=torch.ones_like(m.mask)) for sc, m in matches.items()}
+    e = model.align_from_matches(c, s, corner, fill="none")
+    for l, m in enumerate(e.maps):
+        torch.testing.assert_close(m, s.maps[l][:, :, :1, :1].expand(2, -1, *m.shape[-2:]))
+
+
+def test_align_from_matches_refuses_matches_it_cannot_use(model):
+    from coat_model.matching import Match
+
+    c, s = model.encode(_images(2)), model.encode(_images(2, seed=1))
+    m = model.align(c, s)
+    good = {sc: Match(flow=m.flow[sc], confidence=m.confidence[sc], mask=m.mask[sc]) for sc in m.scales}
+    with pytest.raises(COATInputError, match="keyed by the model's scales"):
+        model.align_from_matches(c, s, {3: good[model.config.scales[0]]})
+    with pytest.raises(COATInputError, match="keyed by the model's scales"):
+        model.align_from_matches(c, s, {})
+    sc = model.config.scales[-1]
+    small = Match(flow=good[sc].flow[:, :, :2, :2], confidence=good[sc].confidence, mask=good[sc].mask)
+    with pytest.raises(COATInputError, match=f"scale 1/{sc}: flow must be"):
+        model.align_from_matches(c, s, {sc: small})
+    with pytest.raises(COATInputError, match="fill must be one of"):
+        model.align_from_matches(c, s, good, fill="smear")
+
+
 def test_all_content_layers_reproduce_the_content_path(model):
     content, style = _images(2), _images(2, seed=3)
     c = model.encode(content)

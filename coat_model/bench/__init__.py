@@ -1,4 +1,4 @@
-"""Benchmarks: ``python -m coat_model.bench speed|quality ...`` (see ``speed.py`` and ``quality.py``).
+"""Benchmarks: ``python -m coat_model.bench speed|quality|bounds ...`` (``speed.py``, ``quality.py``, ``bounds.py``).
 
 Results go to JSON and, with ``--update-md``, into the marked sections of ``BENCHMARKS.md``: a section named
 ``NAME`` is everything between the lines ``<!-- bench:NAME -->`` and ``<!-- /bench:NAME -->``.

@@ -1,10 +1,10 @@
-"""``python -m coat_model.bench speed|quality [options]``: dispatch to the benchmark's own ``main``."""
+"""``python -m coat_model.bench speed|quality|bounds [options]``: dispatch to the benchmark's own ``main``."""
 
 from __future__ import annotations
 
 import sys
 
-USAGE = "usage: python -m coat_model.bench {speed,quality} [options]   (each takes --help)"
+USAGE = "usage: python -m coat_model.bench {speed,quality,bounds} [options]   (each takes --help)"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -18,14 +18,13 @@ def main(argv: list[str] | None = None) -> int:
 
         return speed_main(rest)
     if command == "quality":
-        try:
-            from .quality import main as quality_main
-        except ModuleNotFoundError as e:
-            if e.name != f"{__package__}.quality":
-                raise
-            print("the quality benchmark (coat_model/bench/quality.py) is not in this checkout yet", file=sys.stderr)
-            return 2
+        from .quality import main as quality_main
+
         return quality_main(rest)
+    if command == "bounds":
+        from .bounds import main as bounds_main
+
+        return bounds_main(rest)
     print(f"unknown benchmark {command!r}\n{USAGE}", file=sys.stderr)
     return 2
 

@@ -7,7 +7,12 @@ Methods, all in one run on the same held-out pairs:
 - ``coat_global``: the same network with every aligned map replaced by the global style code (the
   Swapping-Autoencoder-like ablation that isolates correspondence);
 - ``coat_flow_warp``: the style image sampled at the network's own finest matches (no decoder);
-- ``identity``, ``reinhard`` (global colour transfer) and ``gt_warp`` (the ground-truth correspondence oracle).
+- ``coat_gt_matches``: the same decoder fed the ground-truth correspondence at every aligned scale (the decoder's
+  oracle: what perfect matching would give this network);
+- zero-training baselines: ``identity``, ``style_copy``, ``reinhard`` (global colour transfer), ``bbox_warp``
+  (the style's object box resampled onto the content's);
+- oracles with ground truth: ``partwise_reinhard`` (Reinhard per true part) and ``gt_warp`` (the style sampled at
+  the true correspondence).
 """
 
 from __future__ import annotations
@@ -23,26 +28,47 @@ import torch.nn.functional as F
 from .. import baselines
 from ..data.faces import sample_pairs
 from ..io import load
+from ..matching import Match
+from ..pairs import at_cell_centres
 from ..metrics import compute_metrics
 
 KEYS = ("paa", "de_part", "psnr", "pck05", "pck10", "conf_precision", "conf_coverage", "bg_l1")
 EVAL_SEED = 987_654_321  # held out: training draws images from other seeds
 
 
-def cell_flow_to_pixels(flow: torch.Tensor, scale: int, resolution: int) -> torch.Tensor:
+def cell_flow_to_pixels(flow: torch.Tensor, scale: int, resolution: int, mode: str = "nearest") -> torch.Tensor:
     """Matches of a cell grid (cell-centre convention, [B, 2, h, w]) -> a per-pixel flow [B, 2, R, R] in image
-    coordinates (align_corners=True over R pixels): every pixel takes its cell's match, placed at the centre
-    of the matched style cell."""
+    coordinates (align_corners=True over R pixels). ``nearest``: every pixel takes its cell's match (how the bench
+    scores the network); ``bilinear``: the matches of the cell centres interpolated between them."""
     h, w = flow.shape[-2:]
     cells = (flow + 1) / 2 * torch.tensor([w - 1, h - 1], device=flow.device, dtype=flow.dtype).view(1, 2, 1, 1)
     pixels = cells * scale + (scale - 1) / 2
     image = pixels / (resolution - 1) * 2 - 1
-    return F.interpolate(image, size=(resolution, resolution), mode="nearest")
+    if mode == "nearest":
+        return F.interpolate(image, size=(resolution, resolution), mode="nearest")
+    return F.interpolate(image, size=(resolution, resolution), mode=mode, align_corners=False)
+
+
+def gt_matches(flow: torch.Tensor, visible: torch.Tensor, resolution: int, scales) -> dict[int, Match]:
+    """Ground-truth matches of every cell at each scale: the true style location of the cell centre (cell-centre
+    convention of :class:`~coat_model.matching.Match`), trusted where the centre pixel is visible in the style.
+
+    flow: [B, 2, R, R] content pixel -> style location in [-1, 1] (align_corners=True); visible: [B, 1, R, R] bool.
+    """
+    matches = {}
+    for s in scales:
+        h = resolution // s
+        cells = ((at_cell_centres(flow, s) + 1) / 2 * (resolution - 1) - (s - 1) / 2) / s
+        mask = at_cell_centres(visible.float(), s, mode="nearest") > 0.5
+        matches[s] = Match(flow=(cells / max(h - 1, 1) * 2 - 1).clamp(-1, 1), confidence=mask.float(), mask=mask)
+    return matches
 
 
 @torch.no_grad()
-def coat_outputs(model, content: torch.Tensor, style: torch.Tensor) -> dict[str, dict]:
-    """Outputs and matches of the network and of its two ablations for one batch."""
+def coat_outputs(model, content: torch.Tensor, style: torch.Tensor, gt_flow: torch.Tensor | None = None,
+                 visible: torch.Tensor | None = None) -> dict[str, dict]:
+    """Outputs and matches of the network and of its ablations for one batch (``coat_gt_matches`` only when the
+    ground truth ``gt_flow``/``visible`` is given)."""
     c, s = model.encode(content), model.encode(style)
     alignment = model.align(c, s)
     finest = alignment.scales[-1]
@@ -50,12 +76,16 @@ def coat_outputs(model, content: torch.Tensor, style: torch.Tensor) -> dict[str,
     flow = cell_flow_to_pixels(alignment.flow[finest], finest, r)
     global_code = model.align(c, s, fill="global", confidence_threshold=2.0)  # no match is trusted
     warp = F.grid_sample(style, flow.permute(0, 2, 3, 1), mode="bilinear", padding_mode="border", align_corners=True)
-    return {
+    out = {
         "coat": dict(output=model.decode(c, alignment), pred_flow=flow,
                      confidence=F.interpolate(alignment.mask[finest].float(), size=(r, r), mode="nearest") > 0.5),
         "coat_global": dict(output=model.decode(c, global_code)),
         "coat_flow_warp": dict(output=warp, pred_flow=flow),
     }
+    if gt_flow is not None:
+        oracle = model.align_from_matches(c, s, gt_matches(gt_flow, visible, r, model.config.scales))
+        out["coat_gt_matches"] = dict(output=model.decode(c, oracle))
+    return out
 
 
 def evaluate(model, n_pairs: int = 200, split: str = "easy", batch_size: int = 25, seed: int = EVAL_SEED,
@@ -69,11 +99,15 @@ def evaluate(model, n_pairs: int = 200, split: str = "easy", batch_size: int = 2
         n = min(batch_size, n_pairs - start)
         pairs = sample_pairs(n, seed=seed + start, size=r, split=split)
         content, style = pairs.content.to(device), pairs.style.to(device)
-        methods = coat_outputs(model, content, style)
+        methods = coat_outputs(model, content, style, pairs.flow.to(device), pairs.visible.to(device))
         labels = pairs.content_labels
         methods["identity"] = dict(output=baselines.identity(pairs.content, pairs.style))
+        methods["style_copy"] = dict(output=baselines.style_copy(pairs.content, pairs.style))
         methods["reinhard"] = dict(output=baselines.reinhard(pairs.content, pairs.style, (labels != 0)[:, None],
                                                              (pairs.style_labels != 0)[:, None]))
+        methods["bbox_warp"] = dict(output=baselines.bbox_warp(pairs.content, pairs.style, labels, pairs.style_labels))
+        methods["partwise_reinhard"] = dict(output=baselines.partwise_reinhard(pairs.content, pairs.style, labels,
+                                                                               pairs.style_labels))
         methods["gt_warp"] = dict(output=baselines.gt_warp(pairs.content, pairs.style, pairs.flow, labels,
                                                            pairs.visible, pairs.style_labels), pred_flow=pairs.flow)
         for name, m in methods.items():
@@ -94,10 +128,10 @@ def evaluate(model, n_pairs: int = 200, split: str = "easy", batch_size: int = 2
 
 
 def format_table(results: dict[str, dict]) -> str:
-    header = f"{'method':<16}" + "".join(f"{k:>15}" for k in KEYS)
+    header = f"{'method':<18}" + "".join(f"{k:>15}" for k in KEYS)
     lines = [header, "-" * len(header)]
     for name, metrics in results.items():
-        lines.append(f"{name:<16}" + "".join(f"{'-' if metrics[k] is None else f'{metrics[k]:.3f}':>15}" for k in KEYS))
+        lines.append(f"{name:<18}" + "".join(f"{'-' if metrics[k] is None else f'{metrics[k]:.3f}':>15}" for k in KEYS))
     return "\n".join(lines)
 
 

@@ -1,0 +1,104 @@
+"""The quality bench (``python -m coat_model.bench quality``): its methods, its JSON, its flow conversion."""
+
+import json
+
+import pytest
+import torch
+
+from coat_model.bench.quality import KEYS, cell_flow_to_pixels, evaluate, gt_matches, main
+from coat_model.config import COATConfig
+from coat_model.matching import coordinate_grid, untokens
+from coat_model.model import COAT
+from coat_model.pairs import identity_flow
+
+METHODS = ("coat", "coat_global", "coat_flow_warp", "coat_gt_matches", "identity", "style_copy", "reinhard",
+           "bbox_warp", "partwise_reinhard", "gt_warp")
+MATCHED = ("coat", "coat_flow_warp", "gt_warp")  # the methods that have a flow to score
+
+
+@pytest.fixture(scope="module")
+def tiny_model():
+    torch.manual_seed(0)
+    return COAT(COATConfig.tiny()).eval()
+
+
+def test_cell_flow_to_pixels_places_each_pixel_at_its_matched_cell_centre():
+    # 2x2 cells of 2 px at R = 4: the identity cell flow puts pixels 0-1 at pixel 0.5 and pixels 2-3 at 2.5.
+    line = torch.tensor([-1.0, 1.0])
+    flow = torch.stack([line.view(1, 2).expand(2, 2), line.view(2, 1).expand(2, 2)])[None]
+    pixels = (cell_flow_to_pixels(flow, scale=2, resolution=4) + 1) / 2 * 3
+    assert torch.allclose(pixels[0, 0, 0], torch.tensor([0.5, 0.5, 2.5, 2.5]))
+    assert torch.allclose(pixels[0, 1, :, 0], torch.tensor([0.5, 0.5, 2.5, 2.5]))
+    swapped = cell_flow_to_pixels(flow.flip(-1), scale=2, resolution=4)  # every cell matches its mirror
+    assert torch.allclose((swapped[0, 0, 0] + 1) / 2 * 3, torch.tensor([2.5, 2.5, 0.5, 0.5]))
+
+
+def test_every_method_reports_every_metric_with_nulls_where_it_does_not_apply(tiny_model):
+    results = evaluate(tiny_model, n_pairs=6, split="easy", batch_size=4)
+    assert tuple(results) == METHODS
+    for name, metrics in results.items():
+        assert set(metrics) == set(KEYS)
+        for key in ("paa", "de_part", "psnr", "bg_l1"):
+            assert metrics[key] is not None, (name, key)
+        has_flow = metrics["pck05"] is not None
+        assert has_flow == (name in MATCHED), name
+        assert (metrics["conf_precision"] is not None) == (name == "coat"), name
+    # Known answers: the oracle's flow is exact, identity keeps the background, the style copy does not.
+    assert results["gt_warp"]["pck05"] == results["gt_warp"]["pck10"] == 1.0
+    assert results["identity"]["bg_l1"] == 0.0 and results["style_copy"]["bg_l1"] > 0.0
+    assert results["gt_warp"]["paa"] > results["identity"]["paa"]
+    assert results["partwise_reinhard"]["de_part"] < results["reinhard"]["de_part"]
+    # The flow-warp ablation scores the very matches the network made.
+    assert results["coat_flow_warp"]["pck10"] == results["coat"]["pck10"]
+
+
+def test_main_prints_the_table_and_writes_the_json(tiny_model, tmp_path, capsys):
+    ckpt, out = tmp_path / "tiny.safetensors", tmp_path / "sub" / "q.json"
+    tiny_model.save(ckpt)
+    assert main(["--ckpt", str(ckpt), "--pairs", "3", "--split", "hard", "--json", str(out)]) == 0
+    table = capsys.readouterr().out
+    assert all(name in table for name in METHODS)
+    record = json.loads(out.read_text())
+    assert (record["pairs"], record["split"], record["resolution"]) == (3, "hard", 32)
+    assert tuple(record["methods"]) == METHODS
+    assert all(set(m) == set(KEYS) for m in record["methods"].values())
+
+
+def test_ground_truth_matches_of_the_identity_are_every_cell_itself():
+    r = 16
+    flow, visible = identity_flow(r).repeat(2, 1, 1, 1), torch.ones(2, 1, r, r, dtype=torch.bool)
+    visible[1, :, :, 8:] = False                     # the right half of image 1 is hidden in the style
+    matches = gt_matches(flow, visible, r, (8, 4, 2))
+    for s, m in matches.items():
+        h = r // s
+        assert torch.allclose(m.flow, untokens(coordinate_grid(h, h)[None], h, h).expand(2, -1, -1, -1), atol=1e-5)
+        assert m.mask[0].all() and m.mask[1, :, :, : h // 2].all() and not m.mask[1, :, :, h // 2 :].any()
+    # Every pixel seen 4 px (one 1/4 cell) to the right: cell x -> x + 1, the last one clamped to the frame.
+    shifted = gt_matches(flow + torch.tensor([4 / 15 * 2, 0.0]).view(1, 2, 1, 1), visible, r, (4,))[4]
+    assert torch.allclose((shifted.flow[0, 0, 0] + 1) / 2 * 3, torch.tensor([1.0, 2.0, 3.0, 3.0]), atol=1e-5)
+
+
+def test_bilinear_cell_flow_puts_interior_pixels_where_the_identity_does():
+    r, s = 16, 4
+    h = r // s
+    cells = untokens(coordinate_grid(h, h)[None], h, h)
+    pixels = (cell_flow_to_pixels(cells, s, r, mode="bilinear") + 1) / 2 * (r - 1)  # [1, 2, r, r] in pixels
+    inner = slice(s // 2, r - s // 2)   # between the first and last cell centres
+    expected = torch.arange(r, dtype=torch.float32)[inner]
+    assert torch.allclose(pixels[0, 0, 5, inner], expected, atol=1e-4)
+    assert torch.allclose(pixels[0, 1, inner, 5], expected, atol=1e-4)
+
+
+def test_bounds_order_the_matchers_as_their_precision_and_refuse_bad_scales(capsys):
+    from coat_model.bench import bounds
+
+    results = bounds.evaluate(resolution=32, n_pairs=4, split="easy", scales=(8, 2), batch_size=2)
+    assert set(results) == {"identity_flow", "gt_flow", "gt_cells8", "gt_cells8_smooth", "gt_cells2",
+                            "gt_cells2_smooth"}
+    assert results["gt_flow"]["pck05"] == 1.0
+    assert results["gt_cells2"]["pck05"] >= results["gt_cells8"]["pck05"]
+    assert results["gt_flow"]["de_part"] <= results["gt_cells8"]["de_part"]
+    assert results["identity_flow"]["pck05"] < 1.0
+    with pytest.raises(SystemExit):
+        bounds.main(["--resolution", "64", "--scales", "3"])
+    assert "must divide the resolution 64" in capsys.readouterr().err
