@@ -11,8 +11,8 @@ from coat_model.matching import coordinate_grid, untokens
 from coat_model.model import COAT
 from coat_model.pairs import identity_flow
 
-METHODS = ("coat", "coat_global", "coat_flow_warp", "coat_gt_matches", "identity", "style_copy", "reinhard",
-           "bbox_warp", "partwise_reinhard", "gt_warp")
+METHODS = ("coat", "coat_global", "coat_flow_warp", "coat_gt_matches", "coat_autoencode", "identity", "style_copy",
+           "reinhard", "bbox_warp", "partwise_reinhard", "gt_warp")
 MATCHED = ("coat", "coat_flow_warp", "gt_warp")  # the methods that have a flow to score
 
 

@@ -9,6 +9,8 @@ Methods, all in one run on the same held-out pairs:
 - ``coat_flow_warp``: the style image sampled at the network's own finest matches (no decoder);
 - ``coat_gt_matches``: the same decoder fed the ground-truth correspondence at every aligned scale (the decoder's
   oracle: what perfect matching would give this network);
+- ``coat_autoencode``: the network rebuilding the true transfer itself from its own latents (every cell matched to
+  itself): no transfer at all, the fidelity ceiling of its encoder and decoder at this resolution;
 - zero-training baselines: ``identity``, ``style_copy``, ``reinhard`` (global colour transfer), ``bbox_warp``
   (the style's object box resampled onto the content's);
 - oracles with ground truth: ``partwise_reinhard`` (Reinhard per true part) and ``gt_warp`` (the style sampled at
@@ -29,7 +31,7 @@ from .. import baselines
 from ..data.faces import sample_pairs
 from ..io import load
 from ..matching import Match
-from ..pairs import at_cell_centres
+from ..pairs import at_cell_centres, identity_flow
 from ..metrics import compute_metrics
 
 KEYS = ("paa", "de_part", "psnr", "pck05", "pck10", "conf_precision", "conf_coverage", "bg_l1")
@@ -66,9 +68,9 @@ def gt_matches(flow: torch.Tensor, visible: torch.Tensor, resolution: int, scale
 
 @torch.no_grad()
 def coat_outputs(model, content: torch.Tensor, style: torch.Tensor, gt_flow: torch.Tensor | None = None,
-                 visible: torch.Tensor | None = None) -> dict[str, dict]:
-    """Outputs and matches of the network and of its ablations for one batch (``coat_gt_matches`` only when the
-    ground truth ``gt_flow``/``visible`` is given)."""
+                 visible: torch.Tensor | None = None, target: torch.Tensor | None = None) -> dict[str, dict]:
+    """Outputs and matches of the network and of its ablations for one batch; ``coat_gt_matches`` and
+    ``coat_autoencode`` only when the ground truth (``gt_flow`` and ``visible``; ``target``) is given."""
     c, s = model.encode(content), model.encode(style)
     alignment = model.align(c, s)
     finest = alignment.scales[-1]
@@ -85,6 +87,11 @@ def coat_outputs(model, content: torch.Tensor, style: torch.Tensor, gt_flow: tor
     if gt_flow is not None:
         oracle = model.align_from_matches(c, s, gt_matches(gt_flow, visible, r, model.config.scales))
         out["coat_gt_matches"] = dict(output=model.decode(c, oracle))
+    if target is not None:
+        t = model.encode(target)
+        itself = gt_matches(identity_flow(r).to(target).expand(len(target), -1, -1, -1),
+                            torch.ones_like(target[:, :1], dtype=torch.bool), r, model.config.scales)
+        out["coat_autoencode"] = dict(output=model.decode(t, model.align_from_matches(t, t, itself)))
     return out
 
 
@@ -99,7 +106,8 @@ def evaluate(model, n_pairs: int = 200, split: str = "easy", batch_size: int = 2
         n = min(batch_size, n_pairs - start)
         pairs = sample_pairs(n, seed=seed + start, size=r, split=split)
         content, style = pairs.content.to(device), pairs.style.to(device)
-        methods = coat_outputs(model, content, style, pairs.flow.to(device), pairs.visible.to(device))
+        methods = coat_outputs(model, content, style, pairs.flow.to(device), pairs.visible.to(device),
+                               pairs.target.to(device))
         labels = pairs.content_labels
         methods["identity"] = dict(output=baselines.identity(pairs.content, pairs.style))
         methods["style_copy"] = dict(output=baselines.style_copy(pairs.content, pairs.style))
