@@ -33,6 +33,8 @@ class COATConfig:
     channel_base: int = 8192                   # decoder channels at resolution r: min(channel_base / r, channel_max)
     channel_max: int = 256
     n_content_layers: int = 5                  # layers < n are driven by content latents
+    pixel_latents: bool = False                # full-resolution layers read full-resolution latent maps, aligned
+                                               # along the finest matches interpolated to every pixel
     # -- correspondence -------------------------------------------------------------------------------------
     temperature: float = 0.02                  # softmax temperature of the soft path (attention scale = 1/T)
     sim_threshold: float = 0.3                 # hard path: minimum cosine similarity of a confident match
@@ -64,6 +66,9 @@ class COATConfig:
             )
         if self.fill not in FILL_MODES:
             raise ValueError(f"fill must be one of {FILL_MODES}, got {self.fill!r}")
+        if self.pixel_latents and self.scales[-1] == 1:
+            raise ValueError("pixel_latents adds full-resolution latents to coarser matches; the finest aligned scale "
+                             "is already 1 (drop pixel_latents or the scale 1)")
         if not 1 <= self.n_content_layers <= self.n_layers:
             raise ValueError(f"n_content_layers must be in [1, {self.n_layers}], got {self.n_content_layers}")
         if self.temperature <= 0:
@@ -92,13 +97,21 @@ class COATConfig:
         return 4 if layer == 0 else 2 ** ((layer + 1) // 2 + 2)
 
     def layer_scale(self, layer: int) -> int:
-        """Aligned scale (a divisor) whose feature map drives latent ``layer``.
+        """Scale (a divisor of R) of the latent map of ``layer``.
 
-        The finest scale whose map is no larger than the layer's resolution; the coarsest scale otherwise.
+        The finest aligned scale whose map is no larger than the layer's resolution (the coarsest scale
+        otherwise); with ``pixel_latents``, 1 for the full-resolution layers.
         """
         res = self.layer_resolution(layer)
+        if self.pixel_latents and res >= self.resolution:
+            return 1
         fitting = [s for s in self.scales if self.resolution // s <= res]
         return fitting[-1] if fitting else self.scales[0]
+
+    @property
+    def latent_scales(self) -> tuple[int, ...]:
+        """Scales of the encoder's feature maps, coarse to fine: the aligned scales, and 1 with ``pixel_latents``."""
+        return self.scales + ((1,) if self.pixel_latents else ())
 
     # -- presets and serialisation ------------------------------------------------------------------------------
     @classmethod

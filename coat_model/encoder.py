@@ -1,7 +1,8 @@
 """Encoder E: residual CNN with anti-aliased downsampling, an FPN top-down path, latent and descriptor heads.
 
 Outputs, for an image batch at the model resolution R (COAT_SPEC B.1-B.3):
-- ``features[s]``: FPN maps [B, feature_dim, R/s, R/s] for every aligned scale s (a divisor of R);
+- ``features[s]``: FPN maps [B, feature_dim, R/s, R/s] for every aligned scale s (a divisor of R), and for s = 1
+  with ``pixel_latents`` (full-resolution latents, no descriptors);
 - ``descriptors[s]``: L2-normalised matching descriptors [B, descriptor_dim, R/s, R/s];
 - ``offsets[l]``: per-layer latent offsets [B, w_dim, R/s(l), R/s(l)]; the latent is w_avg + offset.
 """
@@ -47,17 +48,17 @@ class Encoder(nn.Module):
         levels = config.encoder_levels
         self.from_rgb = ConvAct(3 + 2 * config.position_input, ch[0], kernel=1)
         self.blocks = nn.ModuleList(ResBlock(ch[i - 1], ch[i]) for i in range(1, levels))
-        level_of = {s: int(math.log2(s)) for s in config.scales}
+        level_of = {s: int(math.log2(s)) for s in config.latent_scales}
         self.level_of = level_of
         d = config.feature_dim
-        self.lateral = nn.ModuleDict({str(s): EqualConv2d(ch[level_of[s]], d, 1) for s in config.scales})
-        self.smooth = nn.ModuleDict({str(s): ConvAct(d, d) for s in config.scales})
+        self.lateral = nn.ModuleDict({str(s): EqualConv2d(ch[level_of[s]], d, 1) for s in config.latent_scales})
+        self.smooth = nn.ModuleDict({str(s): ConvAct(d, d) for s in config.latent_scales})
         self.descriptor = nn.ModuleDict({
             str(s): nn.Sequential(EqualConv2d(d, d, 1), nn.ReLU(), EqualConv2d(d, config.descriptor_dim, 1))
             for s in config.scales
         })
         # Latent heads: one 3x3 trunk per scale shared by the layers that read it, then a 1x1 map per layer.
-        self.latent_trunk = nn.ModuleDict({str(s): ConvAct(d, d) for s in config.scales})
+        self.latent_trunk = nn.ModuleDict({str(s): ConvAct(d, d) for s in config.latent_scales})
         self.latent_heads = nn.ModuleList(EqualConv2d(d, config.w_dim, 1) for _ in range(config.n_layers))
         for head in self.latent_heads:  # start small, so that latents start near the average latent
             head.weight.data.mul_(0.1)
@@ -74,7 +75,7 @@ class Encoder(nn.Module):
             x = block(x)
             levels.append(x)
         features, top = {}, None
-        for s in self.config.scales:  # coarse to fine
+        for s in self.config.latent_scales:  # coarse to fine
             lateral = self.lateral[str(s)](levels[self.level_of[s]])
             if top is not None:
                 lateral = lateral + F.interpolate(top, size=lateral.shape[-2:], mode="bilinear", align_corners=False)
@@ -83,7 +84,7 @@ class Encoder(nn.Module):
         return features
 
     def descriptors(self, features: dict[int, torch.Tensor]) -> dict[int, torch.Tensor]:
-        return {s: F.normalize(self.descriptor[str(s)](f), dim=1) for s, f in features.items()}
+        return {s: F.normalize(self.descriptor[str(s)](features[s]), dim=1) for s in self.config.scales}
 
     def latent_offsets(self, features: dict[int, torch.Tensor]) -> list[torch.Tensor]:
         trunk = {s: self.latent_trunk[str(s)](f) for s, f in features.items()}

@@ -160,6 +160,45 @@ def load(path, device=None, dtype=None):
     return model.to(device=device, dtype=dtype)
 
 
+def grow(path, **changes):
+    """A model of the checkpoint's architecture with config ``changes`` that only *add* modules (such as
+    ``pixel_latents=True``) or leave the weights alone (inference defaults), holding every weight of the checkpoint.
+
+    New encoder scales start from the finest existing one: their FPN smoothing and latent trunk are copies of its,
+    and their lateral input is zero, so the new features begin as the upsampled old ones and training takes it
+    from there. Other new modules keep their fresh initialisation. Training mode, on the CPU.
+    """
+    from safetensors.torch import load_file
+
+    from .model import COAT
+
+    path = Path(path)
+    base = load(path)
+    try:
+        config = base.config.replace(**changes)
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"cannot grow {path.name} with {changes}: {e}") from None
+    model = COAT(config)
+    state, target = load_file(str(path)), model.state_dict()
+    misfit = sorted(k for k in state if k not in target or target[k].shape != state[k].shape)
+    if misfit:
+        raise CheckpointError(
+            f"{changes} changes weights that {path.name} already has ({misfit[:3]}...): only changes that add "
+            "modules (e.g. pixel_latents) can start from it; train a new run for the others")
+    new_scales = [s for s in config.latent_scales if s not in base.config.latent_scales]
+    source = min(base.config.latent_scales)
+    for s in new_scales:
+        for module in ("smooth", "latent_trunk"):
+            for k in [k for k in target if k.startswith(f"encoder.{module}.{s}.")]:
+                twin = k.replace(f"encoder.{module}.{s}.", f"encoder.{module}.{source}.", 1)
+                if twin in state and state[twin].shape == target[k].shape:
+                    state[k] = state[twin].clone()
+        for k in [k for k in target if k.startswith(f"encoder.lateral.{s}.")]:
+            state[k] = torch.zeros_like(target[k])
+    model.load_state_dict({**target, **state})
+    return model.train()
+
+
 def metadata(path) -> dict[str, str]:
     """The metadata of a COAT checkpoint (config JSON, format version, training notes)."""
     return _inspect(Path(path))

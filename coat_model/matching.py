@@ -73,6 +73,17 @@ def sample_at(maps: torch.Tensor, flow: torch.Tensor, mode: str = "bilinear") ->
     return F.grid_sample(maps, flow.permute(0, 2, 3, 1).to(maps.dtype), mode=mode, align_corners=True)
 
 
+def resample_flow(flow: torch.Tensor, scale: int, to_scale: int, resolution: int) -> torch.Tensor:
+    """Matches of the cells of scale 1/``scale`` as matches of the cells of scale 1/``to_scale`` of the same R x R
+    canvas: the field is interpolated bilinearly between cell centres, and its values move to the new grid's cell
+    coordinates (a matched style position keeps its place in the image). Both in the cell-centre convention of
+    :class:`Match`, [B, 2, R/scale, R/scale] -> [B, 2, R/to_scale, R/to_scale]."""
+    h, h_to = resolution // scale, resolution // to_scale
+    pixels = (flow + 1) / 2 * max(h - 1, 1) * scale + (scale - 1) / 2
+    values = (pixels - (to_scale - 1) / 2) / to_scale / max(h_to - 1, 1) * 2 - 1
+    return F.interpolate(values, size=(h_to, h_to), mode="bilinear", align_corners=False).clamp(-1, 1)
+
+
 # -- soft path -------------------------------------------------------------------------------------------------
 
 

@@ -13,7 +13,7 @@ from .decoder import Decoder
 from .encoder import Encoder
 from .fill import fill_unconfident
 from .inputs import COATInputError, Frame, check_images, pair_batches
-from .matching import Match, hard_match, sample_at, soft_match
+from .matching import Match, hard_match, resample_flow, sample_at, soft_match
 
 
 @dataclass
@@ -250,11 +250,15 @@ class COAT(nn.Module):
             match = matches[nearest]
             size = content_map.shape[-2:]
             flow, mask = match.flow, match.mask
-            if flow.shape[-2:] != size:
+            sampling = "nearest" if options["mode"] == "hard" else "bilinear"
+            if cfg.pixel_latents and s == 1:  # full-resolution latents: the finest matches, interpolated per pixel
+                flow, sampling = resample_flow(flow, nearest, 1, cfg.resolution), "bilinear"
+                mask = F.interpolate(mask.float(), size=size, mode="nearest") > 0.5
+            elif flow.shape[-2:] != size:
                 flow = F.interpolate(flow, size=size, mode="nearest")
                 mask = F.interpolate(mask.float(), size=size, mode="nearest") > 0.5
             match = Match(flow=flow, confidence=match.confidence, mask=mask)
-            matched = sample_at(style_map, flow, mode="nearest" if options["mode"] == "hard" else "bilinear")
+            matched = sample_at(style_map, flow, mode=sampling)
         hits = None
         if options["fill"] in ("propagate", "global"):
             hits = self._hit_map(match.flow, match.mask, style_map.shape[-2:])

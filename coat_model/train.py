@@ -195,7 +195,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--set", dest="train_set", action="append", metavar="FIELD=VALUE",
                    help="override any TrainConfig field, e.g. --set betas=0,0.99 --set ccl_detach_keys=true")
     p.add_argument("--model-set", action="append", metavar="FIELD=VALUE",
-                   help="override any COATConfig field of a new run, e.g. --model-set position_input=true")
+                   help="override any COATConfig field of a new run, e.g. --model-set position_input=true; with "
+                        "--init, grow the checkpoint, e.g. --model-set pixel_latents=true")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda when available)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (torch.set_num_threads)")
     p.add_argument("--workers", type=int, default=0, help="background processes preparing batches")
@@ -211,8 +212,9 @@ def parse_args(argv=None) -> argparse.Namespace:
         args.model_overrides = parse_overrides(COATConfig, args.model_set)
     except ValueError as error:
         p.error(str(error))
-    if args.model_overrides and (args.resume or args.init or args.stylegan2):
-        p.error("--model-set only applies to a new run (a resumed or initialised run keeps its architecture)")
+    if args.model_overrides and (args.resume or args.stylegan2):
+        p.error("--model-set only applies to a new run, or with --init to grow a checkpoint (a resumed run keeps "
+                "its architecture)")
     return args
 
 
@@ -262,9 +264,9 @@ def _run(args, device, rank: int, world_size: int) -> int:
         model = import_stylegan2(args.stylegan2)
         model_cfg = model.config
     elif args.init is not None:
-        from .io import load
+        from .io import grow, load
 
-        model = load(args.init).train()
+        model = grow(args.init, **args.model_overrides) if args.model_overrides else load(args.init).train()
         model_cfg = model.config
     else:
         overrides = {"resolution": args.resolution} if args.resolution else {}
