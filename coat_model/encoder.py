@@ -63,8 +63,9 @@ class Encoder(nn.Module):
         for head in self.latent_heads:  # start small, so that latents start near the average latent
             head.weight.data.mul_(0.1)
 
-    def pyramid(self, images: torch.Tensor) -> dict[int, torch.Tensor]:
-        """[B, 3, R, R] in [-1, 1] -> FPN features per aligned scale."""
+    def pyramid(self, images: torch.Tensor, finest: int | None = None) -> dict[int, torch.Tensor]:
+        """[B, 3, R, R] in [-1, 1] -> FPN features per encoder scale (``config.latent_scales``), down to the scale
+        ``finest`` when given (e.g. the finest aligned scale, when only descriptors are needed)."""
         if self.config.position_input:  # where a pixel sits in the frame: tells a left eye from a right one
             b, _, h, w = images.shape
             grid = untokens(coordinate_grid(h, w, images.device, images.dtype)[None], h, w)
@@ -76,6 +77,8 @@ class Encoder(nn.Module):
             levels.append(x)
         features, top = {}, None
         for s in self.config.latent_scales:  # coarse to fine
+            if finest is not None and s < finest:
+                break
             lateral = self.lateral[str(s)](levels[self.level_of[s]])
             if top is not None:
                 lateral = lateral + F.interpolate(top, size=lateral.shape[-2:], mode="bilinear", align_corners=False)

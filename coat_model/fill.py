@@ -17,6 +17,8 @@ import torch.nn.functional as F
 
 from .config import FILL_MODES
 
+SIGMA = 2.0  # propagate's first Gaussian, in cells of the map it fills
+
 
 def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
     """Separable Gaussian blur with zero padding; [B, C, h, w]."""
@@ -39,7 +41,7 @@ def global_mean(style_maps: torch.Tensor, hits: torch.Tensor | None) -> torch.Te
     return torch.where(total > 0, masked, style_maps.mean(dim=(2, 3), keepdim=True))
 
 
-def propagate(values: torch.Tensor, mask: torch.Tensor, fallback: torch.Tensor, sigma: float = 2.0) -> torch.Tensor:
+def propagate(values: torch.Tensor, mask: torch.Tensor, fallback: torch.Tensor, sigma: float = SIGMA) -> torch.Tensor:
     """Fill values [B, C, h, w] where ``mask`` [B, 1, h, w] is 0 by normalised convolution at growing sigma."""
     m = mask.to(values.dtype)
     filled = torch.zeros_like(values)
@@ -62,7 +64,7 @@ def fill_unconfident(
     style_hits: torch.Tensor | None,
     content_maps: torch.Tensor,
     average: torch.Tensor,
-    sigma: float = 2.0,
+    sigma: float = SIGMA,
 ) -> torch.Tensor:
     """``mask * matched + (1 - mask) * fill`` for one latent map.
 

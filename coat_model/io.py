@@ -164,18 +164,19 @@ def grow(path, **changes):
     """A model of the checkpoint's architecture with config ``changes`` that only *add* modules (such as
     ``pixel_latents=True``) or leave the weights alone (inference defaults), holding every weight of the checkpoint.
 
-    New encoder scales start from the finest existing one: their FPN smoothing and latent trunk are copies of its,
-    and their lateral input is zero, so the new features begin as the upsampled old ones and training takes it
-    from there. Other new modules keep their fresh initialisation. Training mode, on the CPU.
+    New encoder scales start from the finest existing one: their FPN smoothing and latent trunk are copies of its
+    and their lateral input is zero, so the new features start from the upsampled old ones passed through the old
+    filters (close to the old latents, not equal: a 3x3 filter sees twice the area at half the scale); training
+    takes it from there. Other new modules keep their fresh initialisation. Training mode, on the CPU.
     """
     from safetensors.torch import load_file
 
     from .model import COAT
 
     path = Path(path)
-    base = load(path)
+    base = read_config(path)
     try:
-        config = base.config.replace(**changes)
+        config = base.replace(**changes)
     except (TypeError, ValueError) as e:
         raise CheckpointError(f"cannot grow {path.name} with {changes}: {e}") from None
     model = COAT(config)
@@ -185,8 +186,8 @@ def grow(path, **changes):
         raise CheckpointError(
             f"{changes} changes weights that {path.name} already has ({misfit[:3]}...): only changes that add "
             "modules (e.g. pixel_latents) can start from it; train a new run for the others")
-    new_scales = [s for s in config.latent_scales if s not in base.config.latent_scales]
-    source = min(base.config.latent_scales)
+    new_scales = [s for s in config.latent_scales if s not in base.latent_scales]
+    source = min(base.latent_scales)
     for s in new_scales:
         for module in ("smooth", "latent_trunk"):
             for k in [k for k in target if k.startswith(f"encoder.{module}.{s}.")]:

@@ -73,15 +73,29 @@ def sample_at(maps: torch.Tensor, flow: torch.Tensor, mode: str = "bilinear") ->
     return F.grid_sample(maps, flow.permute(0, 2, 3, 1).to(maps.dtype), mode=mode, align_corners=True)
 
 
-def resample_flow(flow: torch.Tensor, scale: int, to_scale: int, resolution: int) -> torch.Tensor:
+def resample_flow(flow: torch.Tensor, scale: int, to_scale: int, resolution: int,
+                  trusted: torch.Tensor | None = None) -> torch.Tensor:
     """Matches of the cells of scale 1/``scale`` as matches of the cells of scale 1/``to_scale`` of the same R x R
     canvas: the field is interpolated bilinearly between cell centres, and its values move to the new grid's cell
     coordinates (a matched style position keeps its place in the image). Both in the cell-centre convention of
-    :class:`Match`, [B, 2, R/scale, R/scale] -> [B, 2, R/to_scale, R/to_scale]."""
+    :class:`Match`, [B, 2, R/scale, R/scale] -> [B, 2, R/to_scale, R/to_scale].
+
+    ``trusted`` [B, 1, R/scale, R/scale] (bool): interpolate between trusted matches only, so that an untrusted
+    neighbour (whose match may point anywhere) does not pull a trusted one; where no trusted match is near, the
+    nearest cell's match.
+    """
     h, h_to = resolution // scale, resolution // to_scale
     pixels = (flow + 1) / 2 * max(h - 1, 1) * scale + (scale - 1) / 2
     values = (pixels - (to_scale - 1) / 2) / to_scale / max(h_to - 1, 1) * 2 - 1
-    return F.interpolate(values, size=(h_to, h_to), mode="bilinear", align_corners=False).clamp(-1, 1)
+    size = (h_to, h_to)
+    smooth = F.interpolate(values, size=size, mode="bilinear", align_corners=False)
+    if trusted is not None:
+        w = trusted.to(values.dtype)
+        weight = F.interpolate(w, size=size, mode="bilinear", align_corners=False)
+        among_trusted = F.interpolate(values * w, size=size, mode="bilinear", align_corners=False)
+        nearest = F.interpolate(values, size=size, mode="nearest")
+        smooth = torch.where(weight > 1e-3, among_trusted / weight.clamp_min(1e-3), nearest)
+    return smooth.clamp(-1, 1)
 
 
 # -- soft path -------------------------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ from torch import nn
 from .config import ALIGN_MODES, FILL_MODES, COATConfig
 from .decoder import Decoder
 from .encoder import Encoder
+from .fill import SIGMA as FILL_SIGMA
 from .fill import fill_unconfident
 from .inputs import COATInputError, Frame, check_images, pair_batches
 from .matching import Match, hard_match, resample_flow, sample_at, soft_match
@@ -20,7 +21,8 @@ from .matching import Match, hard_match, resample_flow, sample_at, soft_match
 class Latents:
     """Encoder output for a batch of images.
 
-    features / descriptors: per aligned scale s (a divisor of R), [B, C, R/s, R/s]; maps: per decoder layer l,
+    features: per encoder scale s (a divisor of R; the aligned scales, and 1 with ``pixel_latents``), [B, C, R/s,
+    R/s]; descriptors: per aligned scale, the same layout; maps: per decoder layer l,
     the spatial latent W_l = w_avg + offset [B, w_dim, R/s(l), R/s(l)]; frame: where the input sits in the
     model canvas; mask: optional object mask [B, 1, R, R] (1 = object).
     """
@@ -223,7 +225,9 @@ class COAT(nn.Module):
         fill = cfg.fill if fill is None else fill
         if fill not in FILL_MODES:
             raise COATInputError(f"fill must be one of {FILL_MODES}, got {fill!r}")
-        matches = {s: matches[s] for s in cfg.scales if s in matches}
+        # Only where the matches point and which are trusted: values a soft alignment carried are not reused.
+        matches = {s: Match(flow=matches[s].flow, confidence=matches[s].confidence, mask=matches[s].mask.bool())
+                   for s in cfg.scales if s in matches}
         options = dict(fill=fill, mode="hard", scales=tuple(matches))
         return self._assemble(content, style.expand(content.batch_size), matches, options)
 
@@ -245,15 +249,18 @@ class COAT(nn.Module):
             i = layers.index(layer) * cfg.w_dim
             match = matches[s]
             matched = match.aligned[:, i : i + cfg.w_dim]
+            reach = 1
         else:
+            reach = 1
             nearest = min(matches, key=lambda m: abs(m.bit_length() - s.bit_length()))
             match = matches[nearest]
             size = content_map.shape[-2:]
             flow, mask = match.flow, match.mask
             sampling = "nearest" if options["mode"] == "hard" else "bilinear"
             if cfg.pixel_latents and s == 1:  # full-resolution latents: the finest matches, interpolated per pixel
-                flow, sampling = resample_flow(flow, nearest, 1, cfg.resolution), "bilinear"
+                flow, sampling = resample_flow(flow, nearest, 1, cfg.resolution, trusted=mask), "bilinear"
                 mask = F.interpolate(mask.float(), size=size, mode="nearest") > 0.5
+                reach = nearest  # the fill spreads as far in the image as at the matched scale
             elif flow.shape[-2:] != size:
                 flow = F.interpolate(flow, size=size, mode="nearest")
                 mask = F.interpolate(mask.float(), size=size, mode="nearest") > 0.5
@@ -268,7 +275,7 @@ class COAT(nn.Module):
             mask = mask & fg
         out = fill_unconfident(
             matched, mask, mode=options["fill"], style_maps=style_map, style_hits=hits,
-            content_maps=content_map, average=self.w_avg,
+            content_maps=content_map, average=self.w_avg, sigma=FILL_SIGMA * reach,
         )
         if content.mask is not None:  # the background keeps the content's own appearance
             fg = F.interpolate(content.mask, size=out.shape[-2:], mode="bilinear", align_corners=False)

@@ -138,8 +138,7 @@ def at_cell_centres(maps: torch.Tensor, scale: int, mode: str = "bilinear") -> t
     """Per-pixel maps [B, C, R, R] read at the centres of the cells of scale ``scale``: [B, C, R/scale, R/scale]."""
     resolution = maps.shape[-1]
     h = resolution // scale
-    pixel = torch.arange(h, device=maps.device, dtype=maps.dtype) * scale + (scale - 1) / 2
-    centre = pixel / (resolution - 1) * 2 - 1
+    centre = (torch.arange(h, device=maps.device) * scale + (scale - 1) / 2) / (resolution - 1) * 2 - 1  # fp32
     gy, gx = torch.meshgrid(centre, centre, indexing="ij")
     grid = torch.stack([gx, gy], -1)[None].expand(maps.shape[0], -1, -1, -1)
-    return F.grid_sample(maps, grid, mode=mode, align_corners=True)
+    return F.grid_sample(maps, grid.to(maps.dtype), mode=mode, align_corners=True)

@@ -27,6 +27,7 @@ import torch
 import torch.distributed as dist
 
 from .config import COATConfig, parse_overrides
+from .io import CheckpointError
 from .trainer import TrainConfig, Trainer
 
 PRESETS = {"tiny": COATConfig.tiny, "small": COATConfig.small, "default": COATConfig}
@@ -237,6 +238,9 @@ def main(argv=None) -> int:
             torch.cuda.set_device(device)
     try:
         return _run(args, device, rank, world_size)
+    except CheckpointError as error:  # --init/--resume/--stylegan2 files that cannot start this run
+        print(f"coat-train: {error}", file=sys.stderr)
+        return 2
     finally:
         if world_size > 1:
             dist.destroy_process_group()

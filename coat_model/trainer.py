@@ -116,7 +116,8 @@ class TrainingStep(nn.Module):
         terms["rec"] = (rec * has_target).sum() / max(1, global_counts["target"])
         terms["reg"] = latent_regularisation(content.maps + style.maps, model.w_avg).sum() / global_counts["all"]
 
-        hybrid_desc = model.encoder.descriptors(model.encoder.pyramid(hybrid * 2 - 1)) if cfg.ccl_hybrid_weight else None
+        hybrid_desc = (model.encoder.descriptors(model.encoder.pyramid(hybrid * 2 - 1, finest=mcfg.scales[-1]))
+                       if cfg.ccl_hybrid_weight else None)
         hard_share = hardness_schedule(step, cfg.steps, cfg.hard_ramp)
         use_random = step >= cfg.bootstrap * cfg.steps
         ccl_real, ccl_hybrid = 0.0, 0.0

@@ -5,9 +5,9 @@ import json
 import pytest
 import torch
 
-from coat_model.bench.quality import KEYS, cell_flow_to_pixels, evaluate, gt_matches, main
+from coat_model.bench.quality import KEYS, cell_flow_to_pixels, coat_outputs, evaluate, gt_matches, main
 from coat_model.config import COATConfig
-from coat_model.matching import coordinate_grid, untokens
+from coat_model.matching import coordinate_grid, resample_flow, untokens
 from coat_model.model import COAT
 from coat_model.pairs import identity_flow
 
@@ -78,11 +78,11 @@ def test_ground_truth_matches_of_the_identity_are_every_cell_itself():
     assert torch.allclose((shifted.flow[0, 0, 0] + 1) / 2 * 3, torch.tensor([1.0, 2.0, 3.0, 3.0]), atol=1e-5)
 
 
-def test_bilinear_cell_flow_puts_interior_pixels_where_the_identity_does():
+def test_interpolated_cell_flow_puts_interior_pixels_where_the_identity_does():
     r, s = 16, 4
     h = r // s
     cells = untokens(coordinate_grid(h, h)[None], h, h)
-    pixels = (cell_flow_to_pixels(cells, s, r, mode="bilinear") + 1) / 2 * (r - 1)  # [1, 2, r, r] in pixels
+    pixels = (resample_flow(cells, s, 1, r) + 1) / 2 * (r - 1)  # [1, 2, r, r] in pixels
     inner = slice(s // 2, r - s // 2)   # between the first and last cell centres
     expected = torch.arange(r, dtype=torch.float32)[inner]
     assert torch.allclose(pixels[0, 0, 5, inner], expected, atol=1e-4)
@@ -102,3 +102,21 @@ def test_bounds_order_the_matchers_as_their_precision_and_refuse_bad_scales(caps
     with pytest.raises(SystemExit):
         bounds.main(["--resolution", "64", "--scales", "3"])
     assert "must divide the resolution 64" in capsys.readouterr().err
+
+
+def test_the_autoencode_ablation_is_the_decoder_on_the_targets_own_latents(tiny_model):
+    # Without pixel latents, every layer reads a matched scale, and identity matches at cell centres sample each
+    # cell exactly: the ablation must be the plain reconstruction of the target from its latents.
+    target = torch.rand(3, 3, 32, 32, generator=torch.Generator().manual_seed(4))
+    content = torch.rand(3, 3, 32, 32, generator=torch.Generator().manual_seed(5))
+    flow, visible = identity_flow(32).expand(3, -1, -1, -1), torch.ones(3, 1, 32, 32, dtype=torch.bool)
+    out = coat_outputs(tiny_model, content, target, flow, visible, target)
+    with torch.no_grad():
+        t = tiny_model.encode(target)
+        expected = ((tiny_model.decoder(t.maps) + 1) / 2).clamp(0, 1)
+        torch.testing.assert_close(out["coat_autoencode"]["output"], expected)
+        # The style is the target itself, seen without motion: perfect matches rebuild it the same way, except
+        # that the first layers take the content's latents.
+        c = tiny_model.encode(content)
+        mixed = c.maps[:tiny_model.config.n_content_layers] + t.maps[tiny_model.config.n_content_layers:]
+        torch.testing.assert_close(out["coat_gt_matches"]["output"], ((tiny_model.decoder(mixed) + 1) / 2).clamp(0, 1))

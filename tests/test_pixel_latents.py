@@ -42,32 +42,54 @@ def test_config_gives_the_full_resolution_layers_scale_one_and_checks_the_finest
 
 def test_resample_flow_keeps_every_matched_position_in_the_image():
     r = 32
-    # A linear field (an affine map of the image): interpolation is exact, so every finer cell gets the true
-    # position, except the outer half cell, which takes the edge cell's value.
+    # Matches that are an affine map of the image (in pixels): bilinear interpolation is exact for them, so every
+    # finer cell between the coarse cell centres must get the affine image of its own centre, in both channels.
     a = torch.tensor([[0.8, 0.1], [-0.05, 0.9]])
-    b = torch.tensor([0.05, -0.1])
+    b = torch.tensor([2.0, -1.5])
 
-    def affine(h):
-        g = _cells(h)
-        return (torch.einsum("ij,bjhw->bihw", a, g) + b.view(1, 2, 1, 1)).clamp(-1, 1)
+    def centres(scale):
+        c = torch.arange(r // scale, dtype=torch.float32) * scale + (scale - 1) / 2
+        gy, gx = torch.meshgrid(c, c, indexing="ij")
+        return torch.stack([gx, gy])[None]                                   # [1, 2, h, h] pixels (x, y)
 
-    for scale, to in ((4, 1), (4, 2), (2, 1)):
-        pixels_of = lambda f, s: (f + 1) / 2 * (r // s - 1) * s + (s - 1) / 2  # noqa: E731
-        got = pixels_of(resample_flow(affine(r // scale), scale, to, r), to)
-        want = pixels_of(affine(r // scale), scale)
-        inner = slice(scale // to, r // to - scale // to)
-        # The coarse field at cell centres, read at the finer cell centres: compare where both are defined.
-        coarse_centres = torch.arange(r // scale) * scale + (scale - 1) / 2
-        fine_centres = torch.arange(r // to) * to + (to - 1) / 2
-        x = fine_centres[inner]
-        t = (x - coarse_centres[0]) / scale
-        lo = t.floor().long().clamp(max=r // scale - 2)
-        w = t - lo
-        row = want[0, 0, 0]
-        expected = row[lo] * (1 - w) + row[lo + 1] * w
-        assert torch.allclose(got[0, 0, 0, inner], expected, atol=1e-4), (scale, to)
+    def to_cells(pixels, scale):
+        h = r // scale
+        return (pixels - (scale - 1) / 2) / scale / (h - 1) * 2 - 1
+
+    def affine(pixels):
+        return torch.einsum("ij,bjhw->bihw", a, pixels) + b.view(1, 2, 1, 1)
+
+    for scale, to in ((4, 1), (4, 2), (2, 1), (8, 2)):
+        got = resample_flow(to_cells(affine(centres(scale)), scale), scale, to, r)
+        want = to_cells(affine(centres(to)), to).clamp(-1, 1)
+        inner = slice(scale // (2 * to), r // to - scale // (2 * to))  # between the first and last coarse centres
+        torch.testing.assert_close(got[..., inner, inner], want[..., inner, inner], atol=1e-5, rtol=0)
     same = _cells(8)
-    assert torch.allclose(resample_flow(same, 4, 4, r), same, atol=1e-6)
+    torch.testing.assert_close(resample_flow(same, 4, 4, r), same)
+    # Downsampling a per-pixel flow reads it at the coarse cell centres.
+    torch.testing.assert_close(resample_flow(to_cells(affine(centres(1)), 1), 1, 4, r),
+                               to_cells(affine(centres(4)), 4).clamp(-1, 1), atol=1e-5, rtol=0)
+
+
+def test_resample_flow_interpolates_between_trusted_matches_only():
+    r = 16
+    flow = _cells(4).clone()                          # 4x4 cells of 4 px, each matched to itself ...
+    flow[:, :, 1, 2] = torch.tensor([-1.0, 1.0]).view(1, 2)  # ... but one untrusted cell points at a far corner
+    trusted = torch.ones(1, 1, 4, 4, dtype=torch.bool)
+    trusted[:, :, 1, 2] = False
+    plain = resample_flow(flow, 4, 1, r)
+    guarded = resample_flow(flow, 4, 1, r, trusted=trusted)
+    identity = resample_flow(_cells(4), 4, 1, r)
+    px = lambda f: (f + 1) / 2 * (r - 1)  # noqa: E731
+    # Pixels whose interpolation reads the untrusted cell (rows 2..9, columns 6..13) ...
+    reach = torch.zeros(1, 2, r, r, dtype=torch.bool)
+    reach[..., 2:10, 6:14] = True
+    assert (px(plain) - px(identity)).abs()[reach].max() > 5      # ... are pulled toward its far corner without trust
+    assert (px(guarded) - px(identity)).abs()[reach].max() < 2    # and stay within half a cell of their place with it
+    torch.testing.assert_close(guarded[~reach], identity[~reach], atol=1e-5, rtol=0)  # the rest is untouched
+    nothing = resample_flow(flow, 4, 1, r, trusted=torch.zeros_like(trusted))  # no trusted match at all: nearest
+    torch.testing.assert_close(nothing, torch.nn.functional.interpolate(
+        ((flow + 1) / 2 * 3 * 4 + 1.5) / 15 * 2 - 1, size=(r, r), mode="nearest").clamp(-1, 1), atol=1e-5, rtol=0)
 
 
 def test_pixel_latents_are_full_resolution_and_identity_matches_rebuild_the_styles_own():
@@ -87,6 +109,15 @@ def test_pixel_latents_are_full_resolution_and_identity_matches_rebuild_the_styl
     a = model.align_from_matches(c, s, itself, fill="none")
     for l in full:  # away from the outer cell of the finest matched scale, which clamps
         torch.testing.assert_close(a.maps[l][..., 1:-1, 1:-1], s.maps[l][..., 1:-1, 1:-1], atol=1e-5, rtol=1e-5)
+    # Matches taken from a soft alignment carry its attention output: align_from_matches uses only where they point.
+    soft = model.align(c, s, mode="soft")
+    from coat_model.matching import Match
+
+    bare = {k: Match(flow=soft.flow[k], confidence=soft.confidence[k], mask=soft.mask[k]) for k in soft.scales}
+    carried = {k: Match(flow=soft.flow[k], confidence=soft.confidence[k], mask=soft.mask[k],
+                        aligned=torch.full_like(torch.cat([s.maps[0]] * 4, 1), 7.0)) for k in soft.scales}
+    for x, y in zip(model.align_from_matches(c, s, carried).maps, model.align_from_matches(c, s, bare).maps):
+        torch.testing.assert_close(x, y)
 
 
 def test_grow_keeps_every_weight_and_starts_the_new_scale_from_the_finest_old_one(tmp_path):
@@ -127,3 +158,7 @@ def test_coat_train_grows_a_checkpoint_with_init_and_model_set(tmp_path):
     refused = subprocess.run(cmd[:-2] + ["--resume", "--out", str(out)], cwd=REPO, capture_output=True, text=True,
                              timeout=300)
     assert refused.returncode == 2 and "a resumed run keeps its architecture" in refused.stderr
+    reshaped = subprocess.run(cmd[:5] + ["--model-set", "w_dim=8"] + cmd[7:-1] + [str(tmp_path / "other")], cwd=REPO,
+                              capture_output=True, text=True, timeout=300)
+    assert reshaped.returncode == 2 and "only changes that add modules" in reshaped.stderr
+    assert "Traceback" not in reshaped.stderr

@@ -25,7 +25,9 @@ import torch
 import torch.nn.functional as F
 
 from ..data.faces import sample_pairs
+from ..matching import resample_flow
 from ..metrics import compute_metrics
+from ..pairs import identity_flow
 from .quality import EVAL_SEED, cell_flow_to_pixels, gt_matches
 
 KEYS = ("paa", "de_part", "psnr", "pck05", "pck10")
@@ -33,14 +35,12 @@ KEYS = ("paa", "de_part", "psnr", "pck05", "pck10")
 
 def flows(flow: torch.Tensor, visible: torch.Tensor, resolution: int, scales) -> dict[str, torch.Tensor]:
     """The per-pixel flows [B, 2, R, R] of every method for one batch of ground truth."""
-    line = torch.linspace(-1, 1, resolution)
-    identity = torch.stack(torch.meshgrid(line, line, indexing="xy"))[None].expand_as(flow)
-    out = {"identity_flow": identity, "gt_flow": flow}
+    out = {"identity_flow": identity_flow(resolution).expand_as(flow), "gt_flow": flow}
     for s, m in gt_matches(flow, visible, resolution, scales).items():
         h = resolution // s
         nearest_cell = ((m.flow + 1) / 2 * (h - 1)).round() / max(h - 1, 1) * 2 - 1
         out[f"gt_cells{s}"] = cell_flow_to_pixels(nearest_cell, s, resolution)
-        out[f"gt_cells{s}_smooth"] = cell_flow_to_pixels(m.flow, s, resolution, mode="bilinear")
+        out[f"gt_cells{s}_smooth"] = resample_flow(m.flow, s, 1, resolution)
     return out
 
 

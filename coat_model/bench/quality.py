@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from .. import baselines
 from ..data.faces import sample_pairs
 from ..io import load
-from ..matching import Match
+from ..matching import Match, resample_flow
 from ..pairs import at_cell_centres, identity_flow
 from ..metrics import compute_metrics
 
@@ -38,17 +38,16 @@ KEYS = ("paa", "de_part", "psnr", "pck05", "pck10", "conf_precision", "conf_cove
 EVAL_SEED = 987_654_321  # held out: training draws images from other seeds
 
 
-def cell_flow_to_pixels(flow: torch.Tensor, scale: int, resolution: int, mode: str = "nearest") -> torch.Tensor:
+def cell_flow_to_pixels(flow: torch.Tensor, scale: int, resolution: int) -> torch.Tensor:
     """Matches of a cell grid (cell-centre convention, [B, 2, h, w]) -> a per-pixel flow [B, 2, R, R] in image
-    coordinates (align_corners=True over R pixels). ``nearest``: every pixel takes its cell's match (how the bench
-    scores the network); ``bilinear``: the matches of the cell centres interpolated between them."""
+    coordinates (align_corners=True over R pixels): every pixel takes its cell's match, placed at the centre
+    of the matched style cell (how the bench scores the network's matches). Interpolated between cells instead:
+    :func:`coat_model.matching.resample_flow` to scale 1."""
     h, w = flow.shape[-2:]
     cells = (flow + 1) / 2 * torch.tensor([w - 1, h - 1], device=flow.device, dtype=flow.dtype).view(1, 2, 1, 1)
     pixels = cells * scale + (scale - 1) / 2
     image = pixels / (resolution - 1) * 2 - 1
-    if mode == "nearest":
-        return F.interpolate(image, size=(resolution, resolution), mode="nearest")
-    return F.interpolate(image, size=(resolution, resolution), mode=mode, align_corners=False)
+    return F.interpolate(image, size=(resolution, resolution), mode="nearest")
 
 
 def gt_matches(flow: torch.Tensor, visible: torch.Tensor, resolution: int, scales) -> dict[int, Match]:
@@ -59,10 +58,8 @@ def gt_matches(flow: torch.Tensor, visible: torch.Tensor, resolution: int, scale
     """
     matches = {}
     for s in scales:
-        h = resolution // s
-        cells = ((at_cell_centres(flow, s) + 1) / 2 * (resolution - 1) - (s - 1) / 2) / s
         mask = at_cell_centres(visible.float(), s, mode="nearest") > 0.5
-        matches[s] = Match(flow=(cells / max(h - 1, 1) * 2 - 1).clamp(-1, 1), confidence=mask.float(), mask=mask)
+        matches[s] = Match(flow=resample_flow(flow, 1, s, resolution), confidence=mask.float(), mask=mask)
     return matches
 
 
