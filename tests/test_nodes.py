@@ -14,7 +14,8 @@ NODE_IDS = ["COATModelLoader", "COATEncode", "COATAlign", "COATDecode", "COATTra
 
 @pytest.fixture(scope="module")
 def ckpt_dir(comfy_inprocess, tmp_path_factory):
-    """A tmp folder registered as a `coat` model folder, holding tiny.safetensors and two non-checkpoints."""
+    """A tmp folder registered as a `coat` model folder, holding tiny.safetensors, tiny_pixel.safetensors (with
+    pixel latents) and two non-checkpoints."""
     import folder_paths
 
     d = tmp_path_factory.mktemp("coat_models")
@@ -24,6 +25,7 @@ def ckpt_dir(comfy_inprocess, tmp_path_factory):
             if name.endswith("noise.weight"):
                 p.fill_(0.5)
     model.save(d / "tiny.safetensors")
+    coat_model.COAT(coat_model.COATConfig.tiny(pixel_latents=True)).save(d / "tiny_pixel.safetensors")
     (d / "notes.txt").write_text("not a checkpoint")
     (d / "broken.safetensors").write_bytes(b"\x80\x04 a pickle, not safetensors")
     folder_paths.add_model_folder_path("coat", str(d))
@@ -166,6 +168,21 @@ def test_steps_equal_transfer(M, model):
     image = run(M, "COATDecode", model, c, aligned).args[0]
     expected, expected_conf = run(M, "COATTransfer", model, content, style).args
     torch.testing.assert_close(image, expected)
+    torch.testing.assert_close(confidence, expected_conf)
+
+
+def test_checkpoints_with_pixel_latents_run_stage_by_stage_and_in_one_node(M):
+    model = run(M, "COATModelLoader", "tiny_pixel.safetensors").args[0]
+    content, style = images(2, 40, 56), images(1, 48, 48, 1)
+    c = run(M, "COATEncode", model, content).args[0]
+    s = run(M, "COATEncode", model, style).args[0]
+    for scales in ("all", "coarse"):  # the full-resolution latents follow whichever scale was matched last
+        aligned, _ = run(M, "COATAlign", model, c, s, scales=scales).args
+        image = run(M, "COATDecode", model, c, aligned).args[0]
+        assert image.shape == (2, 40, 56, 3) and torch.isfinite(image).all()
+    aligned, confidence = run(M, "COATAlign", model, c, s).args
+    expected, expected_conf = run(M, "COATTransfer", model, content, style).args
+    torch.testing.assert_close(run(M, "COATDecode", model, c, aligned).args[0], expected)
     torch.testing.assert_close(confidence, expected_conf)
 
 
