@@ -2,6 +2,8 @@
 # One device call: train the bundled checkpoint at 128 px on procedural faces, bench its quality on the GPU, then
 # run the GPU check. Every stage is time-boxed and leaves its output in $OUT even when a later one fails.
 #   device: bash benchmarks/gpu_session.sh   (carry .whl for the xformers wheel)
+# Env: TRAIN_MINUTES (5.0), BATCH (128), WORKERS (14), AMP (off), MODEL_SET (architecture flags of the new run;
+# default "--model-set pixel_latents=true", MODEL_SET= trains the plain small preset).
 set -u
 export PYTHONUNBUFFERED=1
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
@@ -13,7 +15,7 @@ train() {  # $@: extra trainer flags
   rm -rf "$RUN"
   timeout $(( ${TRAIN_MINUTES%.*} * 60 + 90 )) python3 -m coat_model.train --data procedural:faces --preset small \
     --resolution 128 --steps 20000 --batch-size ${BATCH:-128} --lr 2e-3 --seed 0 --out "$RUN" --max-minutes "$TRAIN_MINUTES" \
-    --fit-to-time --ckpt-every 500 --sample-every 0 --log-every 50 "$@"
+    --fit-to-time --ckpt-every 500 --sample-every 0 --log-every 50 ${MODEL_SET---model-set pixel_latents=true} "$@"
 }
 start=$(date +%s)
 train --workers ${WORKERS:-14} --amp ${AMP:-off} > "$OUT/train.log" 2>&1 || true
