@@ -125,7 +125,7 @@ class COATConfig:
 
     @classmethod
     def small(cls, **overrides) -> "COATConfig":
-        """The bundled checkpoint's architecture: 64-128 px, trainable on a CPU (about 0.5M parameters)."""
+        """64-128 px, trainable on a CPU (about 0.8M parameters); the bundled checkpoint is this with pixel_latents."""
         base = dict(
             resolution=64, scales=(8, 4, 2), encoder_channels=(32, 48, 64, 96), feature_dim=64,
             descriptor_dim=64, w_dim=32, channel_base=2048, channel_max=64, n_content_layers=4,
