@@ -139,17 +139,9 @@ def load(path, device=None, dtype=None):
     from .model import COAT
 
     path = Path(path)
-    metadata = _inspect(path)
-    try:
-        config = COATConfig.from_json(metadata["config"])
-    except (ValueError, TypeError) as e:
-        raise CheckpointError(f"{path.name} holds an invalid COAT config: {e}") from None
-    model = COAT(config)
+    model = COAT(_checked_config(path))
     state = load_file(str(path))
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    wrong = sorted(k for k in set(state) & set(expected) if state[k].shape != expected[k].shape)
+    missing, unexpected, wrong = _mismatch(state, model.state_dict())
     if missing or unexpected or wrong:
         raise CheckpointError(
             f"{path.name} does not match its own config (another architecture or a damaged file): "
@@ -158,6 +150,23 @@ def load(path, device=None, dtype=None):
     model.load_state_dict(state)
     model.eval().requires_grad_(False)
     return model.to(device=device, dtype=dtype)
+
+
+def _checked_config(path: Path) -> COATConfig:
+    metadata = _inspect(path)
+    try:
+        return COATConfig.from_json(metadata["config"])
+    except (ValueError, TypeError) as e:
+        raise CheckpointError(f"{path.name} holds an invalid COAT config: {e}") from None
+
+
+def _mismatch(state: dict[str, torch.Tensor], expected: dict[str, torch.Tensor]):
+    """Keys of ``expected`` missing from ``state``, keys of ``state`` it does not expect, and shared keys whose shapes
+    differ (each sorted)."""
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    wrong = sorted(k for k in set(state) & set(expected) if state[k].shape != expected[k].shape)
+    return missing, unexpected, wrong
 
 
 def grow(path, **changes):
@@ -174,14 +183,15 @@ def grow(path, **changes):
     from .model import COAT
 
     path = Path(path)
-    base = read_config(path)
+    base = _checked_config(path)
     try:
         config = base.replace(**changes)
     except (TypeError, ValueError) as e:
         raise CheckpointError(f"cannot grow {path.name} with {changes}: {e}") from None
     model = COAT(config)
     state, target = load_file(str(path)), model.state_dict()
-    misfit = sorted(k for k in state if k not in target or target[k].shape != state[k].shape)
+    _, unexpected, wrong = _mismatch(state, target)  # missing keys are the modules the change adds
+    misfit = unexpected + wrong
     if misfit:
         raise CheckpointError(
             f"{changes} changes weights that {path.name} already has ({misfit[:3]}...): only changes that add "

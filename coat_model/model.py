@@ -244,14 +244,13 @@ class COAT(nn.Module):
         cfg = self.config
         s = cfg.layer_scale(layer)
         content_map, style_map = content.maps[layer], style.maps[layer]
+        reach = 1  # multiplies the fill's sigma (in cells of this map); full-resolution latents set it below
         if s in matches and matches[s].aligned is not None:  # soft path: the attention already aligned it
             layers = [l for l in range(cfg.n_layers) if cfg.layer_scale(l) == s]
             i = layers.index(layer) * cfg.w_dim
             match = matches[s]
             matched = match.aligned[:, i : i + cfg.w_dim]
-            reach = 1
         else:
-            reach = 1
             nearest = min(matches, key=lambda m: abs(m.bit_length() - s.bit_length()))
             match = matches[nearest]
             size = content_map.shape[-2:]
