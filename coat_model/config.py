@@ -48,6 +48,13 @@ class COATConfig:
     coarse_to_fine: bool = True                # hard path: restrict finer searches around coarse matches (B.4 step 4)
     search_radius: int = 2                     # coarse-to-fine window radius, cells of the finer scale
     center_descriptors: bool = True            # CoCosNet centring before the cosine correlation
+    # -- below the cell and the colour path (0 / False: the paper's model) ----------------------------------
+    refine_radius: int = 0                     # > 0: refine the finest matches at full resolution in a (2r+1)^2
+                                               # pixel window with full-resolution descriptors (needs pixel_latents)
+    refine_dim: int = 16                       # channels of the full-resolution descriptors
+    refine_temperature: float = 0.05           # softmax temperature of the soft (training) refinement
+    warp_style: bool = False                   # the last ToRGB also receives the style image warped along the
+                                               # (refined) matches, blended in by a learned gate where trusted
 
     def __post_init__(self) -> None:
         r = self.resolution
@@ -69,6 +76,11 @@ class COATConfig:
         if self.pixel_latents and self.scales[-1] == 1:
             raise ValueError("pixel_latents adds full-resolution latents to coarser matches; the finest aligned scale "
                              "is already 1 (drop pixel_latents or the scale 1)")
+        if self.refine_radius < 0 or self.refine_dim < 1 or self.refine_temperature <= 0:
+            raise ValueError(f"refine_radius must be >= 0, refine_dim >= 1 and refine_temperature > 0, got "
+                             f"{self.refine_radius}, {self.refine_dim}, {self.refine_temperature}")
+        if self.refine_radius and not self.pixel_latents:
+            raise ValueError("refine_radius needs full-resolution features: set pixel_latents=True as well")
         if not 1 <= self.n_content_layers <= self.n_layers:
             raise ValueError(f"n_content_layers must be in [1, {self.n_layers}], got {self.n_content_layers}")
         if self.temperature <= 0:
@@ -112,6 +124,11 @@ class COATConfig:
     def latent_scales(self) -> tuple[int, ...]:
         """Scales of the encoder's feature maps, coarse to fine: the aligned scales, and 1 with ``pixel_latents``."""
         return self.scales + ((1,) if self.pixel_latents else ())
+
+    @property
+    def descriptor_scales(self) -> tuple[int, ...]:
+        """Scales with matching descriptors: the aligned scales, and 1 when matches are refined per pixel."""
+        return self.scales + ((1,) if self.refine_radius else ())
 
     # -- presets and serialisation ------------------------------------------------------------------------------
     @classmethod

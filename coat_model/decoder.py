@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from .config import COATConfig
-from .layers import Blur, EqualLinear, FusedLeakyReLU, Upsample, apply_channelwise, modulated_conv2d
+from .layers import Blur, EqualConv2d, EqualLinear, FusedLeakyReLU, Upsample, apply_channelwise, modulated_conv2d
 
 
 class ModulatedConv(nn.Module):
@@ -109,6 +109,9 @@ class Decoder(nn.Module):
                 self.noises.register_buffer(f"noise_{2 * (i - 3) + j}", torch.randn(1, 1, res, res))
             in_ch = ch(res)
         self.n_layers = config.n_layers
+        if config.warp_style:  # where to take the warped style's colours: from the last features, the colours, trust
+            self.style_gate = EqualConv2d(in_ch + 3 + 3 + 1, 1, 1)
+            self.style_gate.bias.data.fill_(1.0)  # starts mostly open: the matches learn from the colours at once
 
     def fixed_noise(self) -> list[torch.Tensor]:
         return [getattr(self.noises, f"noise_{i}") for i in range(len(self.convs) + 1)]
@@ -120,7 +123,10 @@ class Decoder(nn.Module):
             for n in self.fixed_noise()
         ]
 
-    def forward(self, latents: list[torch.Tensor], noise: list[torch.Tensor] | None = None) -> torch.Tensor:
+    def forward(self, latents: list[torch.Tensor], noise: list[torch.Tensor] | None = None, *,
+                warped: torch.Tensor | None = None, trust: torch.Tensor | None = None) -> torch.Tensor:
+        """``warped`` [B, 3, R, R] in [-1, 1] and ``trust`` [B, 1, R, R] in [0, 1] (``warp_style`` models): the
+        output takes the warped style's colours by a learned gate, never more than ``trust`` allows."""
         if len(latents) != self.n_layers:
             raise ValueError(f"the decoder needs {self.n_layers} latents, got {len(latents)}")
         noise = self.fixed_noise() if noise is None else noise
@@ -133,4 +139,13 @@ class Decoder(nn.Module):
             x = conv(x, latents[i + 1], noise[i + 1])
             skip = to_rgb(x, latents[i + 2], skip)
             i += 2
+        if warped is not None and trust is not None and self.config.warp_style:
+            skip = blend_warped(skip, warped, trust, self.style_gate(torch.cat([x, skip, warped, trust], 1)))
         return skip
+
+
+def blend_warped(rendered: torch.Tensor, warped: torch.Tensor, trust: torch.Tensor, gate_logits: torch.Tensor):
+    """``rendered + trust * sigmoid(gate) * (warped - rendered)``: trust 1 and an open gate give the warped style
+    itself, trust 0 the rendering."""
+    weight = trust * torch.sigmoid(gate_logits)
+    return rendered + weight * (warped.to(rendered) - rendered)

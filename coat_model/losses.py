@@ -168,6 +168,14 @@ def _nce(query, key, target, valid, *, n_queries, n_negatives, hard_share, tau, 
     return (per_query * weight).sum(1) / weight.sum(1).clamp_min(1.0) * (weight.sum(1) > 0)
 
 
+def cycle_loss(error: torch.Tensor) -> torch.Tensor:
+    """Forward-backward consistency of soft matches per image ([B]): the mean over content cells of
+    log(1 + e), e the cycle error in cells ([B, 1, h, w], :func:`coat_model.matching.cycle_error`). Needs no ground
+    truth, so it also trains matches between different instances; 0 for mutually consistent matches, and the
+    log keeps cells that cannot match (occlusions, parts the style lacks) from dominating."""
+    return torch.log1p(error.float()).flatten(1).mean(1)
+
+
 def hardness_schedule(step: int, total: int, ramp: float = 0.2) -> float:
     """Share of hard negatives: linear from 0 to 1 over the first ``ramp`` of training (spec B.7 curriculum)."""
     return 1.0 if ramp <= 0 else min(1.0, step / max(1.0, ramp * total))

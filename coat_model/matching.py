@@ -28,7 +28,8 @@ class Match:
 
     flow: [B, 2, h, w] matched style coordinates; confidence: [B, 1, h, w] in [0, 1]; mask: [B, 1, h, w] bool;
     similarity: [B, 1, h, w] cosine similarity of the match (hard path) or None; aligned: [B, Cv, h, w] soft-
-    aligned values (soft path) or None.
+    aligned values (soft path) or None; cycle_error: [B, 1, h, w] forward-backward error in content cells
+    (soft path, differentiable) or None.
     """
 
     flow: torch.Tensor
@@ -36,6 +37,7 @@ class Match:
     mask: torch.Tensor
     similarity: torch.Tensor | None = None
     aligned: torch.Tensor | None = None
+    cycle_error: torch.Tensor | None = None
 
 
 def coordinate_grid(h: int, w: int, device=None, dtype=torch.float32) -> torch.Tensor:
@@ -130,11 +132,20 @@ def soft_match(
     out = attend(q, k, values, scale=1.0 / temperature, backend=backend)
     flow = untokens(out[..., -2:], h, w).clamp(-1, 1)  # a convex combination of grid points; rounding can overshoot
     back_map = untokens(attend(k, q, grid_c, scale=1.0 / temperature, backend=backend), hs, ws)
-    back = sample_at(back_map, flow)
-    err = ((back - untokens(grid_c, h, w)) / cell_size(h, w).to(back)[None, :, None, None]).norm(dim=1, keepdim=True)
+    err = cycle_error(flow, back_map)
     confidence = torch.exp(-0.5 * (err / cycle_sigma) ** 2)
     aligned = None if style_values is None else untokens(out[..., :-2], h, w).to(style_values.dtype)
-    return Match(flow=flow, confidence=confidence, mask=confidence >= threshold, aligned=aligned)
+    return Match(flow=flow, confidence=confidence, mask=confidence >= threshold, aligned=aligned, cycle_error=err)
+
+
+def cycle_error(flow: torch.Tensor, back_map: torch.Tensor) -> torch.Tensor:
+    """Forward-backward error in content cells, [B, 1, h, w]: how far a content cell lands from itself after
+    going to its style match (``flow`` [B, 2, h, w]) and back (``back_map`` [B, 2, hs, ws], every style cell's
+    content coordinates, read bilinearly at the match). Zero for mutually consistent matches."""
+    h, w = flow.shape[-2:]
+    back = sample_at(back_map, flow)
+    grid = untokens(coordinate_grid(h, w, flow.device, back.dtype)[None], h, w)
+    return ((back - grid) / cell_size(h, w).to(back)[None, :, None, None]).norm(dim=1, keepdim=True)
 
 
 # -- hard path -------------------------------------------------------------------------------------------------
@@ -250,3 +261,85 @@ def hard_match(
     if ws == 1 or hs == 1:
         flow = flow.clamp(-1, 1) * torch.tensor([ws > 1, hs > 1], device=q.device).view(1, 2, 1, 1)
     return Match(flow=flow, confidence=confidence, mask=mask, similarity=similarity)
+
+
+# -- refinement below the cell ------------------------------------------------------------------------------------
+
+
+def window_offsets(radius: int, device=None) -> torch.Tensor:
+    """The (2r+1)^2 integer offsets (dx, dy) of a search window, row-major: [K, 2] long."""
+    d = torch.arange(-radius, radius + 1, device=device)
+    dy, dx = torch.meshgrid(d, d, indexing="ij")
+    return torch.stack([dx.reshape(-1), dy.reshape(-1)], dim=1)
+
+
+def window_correlation(query: torch.Tensor, key: torch.Tensor, centres: torch.Tensor, radius: int):
+    """Similarities of every query pixel with the key pixels of a window around its own centre.
+
+    Args:
+        query: [B, C, H, W]; key: [B, C, Hs, Ws]; centres: [B, 2, H, W] long key pixel (x, y) of each window centre.
+    Returns: (sims [B, K, H, W], inside [B, K, H, W] bool): K = (2r+1)^2 offsets in :func:`window_offsets` order;
+    offsets that leave the key image are not ``inside`` (their sims are those of the clamped pixel).
+    One gather of the K windows, memory O(B C H W K), never H W x Hs Ws. Oracle: :func:`window_correlation_reference`.
+    """
+    b, c, h, w = query.shape
+    hs, ws = key.shape[-2:]
+    offsets = window_offsets(radius, query.device).view(1, -1, 2, 1, 1)  # [1, K, 2, 1, 1]
+    cells = centres[:, None] + offsets  # [B, K, 2, H, W]
+    x, y = cells[:, :, 0], cells[:, :, 1]
+    inside = (x >= 0) & (x < ws) & (y >= 0) & (y < hs)
+    index = (y.clamp(0, hs - 1) * ws + x.clamp(0, ws - 1)).flatten(1)  # [B, K*H*W]
+    picked = torch.gather(key.flatten(2), 2, index[:, None].expand(-1, c, -1)).view(b, c, -1, h * w)
+    sims = torch.einsum("bckn,bcn->bkn", picked, query.flatten(2)).view(b, -1, h, w)
+    return sims, inside
+
+
+def window_correlation_reference(query, key, centres, radius: int):
+    """Loop oracle of :func:`window_correlation` (tests only: one dot product per pixel and offset)."""
+    b, _, h, w = query.shape
+    hs, ws = key.shape[-2:]
+    offsets = window_offsets(radius).tolist()
+    sims = torch.zeros(b, len(offsets), h, w, dtype=query.dtype)
+    inside = torch.zeros(b, len(offsets), h, w, dtype=torch.bool)
+    for i in range(b):
+        for yy in range(h):
+            for xx in range(w):
+                cx, cy = int(centres[i, 0, yy, xx]), int(centres[i, 1, yy, xx])
+                for k, (dx, dy) in enumerate(offsets):
+                    x, y = cx + dx, cy + dy
+                    inside[i, k, yy, xx] = 0 <= x < ws and 0 <= y < hs
+                    x, y = min(max(x, 0), ws - 1), min(max(y, 0), hs - 1)
+                    sims[i, k, yy, xx] = (query[i, :, yy, xx] * key[i, :, y, x]).sum()
+    return sims, inside
+
+
+def refine_match(content_desc: torch.Tensor, style_desc: torch.Tensor, coarse: Match, *, radius: int,
+                 temperature: float = 0.05, mode: str = "hard") -> Match:
+    """Matches below the cell: every pixel's coarse match (already per pixel, e.g. from :func:`resample_flow`) is
+    searched again in a (2r+1)^2 pixel window of the style's full-resolution descriptors.
+
+    Args:
+        content_desc, style_desc: L2-normalised full-resolution descriptors [B, C, R, R].
+        coarse: per-pixel Match ([B, 2, R, R] flow in [-1, 1], align_corners=True over pixels; confidence, mask).
+        mode: "hard" takes the best pixel of the window; "soft" (training) the softmax-weighted mean offset, with
+            gradients to the descriptors and, straight through, to the coarse flow.
+    Returns: the refined Match; confidence and mask carried from ``coarse``, ``similarity`` the best window sim.
+    """
+    r_h, r_w = style_desc.shape[-2:]
+    size = torch.tensor([r_w - 1, r_h - 1], device=coarse.flow.device, dtype=coarse.flow.dtype).view(1, 2, 1, 1)
+    pixel = (coarse.flow + 1) / 2 * size  # [B, 2, R, R] style pixel coordinates
+    centre = pixel.detach().round()
+    sims, inside = window_correlation(content_desc, style_desc, centre.long(), radius)
+    sims = sims.float().masked_fill(~inside, float("-inf"))
+    offsets = window_offsets(radius, sims.device).to(pixel.dtype).view(1, -1, 2, 1, 1)
+    best, arg = sims.max(dim=1, keepdim=True)
+    if mode == "soft":
+        weights = torch.softmax(sims / temperature, dim=1)  # [B, K, R, R]
+        shift = (weights[:, :, None] * offsets).sum(1)
+        refined = centre + shift + (pixel - pixel.detach())  # straight-through to the coarse flow
+    else:
+        shift = torch.gather(offsets.expand(sims.shape[0], -1, -1, *sims.shape[-2:]), 1,
+                             arg[:, :, None].expand(-1, -1, 2, -1, -1))[:, 0]
+        refined = centre + shift
+    flow = (refined / size * 2 - 1).clamp(-1, 1)
+    return Match(flow=flow, confidence=coarse.confidence, mask=coarse.mask, similarity=best)

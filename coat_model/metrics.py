@@ -227,7 +227,7 @@ def compute_metrics(
 ) -> dict[str, float | None]:
     """All C.2 metrics as a dict of floats (None where not applicable).
 
-    Keys: l1, psnr, de_part, paa, de_to_content, bg_l1 (always computed); pck05, pck10 (need pred_flow,
+    Keys: l1, psnr, de_part, paa, de_to_content, bg_l1 (always computed); pck02, pck05, pck10 (need pred_flow,
     gt_flow and visible); conf_precision, conf_coverage (also need confidence).
     """
     num = int(content_labels.max()) + 1
@@ -241,9 +241,10 @@ def compute_metrics(
         "paa": _paa(out_means, ref_means, valid, distinct_de),
         "de_to_content": _de(out_means, content_means, valid),
         "bg_l1": bg_l1(output, content_image, content_labels),
-        "pck05": None, "pck10": None, "conf_precision": None, "conf_coverage": None,
+        "pck02": None, "pck05": None, "pck10": None, "conf_precision": None, "conf_coverage": None,
     }
     if pred_flow is not None and gt_flow is not None and visible is not None:
+        result["pck02"] = pck(pred_flow, gt_flow, visible, 0.02)
         result["pck05"] = pck(pred_flow, gt_flow, visible, 0.05)
         result["pck10"] = pck(pred_flow, gt_flow, visible, 0.10)
         if confidence is not None:

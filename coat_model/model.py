@@ -14,7 +14,7 @@ from .encoder import Encoder
 from .fill import SIGMA as FILL_SIGMA
 from .fill import fill_unconfident
 from .inputs import COATInputError, Frame, check_images, pair_batches
-from .matching import Match, hard_match, resample_flow, sample_at, soft_match
+from .matching import Match, hard_match, refine_match, resample_flow, sample_at, soft_match
 
 
 @dataclass
@@ -24,7 +24,8 @@ class Latents:
     features: per encoder scale s (a divisor of R; the aligned scales, and 1 with ``pixel_latents``), [B, C, R/s,
     R/s]; descriptors: per aligned scale, the same layout; maps: per decoder layer l,
     the spatial latent W_l = w_avg + offset [B, w_dim, R/s(l), R/s(l)]; frame: where the input sits in the
-    model canvas; mask: optional object mask [B, 1, R, R] (1 = object).
+    model canvas; mask: optional object mask [B, 1, R, R] (1 = object); image: the input on the model canvas
+    [B, 3, R, R] in [-1, 1] (what a ``warp_style`` model samples its colours from).
     """
 
     features: dict[int, torch.Tensor]
@@ -32,6 +33,7 @@ class Latents:
     maps: list[torch.Tensor]
     frame: Frame
     mask: torch.Tensor | None = None
+    image: torch.Tensor | None = None
 
     @property
     def batch_size(self) -> int:
@@ -48,6 +50,7 @@ class Latents:
             maps=[grow(t) for t in self.maps],
             frame=self.frame,
             mask=None if self.mask is None else grow(self.mask),
+            image=None if self.image is None else grow(self.image),
         )
 
 
@@ -57,6 +60,10 @@ class Alignment:
 
     flow[s]: matched style coordinates in [-1, 1], [B, 2, h, w]; confidence[s]: [B, 1, h, w] in [0, 1];
     mask[s]: [B, 1, h, w] bool; maps[l]: aligned style latent of layer l; mode: "hard" or "soft".
+    refined: the per-pixel matches below the cell (``refine_radius``), [B, 2, R, R] flow on the canvas, or None.
+    warped: the style image warped along the finest per-pixel matches [B, 3, R, R] in [-1, 1], and trust: where
+    the decoder may take its colours [B, 1, R, R] in [0, 1] (``warp_style``), or None. cycle_error[s]: the soft
+    path's differentiable forward-backward error in cells (for the cycle loss).
     """
 
     flow: dict[int, torch.Tensor]
@@ -65,6 +72,10 @@ class Alignment:
     maps: list[torch.Tensor]
     mode: str
     options: dict = field(default_factory=dict)
+    refined: Match | None = None
+    warped: torch.Tensor | None = None
+    trust: torch.Tensor | None = None
+    cycle_error: dict[int, torch.Tensor] = field(default_factory=dict)
 
     @property
     def scales(self) -> tuple[int, ...]:
@@ -114,7 +125,7 @@ class COAT(nn.Module):
         features = self.encoder.pyramid(x)
         offsets = self.encoder.latent_offsets(features)
         maps = [self.w_avg.view(1, -1, 1, 1).to(o) + o for o in offsets]
-        return Latents(features, self.encoder.descriptors(features), maps, frame, canvas_mask)
+        return Latents(features, self.encoder.descriptors(features), maps, frame, canvas_mask, image=x)
 
     @staticmethod
     def _check_mask(mask: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
@@ -149,6 +160,7 @@ class COAT(nn.Module):
         fill: str | None = None,
         scales: tuple[int, ...] | None = None,
         coarse_to_fine: bool | None = None,
+        refine: bool | None = None,
     ) -> Alignment:
         """Align the style latents to the content through dense correspondence (COAT_SPEC B.4-B.5).
 
@@ -159,6 +171,7 @@ class COAT(nn.Module):
                 config defaults. geometric: the pair-wise distance check of the hard path.
             scales: subset of the config's scales to match; layers of other scales use the nearest matched
                 scale's flow.
+            refine: refine the finest matches per pixel (default: when the model has ``refine_radius``).
         """
         cfg = self.config
         if mode not in ALIGN_MODES:
@@ -202,7 +215,9 @@ class COAT(nn.Module):
                 fg = F.interpolate(content.mask, size=m.mask.shape[-2:], mode="area") > 0.5
                 m.mask, m.confidence = m.mask & fg, m.confidence * fg
             matches[s] = prior = m
-        return self._assemble(content, style, matches, options)
+        refine = bool(cfg.refine_radius) and (refine is None or refine)
+        options["refine"] = refine
+        return self._assemble(content, style, matches, options, refine=refine)
 
     def align_from_matches(self, content: Latents, style: Latents, matches: dict[int, Match], *,
                            fill: str | None = None) -> Alignment:
@@ -231,16 +246,49 @@ class COAT(nn.Module):
         options = dict(fill=fill, mode="hard", scales=tuple(matches))
         return self._assemble(content, style.expand(content.batch_size), matches, options)
 
-    def _assemble(self, content: Latents, style: Latents, matches: dict[int, Match], options: dict) -> Alignment:
-        maps = [self._aligned_map(l, content, style, matches, options) for l in range(self.config.n_layers)]
+    def _assemble(self, content: Latents, style: Latents, matches: dict[int, Match], options: dict,
+                  refine: bool = False) -> Alignment:
+        pixels = self._pixel_matches(content, style, matches, options, refine)
+        maps = [self._aligned_map(l, content, style, matches, options, pixels) for l in range(self.config.n_layers)]
+        warped = trust = None
+        if self.config.warp_style and pixels is not None and style.image is not None:
+            warped = sample_at(style.image, pixels.flow, mode="bilinear")
+            # Soft (training): the cycle confidence, as a weight that the gate cannot game; hard: the trusted matches.
+            trust = pixels.confidence.detach() if options["mode"] == "soft" else pixels.mask.to(warped.dtype)
+            trust = trust.to(warped.dtype)
+            if content.mask is not None:
+                trust = trust * content.mask
         return Alignment(
             flow={s: m.flow for s, m in matches.items()},
             confidence={s: m.confidence for s, m in matches.items()},
             mask={s: m.mask for s, m in matches.items()},
             maps=maps, mode=options["mode"], options=options,
+            refined=pixels if refine and pixels is not None else None, warped=warped, trust=trust,
+            cycle_error={s: m.cycle_error for s, m in matches.items() if m.cycle_error is not None},
         )
 
-    def _aligned_map(self, layer: int, content: Latents, style: Latents, matches: dict[int, Match], options) -> torch.Tensor:
+    def _pixel_matches(self, content: Latents, style: Latents, matches: dict[int, Match], options: dict,
+                       refine: bool) -> Match | None:
+        """The finest matches per pixel of the canvas (interpolated between trusted matches, then refined in a
+        window of full-resolution descriptors when ``refine``); None when no full-resolution consumer needs them."""
+        cfg = self.config
+        if not (cfg.pixel_latents or cfg.warp_style):
+            return None
+        finest = min(matches)
+        m, r = matches[finest], cfg.resolution
+        flow = resample_flow(m.flow, finest, 1, r, trusted=m.mask)
+        mask = F.interpolate(m.mask.float(), size=(r, r), mode="nearest") > 0.5
+        confidence = F.interpolate(m.confidence.float(), size=(r, r), mode="bilinear", align_corners=False)
+        pixels = Match(flow=flow, confidence=confidence.clamp(0, 1), mask=mask)
+        if refine and 1 in content.descriptors and 1 in style.descriptors:
+            pixels = refine_match(content.descriptors[1], style.descriptors[1], pixels, radius=cfg.refine_radius,
+                                  temperature=cfg.refine_temperature, mode=options["mode"])
+            if content.mask is not None:
+                pixels.mask = pixels.mask & (content.mask > 0.5)
+        return pixels
+
+    def _aligned_map(self, layer: int, content: Latents, style: Latents, matches: dict[int, Match], options,
+                     pixels: Match | None = None) -> torch.Tensor:
         cfg = self.config
         s = cfg.layer_scale(layer)
         content_map, style_map = content.maps[layer], style.maps[layer]
@@ -256,9 +304,8 @@ class COAT(nn.Module):
             size = content_map.shape[-2:]
             flow, mask = match.flow, match.mask
             sampling = "nearest" if options["mode"] == "hard" else "bilinear"
-            if cfg.pixel_latents and s == 1:  # full-resolution latents: the finest matches, interpolated per pixel
-                flow, sampling = resample_flow(flow, nearest, 1, cfg.resolution, trusted=mask), "bilinear"
-                mask = F.interpolate(mask.float(), size=size, mode="nearest") > 0.5
+            if cfg.pixel_latents and s == 1:  # full-resolution latents: the finest matches per pixel (refined)
+                flow, mask, sampling = pixels.flow, pixels.mask, "bilinear"
                 reach = nearest  # the fill spreads as far in the image as at the matched scale
             elif flow.shape[-2:] != size:
                 flow = F.interpolate(flow, size=size, mode="nearest")
@@ -335,8 +382,18 @@ class COAT(nn.Module):
         noise = None
         if seed is not None:
             noise = self.decoder.random_noise(content.batch_size, torch.Generator().manual_seed(seed))
-        canvas = self.decoder(maps, noise)
+        n = self.config.n_content_layers if n_content_layers is None else n_content_layers
+        canvas = self.synthesize(maps, alignment, noise, style_strength if n < self.n_layers else 0.0)
         return content.frame.from_canvas(((canvas + 1) / 2).clamp(0, 1))
+
+    def synthesize(self, maps: list[torch.Tensor], alignment: Alignment | None = None,
+                   noise: list[torch.Tensor] | None = None, style_strength: float = 1.0) -> torch.Tensor:
+        """The decoder on mixed latents: canvas [B, 3, R, R] in [-1, 1]. A ``warp_style`` model also takes the
+        alignment's warped style where it is trusted (scaled by ``style_strength``; 0 renders from latents only)."""
+        warped = trust = None
+        if alignment is not None and alignment.warped is not None and style_strength:
+            warped, trust = alignment.warped, alignment.trust * min(1.0, style_strength)
+        return self.decoder(maps, noise, warped=warped, trust=trust)
 
     # -- all in one --------------------------------------------------------------------------------------------
     def transfer(

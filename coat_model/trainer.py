@@ -26,7 +26,7 @@ from torch.amp import autocast
 from .config import COATConfig
 from .discriminator import Discriminator
 from .losses import (
-    correspondence_nce, discriminator_loss, generator_adversarial_loss, hardness_schedule, latent_regularisation,
+    correspondence_nce, cycle_loss, discriminator_loss, generator_adversarial_loss, hardness_schedule, latent_regularisation,
     r1_penalty, reconstruction_loss,
 )
 from .model import COAT
@@ -57,6 +57,9 @@ class TrainConfig:
     ccl_negatives: int = 64
     ccl_tau: float = 0.07
     ccl_detach_keys: bool = False            # CUT stops gradients at the keys; both sides learning is ~2x faster here
+    ccl_fine_weight: float = 1.0             # CCL of the full-resolution refinement descriptors (refine_radius > 0)
+    ccl_fine_queries: int = 128
+    cycle_weight: float = 0.1                # forward-backward consistency of the finest soft matches, every pair
     hard_ramp: float = 0.2                   # hard-negative share ramps 0 -> 1 over this fraction of steps
     bootstrap: float = 0.1                   # random pairs join CCL (confident matches) after this fraction
     adv_weight: float = 0.0                  # > 0 trains a discriminator (from-scratch variant)
@@ -70,7 +73,8 @@ class TrainConfig:
 
     def loss_weights(self) -> dict[str, float]:
         return dict(rec=self.rec_weight, reg=self.reg_weight, ccl=self.ccl_weight,
-                    ccl_hybrid=self.ccl_hybrid_weight, adv=self.adv_weight)
+                    ccl_hybrid=self.ccl_hybrid_weight, ccl_fine=self.ccl_fine_weight, cycle=self.cycle_weight,
+                    adv=self.adv_weight)
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), sort_keys=True)
@@ -79,6 +83,7 @@ class TrainConfig:
     def from_json(cls, text: str) -> "TrainConfig":
         data = {k: tuple(v) if isinstance(v, list) else v for k, v in json.loads(text).items()}
         data.setdefault("ccl_detach_keys", True)  # runs from before the field stopped gradients at the keys
+        data.setdefault("cycle_weight", 0.0)  # runs from before the cycle term
         return cls(**data)
 
     def __post_init__(self):
@@ -108,7 +113,7 @@ class TrainingStep(nn.Module):
         style = model.encode(batch.style)
         alignment = model.align(content, style, mode=cfg.align_mode)
         maps = model.mix_latents(content, alignment)
-        hybrid = (model.decoder(maps) + 1) / 2  # [B, 3, R, R], unclamped for the gradient
+        hybrid = (model.synthesize(maps, alignment) + 1) / 2  # [B, 3, R, R], unclamped for the gradient
         terms: dict[str, torch.Tensor] = {}
 
         has_target = batch.has_target
@@ -139,6 +144,16 @@ class TrainingStep(nn.Module):
                 ccl_hybrid = ccl_hybrid + correspondence_nce(hybrid_desc[s], ks, target, ok,
                                                              seeds=seeds, salt=2 * i + 1, **kw).sum()
         n_scales = len(mcfg.scales)
+        if mcfg.refine_radius and cfg.ccl_fine_weight:  # the refinement's descriptors, on pairs with a known flow
+            kf = style.descriptors[1]
+            target, ok = flow_targets(batch.flow, batch.flow_valid, r, 1, kf.shape[-2:])
+            terms["ccl_fine"] = correspondence_nce(
+                content.descriptors[1], kf, target, ok & batch.has_flow[:, None], seeds=seeds, salt=2 * n_scales,
+                n_queries=cfg.ccl_fine_queries, n_negatives=cfg.ccl_negatives, hard_share=hard_share, tau=cfg.ccl_tau,
+                detach_keys=cfg.ccl_detach_keys).sum() / global_counts["all"]
+        cycle = alignment.cycle_error.get(mcfg.scales[-1])  # the finest soft matches (none on the hard path)
+        if cfg.cycle_weight and cycle is not None:
+            terms["cycle"] = cycle_loss(cycle).sum() / global_counts["all"]
         terms["ccl"] = ccl_real / n_scales / global_counts["all"]
         if hybrid_desc is not None:
             terms["ccl_hybrid"] = ccl_hybrid / n_scales / global_counts["all"]

@@ -120,3 +120,29 @@ def test_the_autoencode_ablation_is_the_decoder_on_the_targets_own_latents(tiny_
         c = tiny_model.encode(content)
         mixed = c.maps[:tiny_model.config.n_content_layers] + t.maps[tiny_model.config.n_content_layers:]
         torch.testing.assert_close(out["coat_gt_matches"]["output"], ((tiny_model.decoder(mixed) + 1) / 2).clamp(0, 1))
+
+
+def test_a_refined_warp_style_model_also_reports_its_unrefined_matches_and_its_modulation_path():
+    torch.manual_seed(0)
+    model = COAT(COATConfig.tiny(pixel_latents=True, refine_radius=2, warp_style=True)).eval()
+    results = evaluate(model, n_pairs=4, split="easy", batch_size=4)
+    assert {"coat_unrefined", "coat_modulation"} <= set(results)
+    for name in ("coat", "coat_unrefined"):
+        assert results[name]["pck02"] is not None and results[name]["pck02"] <= results[name]["pck05"]
+    assert results["coat_modulation"]["pck05"] is None  # scores the colours only
+    # the flow-warp ablation samples the style at the refined matches, the ones "coat" is scored on
+    assert results["coat_flow_warp"]["pck05"] == results["coat"]["pck05"]
+
+
+def test_figures_write_the_results_grid_and_the_n_content_sweep(tiny_model, tmp_path, capsys):
+    from PIL import Image
+
+    from coat_model.bench.__main__ import main as bench_main
+
+    ckpt = tmp_path / "tiny.safetensors"
+    tiny_model.save(ckpt)
+    assert bench_main(["figures", "--ckpt", str(ckpt), "--out", str(tmp_path / "fig"), "--pairs", "2"]) == 0
+    grid, sweep = Image.open(tmp_path / "fig" / "results_grid.png"), Image.open(tmp_path / "fig" / "n_content_sweep.png")
+    assert grid.size[0] > grid.size[1] / 2 * 2.5  # five columns, two rows
+    assert sweep.size[0] > sweep.size[1] * (tiny_model.n_layers + 1) / 2  # content, style and L - 1 outputs in a row
+    assert "results_grid.png" in capsys.readouterr().out

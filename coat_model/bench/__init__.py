@@ -1,4 +1,5 @@
-"""Benchmarks: ``python -m coat_model.bench speed|quality|bounds ...`` (``speed.py``, ``quality.py``, ``bounds.py``).
+"""Benchmarks: ``python -m coat_model.bench speed|quality|bounds|figures ...`` (``speed.py``, ``quality.py``,
+``bounds.py``, ``figures.py``).
 
 Results go to JSON and, with ``--update-md``, into the marked sections of ``BENCHMARKS.md``: a section named
 ``NAME`` is everything between the lines ``<!-- bench:NAME -->`` and ``<!-- /bench:NAME -->``.

@@ -3,7 +3,11 @@
     python -m coat_model.bench quality --ckpt checkpoints/coat_faces.safetensors --pairs 200 --split easy --json q.json
 
 Methods, all in one run on the same held-out pairs:
-- ``coat``: the checkpoint's transfer (hard matches, confidence filtering, propagate fill);
+- ``coat``: the checkpoint's transfer (hard matches, confidence filtering, propagate fill); its matches are the
+  refined per-pixel ones of a ``refine_radius`` model (``coat_unrefined``: the same without the refinement, scored
+  on its finest cell matches);
+- ``coat_modulation``: the same network and matches through the paper's pure modulation path (for a
+  ``warp_style`` model: without the warped style's colours);
 - ``coat_global``: the same network with every aligned map replaced by the global style code (the
   Swapping-Autoencoder-like ablation that isolates correspondence);
 - ``coat_flow_warp``: the style image sampled at the network's own finest matches (no decoder);
@@ -20,6 +24,7 @@ Methods, all in one run on the same held-out pairs:
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -34,7 +39,7 @@ from ..matching import Match, resample_flow
 from ..pairs import at_cell_centres, identity_flow
 from ..metrics import compute_metrics
 
-KEYS = ("paa", "de_part", "psnr", "pck05", "pck10", "conf_precision", "conf_coverage", "bg_l1")
+KEYS = ("paa", "de_part", "psnr", "pck02", "pck05", "pck10", "conf_precision", "conf_coverage", "bg_l1")
 EVAL_SEED = 987_654_321  # held out: training draws images from other seeds
 
 
@@ -72,15 +77,21 @@ def coat_outputs(model, content: torch.Tensor, style: torch.Tensor, gt_flow: tor
     alignment = model.align(c, s)
     finest = alignment.scales[-1]
     r = model.config.resolution
-    flow = cell_flow_to_pixels(alignment.flow[finest], finest, r)
+    cells = cell_flow_to_pixels(alignment.flow[finest], finest, r)
+    flow = cells if alignment.refined is None else alignment.refined.flow
     global_code = model.align(c, s, fill="global", confidence_threshold=2.0)  # no match is trusted
     warp = F.grid_sample(style, flow.permute(0, 2, 3, 1), mode="bilinear", padding_mode="border", align_corners=True)
+    confidence = F.interpolate(alignment.mask[finest].float(), size=(r, r), mode="nearest") > 0.5
     out = {
-        "coat": dict(output=model.decode(c, alignment), pred_flow=flow,
-                     confidence=F.interpolate(alignment.mask[finest].float(), size=(r, r), mode="nearest") > 0.5),
+        "coat": dict(output=model.decode(c, alignment), pred_flow=flow, confidence=confidence),
         "coat_global": dict(output=model.decode(c, global_code)),
         "coat_flow_warp": dict(output=warp, pred_flow=flow),
     }
+    if alignment.refined is not None:  # the same network with the cell-level matches only
+        out["coat_unrefined"] = dict(output=model.decode(c, model.align(c, s, refine=False)), pred_flow=cells,
+                                     confidence=confidence)
+    if alignment.warped is not None:
+        out["coat_modulation"] = dict(output=model.decode(c, dataclasses.replace(alignment, warped=None, trust=None)))
     if gt_flow is not None:
         oracle = model.align_from_matches(c, s, gt_matches(gt_flow, visible, r, model.config.scales))
         out["coat_gt_matches"] = dict(output=model.decode(c, oracle))

@@ -1,0 +1,198 @@
+"""Matches below the cell (``refine_radius``), the warped-style colour path (``warp_style``), the cycle term, and
+old checkpoints giving the outputs they gave before these existed."""
+
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file
+
+from coat_model import COAT, COATConfig
+from coat_model.bench.quality import gt_matches
+from coat_model.io import grow, load
+from coat_model.losses import cycle_loss
+from coat_model.matching import (
+    Match, coordinate_grid, cycle_error, refine_match, untokens, window_correlation, window_correlation_reference,
+)
+from coat_model.pairs import identity_flow
+from coat_model.train import make_dataset
+from coat_model.trainer import TrainConfig, Trainer
+
+DATA = Path(__file__).resolve().parent / "data"
+
+
+def _pixel_grid(r: int) -> torch.Tensor:
+    return identity_flow(r)  # [1, 2, R, R], align_corners=True pixel centres
+
+
+def _descriptors(b, c, r, seed=0):
+    return F.normalize(torch.randn(b, c, r, r, generator=torch.Generator().manual_seed(seed)), dim=1)
+
+
+def test_window_correlation_equals_its_loop_oracle_at_the_borders_too():
+    q, k = _descriptors(2, 5, 6, seed=1), _descriptors(2, 5, 7, seed=2)
+    centres = torch.randint(-1, 8, (2, 2, 6, 6), generator=torch.Generator().manual_seed(3))
+    sims, inside = window_correlation(q, k, centres, radius=2)
+    ref_sims, ref_inside = window_correlation_reference(q, k, centres, radius=2)
+    assert torch.equal(inside, ref_inside)
+    assert torch.allclose(sims, ref_sims, atol=1e-6)
+    assert sims.shape == (2, 25, 6, 6)
+
+
+@pytest.mark.parametrize("shift", [(1, 0), (-2, 1), (3, -3), (0, 2)])
+def test_refinement_recovers_a_known_sub_cell_shift(shift):
+    """Style = content moved by (dx, dy) pixels; the coarse match is the identity (what a cell-level match of
+    scale 4 gives for shifts under a cell). The hard refinement finds the shift exactly wherever the true match
+    is inside the image; the soft one within a hundredth of a pixel."""
+    r, (dx, dy) = 24, shift
+    content = _descriptors(1, 16, r, seed=4)
+    style = torch.roll(content, shifts=(dy, dx), dims=(2, 3))  # style pixel (x+dx, y+dy) = content pixel (x, y)
+    ones = torch.ones(1, 1, r, r)
+    coarse = Match(flow=_pixel_grid(r), confidence=ones, mask=ones.bool())
+    truth = _pixel_grid(r) + torch.tensor([dx, dy]).view(1, 2, 1, 1) * 2 / (r - 1)
+    ys, xs = torch.meshgrid(torch.arange(r), torch.arange(r), indexing="ij")
+    inside = (xs + dx >= 0) & (xs + dx < r) & (ys + dy >= 0) & (ys + dy < r)
+    hard = refine_match(content, style, coarse, radius=3, mode="hard")
+    assert torch.allclose(hard.flow[0][:, inside], truth[0][:, inside], atol=1e-5)
+    soft = refine_match(content, style, coarse, radius=3, mode="soft", temperature=0.02)
+    assert (soft.flow - truth)[0][:, inside].abs().max() * (r - 1) / 2 < 0.01
+    assert torch.equal(hard.mask, coarse.mask) and torch.equal(hard.confidence, coarse.confidence)  # carried
+
+
+def test_soft_refinement_passes_gradients_to_descriptors_and_straight_through_to_the_coarse_flow():
+    r = 12
+    content, style = _descriptors(1, 8, r, 5).requires_grad_(), _descriptors(1, 8, r, 6).requires_grad_()
+    flow = (_pixel_grid(r) * 0.9).requires_grad_()
+    ones = torch.ones(1, 1, r, r)
+    out = refine_match(content, style, Match(flow=flow, confidence=ones, mask=ones.bool()), radius=2, mode="soft")
+    out.flow.sum().backward()
+    assert content.grad.abs().sum() > 0 and style.grad.abs().sum() > 0
+    assert torch.allclose(flow.grad, torch.ones_like(flow))  # inside the clamp: d refined / d coarse = 1
+
+
+def test_warped_style_path_equals_a_plain_grid_sample_where_every_match_is_confident():
+    torch.manual_seed(0)
+    model = COAT(COATConfig.tiny(pixel_latents=True, warp_style=True)).eval()
+    model.decoder.style_gate.bias.data.fill_(60.0)  # a fully open gate
+    g = torch.Generator().manual_seed(1)
+    content, style = torch.rand(2, 3, 32, 32, generator=g), torch.rand(2, 3, 32, 32, generator=g)
+    flow = (identity_flow(32) * 0.8 + 0.1).expand(2, -1, -1, -1)  # an affine map, every match visible
+    matches = gt_matches(flow, torch.ones(2, 1, 32, 32, dtype=torch.bool), 32, model.config.scales)
+    with torch.no_grad():
+        c, s = model.encode(content), model.encode(style)
+        alignment = model.align_from_matches(c, s, matches)
+        out = model.decode(c, alignment)
+    assert alignment.trust.min() == 1
+    expected = F.grid_sample(style, _pixels(alignment), mode="bilinear", align_corners=True)
+    assert torch.allclose(out, expected.clamp(0, 1), atol=1e-5)
+    # the paper's path: the same latents without the warped colours differ, and n = L reproduces the content path
+    with torch.no_grad():
+        plain = model.decode(c, alignment, style_strength=0.0)
+    assert (plain - out).abs().mean() > 0.05
+
+
+def _pixels(alignment):
+    """The per-pixel flow the warped style was sampled at, as a grid_sample grid."""
+    b = alignment.warped.shape[0]
+    finest = min(alignment.flow)
+    from coat_model.matching import resample_flow
+
+    flow = resample_flow(alignment.flow[finest], finest, 1, alignment.warped.shape[-1], trusted=alignment.mask[finest])
+    return flow.permute(0, 2, 3, 1).expand(b, -1, -1, -1)
+
+
+def test_untrusted_pixels_keep_the_rendering():
+    torch.manual_seed(0)
+    model = COAT(COATConfig.tiny(pixel_latents=True, warp_style=True)).eval()
+    g = torch.Generator().manual_seed(2)
+    content, style = torch.rand(1, 3, 32, 32, generator=g), torch.rand(1, 3, 32, 32, generator=g)
+    matches = gt_matches(identity_flow(32), torch.zeros(1, 1, 32, 32, dtype=torch.bool), 32, model.config.scales)
+    with torch.no_grad():
+        c, s = model.encode(content), model.encode(style)
+        alignment = model.align_from_matches(c, s, matches)
+        assert alignment.trust.max() == 0
+        rendered = ((model.decoder(model.mix_latents(c, alignment)) + 1) / 2).clamp(0, 1)  # no warped colours
+        assert torch.equal(model.decode(c, alignment), rendered)
+
+
+def test_cycle_term_is_zero_for_identity_matches_and_positive_for_a_swapped_pair():
+    h = 6
+    grid = untokens(coordinate_grid(h, h)[None], h, h)
+    assert cycle_loss(cycle_error(grid, grid)).item() == pytest.approx(0.0, abs=1e-6)
+    swapped = grid.flip(-1)  # every cell matches its mirror image ...
+    assert cycle_loss(cycle_error(swapped, grid)).item() > 0.5  # ... but the way back is the identity
+    assert cycle_loss(cycle_error(swapped, swapped.clone())).item() == pytest.approx(0.0, abs=1e-5)  # mutual
+
+
+def test_refined_model_aligns_per_pixel_and_hard_refinement_keeps_the_coarse_trust():
+    torch.manual_seed(0)
+    cfg = COATConfig.tiny(pixel_latents=True, refine_radius=2, warp_style=True)
+    model = COAT(cfg).eval()
+    g = torch.Generator().manual_seed(3)
+    content, style = torch.rand(2, 3, 32, 32, generator=g), torch.rand(2, 3, 32, 32, generator=g)
+    with torch.no_grad():
+        c, s = model.encode(content), model.encode(style)
+        assert c.descriptors[1].shape == (2, cfg.refine_dim, 32, 32)
+        hard = model.align(c, s)
+        soft = model.align(c, s, mode="soft")
+    assert hard.refined.flow.shape == (2, 2, 32, 32) and soft.refined.flow.shape == (2, 2, 32, 32)
+    finest = min(hard.flow)
+    coarse_mask = F.interpolate(hard.mask[finest].float(), size=(32, 32), mode="nearest") > 0.5
+    assert torch.equal(hard.refined.mask, coarse_mask)
+    # refined matches stay inside the window around the interpolated coarse ones
+    coarse = _pixels(hard).permute(0, 3, 1, 2)
+    assert ((hard.refined.flow - coarse).abs() * 31 / 2).max() <= cfg.refine_radius + 0.5 + 1e-4
+    assert 1 in COATConfig.tiny(pixel_latents=True, refine_radius=1).descriptor_scales
+    with pytest.raises(ValueError, match="pixel_latents"):
+        COATConfig.tiny(refine_radius=2)
+
+
+def _term_after(trainer, name):
+    batch = trainer._pairs(0)[0]
+    counts = trainer._global_counts(0, 0)
+    with torch.no_grad():
+        return float(trainer.step_module(batch, 0, counts)[1][name])
+
+
+@pytest.mark.parametrize("term", ["ccl_fine", "cycle", "rec"])
+def test_a_few_cpu_steps_lower_each_new_term(term):
+    """Trained on that term alone (the others weighted 0), a few steps lower it on a fixed batch."""
+    torch.manual_seed(0)
+    weights = dict(rec_weight=0.0, ssim_weight=0.5, reg_weight=0.0, ccl_weight=0.0, ccl_hybrid_weight=0.0,
+                   ccl_fine_weight=0.0, cycle_weight=0.0)
+    weights[f"{term}_weight"] = 1.0
+    model_cfg = COATConfig.tiny(pixel_latents=True, refine_radius=2, warp_style=True)
+    trainer = Trainer(model_cfg, TrainConfig(steps=15, batch_size=4, seed=3, lr=3e-3, **weights),
+                      make_dataset("procedural:faces", 32, seed=3))
+    before = _term_after(trainer, term)
+    for _ in range(15):
+        trainer.train_step()
+    assert _term_after(trainer, term) < before * 0.9
+
+
+@pytest.mark.parametrize("name", ["plain", "pixel"])
+def test_old_checkpoints_give_the_outputs_they_gave_before_refinement_and_warped_colours(name):
+    """tests/data/legacy_*.safetensors and their outputs were written by the code before these features."""
+    expected = load_file(str(DATA / "legacy_outputs.safetensors"))
+    model = load(DATA / f"legacy_{name}.safetensors").eval()
+    assert model.config.refine_radius == 0 and not model.config.warp_style
+    with torch.no_grad():
+        hard, conf = model.transfer(expected["content"], expected["style"])
+        c, s = model.encode(expected["content"]), model.encode(expected["style"])
+        soft = model.decode(c, model.align(c, s, mode="soft"))
+    assert torch.allclose(hard, expected[f"{name}.hard"], atol=1e-6)
+    assert torch.allclose(conf, expected[f"{name}.conf"], atol=1e-6)
+    assert torch.allclose(soft, expected[f"{name}.soft"], atol=1e-6)
+
+
+def test_grow_adds_refinement_and_the_gate_keeping_every_weight(tmp_path):
+    torch.manual_seed(0)
+    model = COAT(COATConfig.tiny(pixel_latents=True))
+    model.save(tmp_path / "m.safetensors")
+    grown = grow(tmp_path / "m.safetensors", refine_radius=2, warp_style=True)
+    old = model.state_dict()
+    for k, v in grown.state_dict().items():
+        if k in old:
+            assert torch.equal(v, old[k]), k
+    assert "encoder.descriptor.1.0.weight" in grown.state_dict() and "decoder.style_gate.weight" in grown.state_dict()
