@@ -53,14 +53,15 @@ def align(handle: LoadedModel, content: Encoded, style: Encoded, **options) -> A
     content.check(handle, "content")
     style.check(handle, "style")
     interrupt_point()
-    alignment = handle.model.align(content.latents, style.latents, backend=handle.backend,
+    model = handle.load(len(content.images))
+    alignment = model.align(content.latents, style.latents, backend=handle.backend,
                                    **align_options(handle.config, **options))
     return Aligned(alignment, content, style)
 
 
 def confidence_mask(handle: LoadedModel, aligned: Aligned):
     """MASK [B, H, W] at the content image size: the finest scale's confidence."""
-    conf = handle.model.confidence_image(aligned.content.latents, aligned.alignment)
+    conf = handle.load(len(aligned.content.images)).confidence_image(aligned.content.latents, aligned.alignment)
     return bchw_to_image(conf)[..., 0]
 
 

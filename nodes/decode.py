@@ -18,7 +18,7 @@ def decode(handle: LoadedModel, content: Encoded, aligned: Aligned, n_content_la
         raise COATInputError(f"n_content_layers must be in [0, {handle.model.n_layers}] for {handle.name} "
                              f"(or -1 for its default {handle.config.n_content_layers}), got {n_content_layers}")
     interrupt_point()
-    images = handle.model.decode(content.latents, aligned.alignment, n_content_layers=n,
+    images = handle.load(len(content.images)).decode(content.latents, aligned.alignment, n_content_layers=n,
                                  style_strength=style_strength, seed=None if seed < 0 else seed,
                                  truncation=None if truncation >= 1 else truncation)
     return bchw_to_image(images)

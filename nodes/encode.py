@@ -13,7 +13,8 @@ def encode(handle: LoadedModel, image, mask=None, name: str = "image") -> Encode
     x = check_images(image_to_bchw(image, name), name)  # errors name the input (content, style)
     m = object_mask(mask, image)
     interrupt_point()
-    latents = handle.model.encode(x, None if m is None else m.to(x.device))
+    model = handle.load(x.shape[0])
+    latents = model.encode(x, None if m is None else m.to(x.device))
     return Encoded(latents, image, handle.config)
 
 

@@ -32,6 +32,15 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def offload_device(device: torch.device) -> torch.device:
+    """Where the weights rest between uses: the CPU, or the GPU itself under ``--highvram`` / ``--gpu-only``
+    (ComfyUI's choice for diffusion models); a CPU model stays on the CPU."""
+    if device.type == "cpu":
+        return device
+    offload = mm.unet_offload_device()
+    return device if offload.type == device.type else offload
+
+
 def pick_dtype(name: str, device: torch.device) -> torch.dtype:
     if name not in DTYPES:
         raise ValueError(f"dtype must be one of {list(DTYPES)}, got {name!r}")
@@ -100,8 +109,9 @@ class COATModelLoader(io.ComfyNode):
     def execute(cls, ckpt_name, device="auto", dtype="float32", attention="auto") -> io.NodeOutput:
         path = paths.resolve(ckpt_name)
         dev = pick_device(device)
-        model = coat_model.load(path, device=dev, dtype=pick_dtype(dtype, dev))
-        return io.NodeOutput(LoadedModel(model, pick_backend(attention, dev), ckpt_name))
+        offload = offload_device(dev)
+        model = coat_model.load(path, device=offload, dtype=pick_dtype(dtype, dev))  # nodes load it when they run
+        return io.NodeOutput(LoadedModel(model, pick_backend(attention, dev), ckpt_name, dev, offload))
 
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9 _.\-]*")

@@ -194,8 +194,35 @@ async def get_matches(request):
     return web.Response(body=body, content_type="application/json", headers=headers)
 
 
+MODELS_ROUTE = "/coat/models"
+
+
+def loaded_models() -> list[dict]:
+    """The COAT models ComfyUI's model management holds loaded now (newest first): name, devices, size."""
+    import comfy.model_management as mm
+
+    from .types import COATPatcher
+
+    out = []
+    for loaded in list(mm.current_loaded_models):
+        patcher = loaded.model
+        if isinstance(patcher, COATPatcher):
+            out.append({"name": getattr(patcher, "coat_name", ""), "device": str(patcher.load_device),
+                        "offload_device": str(patcher.offload_device), "bytes": int(patcher.model_size()),
+                        "loaded_bytes": int(patcher.loaded_size())})
+    return out
+
+
+async def get_models(request):
+    """``GET /coat/models``: ``{"loaded": [...]}`` from :func:`loaded_models` (read-only; "Unload Models" and
+    ``POST /free {"unload_models": true}`` empty it)."""
+    from aiohttp import web
+
+    return web.json_response({"loaded": loaded_models()}, headers={"Cache-Control": "no-store"})
+
+
 def register(routes=None) -> bool:
-    """Add the route to ``routes`` (default: the running ComfyUI's ``PromptServer.instance.routes``), once."""
+    """Add the routes to ``routes`` (default: the running ComfyUI's ``PromptServer.instance.routes``), once."""
     global _registered
     if routes is None:
         if _registered:
@@ -209,4 +236,5 @@ def register(routes=None) -> bool:
         routes = PromptServer.instance.routes
         _registered = True
     routes.get(ROUTE)(get_matches)
+    routes.get(MODELS_ROUTE)(get_models)
     return True

@@ -35,13 +35,15 @@ from coat_model.pairs import GlobalSampler, build_pairs
 from coat_model.train import fit
 from coat_model.trainer import TrainConfig, Trainer
 
-from .loader import pick_backend
+from .loader import offload_device, pick_backend
 from .types import CoatModel, LoadedModel
 
 RUNS = "coat_runs"
 MIN_BATCH = 2
 MIN_IMAGES = 2
 RUN_FILES = ("train_state.safetensors", "coat.safetensors", "losses.jsonl", "metrics.jsonl", "node_run.json")
+RESOLUTIONS = [32, 64, 128, 256, 512, 1024]   # the powers of two >= 32 that check_settings accepts
+MAX_FOLDER_OPTIONS = 500                      # the folder dropdown lists at most this many folders
 _RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9 _.\-]*")
 
 
@@ -82,6 +84,33 @@ def data_roots() -> list[Path]:
     listed = os.environ.get(DATA_ROOTS_ENV, "").split(os.pathsep)
     roots = [folder_paths.get_input_directory(), *(p.strip() for p in listed if p.strip())]
     return [Path(os.path.abspath(os.path.expanduser(r))) for r in roots]
+
+
+def folder_options(depth: int = 2) -> list[str]:
+    """The folder dropdown: "" (none: use 'images'), the subfolders of ComfyUI's input folder (relative, up to
+    ``depth`` levels) and the extra data roots with their direct subfolders (absolute). Hidden folders are left
+    out; any other allowed folder can still be typed through the API."""
+    roots = data_roots()
+    options: list[str] = [""]
+
+    def walk(base: Path, rel: Path, level: int, absolute: bool) -> None:
+        try:
+            children = sorted(c for c in base.iterdir() if c.is_dir() and not c.name.startswith("."))
+        except OSError:
+            return
+        for child in children:
+            if len(options) >= MAX_FOLDER_OPTIONS:
+                return
+            options.append(str(child) if absolute else (rel / child.name).as_posix())
+            if level + 1 < depth:
+                walk(child, rel / child.name, level + 1, absolute)
+
+    walk(roots[0], Path(), 0, absolute=False)
+    for root in roots[1:]:
+        if root.is_dir() and len(options) < MAX_FOLDER_OPTIONS and str(root) not in options:
+            options.append(str(root))
+            walk(root, Path(), 1, absolute=True)
+    return options
 
 
 def resolve_folder(folder: str) -> Path:
@@ -247,17 +276,43 @@ def loss_curve(losses: list[tuple[int, float]], width: int = 512, height: int = 
 # -- progress ---------------------------------------------------------------------------------------------------
 
 
-def _progress_text(text: str) -> None:
-    """The current loss as progress text on the node (only while ComfyUI executes a prompt)."""
+def _progress_text(text: str, node_id: str | None) -> None:
+    """The current loss as progress text on node ``node_id`` (ComfyUI's hidden UNIQUE_ID; None outside a prompt)."""
+    if node_id is None:
+        return
     try:
-        from comfy_execution.utils import get_executing_context
         from server import PromptServer
 
-        context, server = get_executing_context(), PromptServer.instance
-        if context is not None and server is not None:
-            server.send_progress_text(text, context.node_id, server.client_id)
+        server = PromptServer.instance
+        if server is not None:
+            server.send_progress_text(text, node_id, server.client_id)
     except Exception:  # progress text is a nicety: never let it stop training
         pass
+
+
+def training_memory(config: COATConfig, batch_size: int) -> int:
+    """A rough bound (bytes) of what training needs on its device: weights, gradients, two Adam moments and the
+    EMA copy (5x the parameters, with a discriminator's share), plus activations for ``batch_size`` pairs."""
+    from .types import inference_memory
+
+    try:
+        with torch.device("meta"):   # counts the parameters without allocating them
+            params = 4 * sum(p.numel() for p in COAT(config).parameters())
+    except Exception:  # an estimate only: never let it stop training
+        params = 0
+    return int(6 * params + 4 * inference_memory(config, batch_size))
+
+
+def _free_for_training(config: COATConfig, batch_size: int, device: torch.device) -> None:
+    """Before training: offload other models (SDXL, other COAT models, ...) from ``device`` through ComfyUI's
+    model management until what training needs is free."""
+    mm.free_memory(training_memory(config, batch_size), device)
+
+
+def loss_map(losses: list[tuple[int, float]]) -> dict:
+    """LOSS_MAP as ComfyUI's own training nodes give it (``{"loss": [...]}``, one value per step, in order), for
+    core nodes such as Plot Loss Graph."""
+    return {"loss": [v for _, v in losses]}
 
 
 def _interrupted() -> bool:
@@ -282,11 +337,11 @@ class COATTrain(io.ComfyNode):
                 io.Image.Input("images", optional=True,
                                tooltip="Training images as an IMAGE batch (at least 2). Leave unconnected to use "
                                        "'folder' instead."),
-                io.String.Input("folder", default="",
-                                tooltip="Or a folder of images (png, jpg, webp, ...; subfolders included). A "
-                                        "relative path starts in ComfyUI's input folder; folders elsewhere must be "
-                                        "allowed with COAT_TRAIN_DATA_ROOTS (README). Leave empty when 'images' "
-                                        "is connected."),
+                io.Combo.Input("folder", options=folder_options(), default="",
+                               tooltip="Or a folder of images (png, jpg, webp, ...; subfolders included): the "
+                                       "subfolders of ComfyUI's input folder are listed (press R to refresh after "
+                                       "adding one). Folders elsewhere must be allowed with COAT_TRAIN_DATA_ROOTS "
+                                       "(README). Leave empty when 'images' is connected."),
                 io.String.Input("run_name", default="coat_run",
                                 tooltip=f"Name of the run, kept in output/{RUNS}/<run_name>. Queue again with the "
                                         "same name (after Cancel, or with more steps) to continue it."),
@@ -299,13 +354,15 @@ class COATTrain(io.ComfyNode):
                 io.Float.Input("learning_rate", default=0.002, min=0.000001, max=0.1, step=0.0001, round=0.000001,
                                tooltip="Adam learning rate (cosine decay over the last 40% of steps). About 0.002 "
                                        "from scratch, 0.0005 to fine-tune."),
-                io.Int.Input("resolution", default=64, min=32, max=1024, step=32,
-                             tooltip="Model resolution in pixels, a power of two (32, 64, 128, 256). Images are "
-                                     "centre-cropped and resized to it. Ignored with a base model (its own "
-                                     "resolution is used)."),
-                io.Int.Input("seed", default=0, min=0, max=2**31 - 1,
+                io.Combo.Input("resolution", options=RESOLUTIONS, default=64,
+                               tooltip="Model resolution in pixels (64 trains in minutes on a CPU; 128-256 need a "
+                                       "GPU). Images are centre-cropped and resized to it. Ignored with a base "
+                                       "model (its own resolution is used)."),
+                io.Int.Input("seed", default=0, min=0, max=2**31 - 1, control_after_generate=False,
                              tooltip="Seed of the initial weights, the pair sampling and the augmentations: the "
-                                     "same seed and inputs give the same model on the CPU."),
+                                     "same seed and inputs give the same model on the CPU. Part of the run: "
+                                     "queueing again with the same seed continues or reuses it, another seed "
+                                     "needs restart or a new run_name."),
                 CoatModel.Input("base_model", optional=True,
                                 tooltip="Optional COAT model to fine-tune (from COAT Model Loader). Unconnected: a "
                                         "fresh 'small' model is trained from scratch."),
@@ -318,22 +375,37 @@ class COATTrain(io.ComfyNode):
                                  tooltip="The trained model (exponential moving average of the weights, eval mode)."),
                 io.Image.Output(display_name="loss_curve",
                                 tooltip="The training loss per step (light) and its running mean (dark)."),
+                io.LossMap.Output(display_name="loss_map",
+                                  tooltip="The loss of every step as ComfyUI's training nodes give it "
+                                          "({'loss': [...]}), e.g. for Plot Loss Graph."),
             ],
+            hidden=[io.Hidden.unique_id],
         )
+
+    @classmethod
+    def validate_inputs(cls, folder=None) -> bool | str:
+        """The folder may be typed (API) instead of picked: check it against the data roots at queue time."""
+        if isinstance(folder, str) and folder.strip():
+            try:
+                resolve_folder(folder)
+            except COATInputError as error:
+                return str(error)
+        return True
 
     @classmethod
     def execute(cls, run_name="coat_run", steps=500, batch_size=4, learning_rate=0.002, resolution=64, seed=0,
                 images=None, folder="", base_model: LoadedModel | None = None, restart=False) -> io.NodeOutput:
-        check_settings(steps, batch_size, learning_rate, resolution)
+        check_settings(steps, batch_size, learning_rate, int(resolution))
         directory = run_dir(run_name)
         device = mm.get_torch_device()
+        node_id = cls.hidden.unique_id if cls.hidden is not None else None
         with torch.inference_mode(False), torch.enable_grad():
-            return cls._train(directory, steps, batch_size, learning_rate, resolution, seed, images, folder,
-                              base_model, restart, device)
+            return cls._train(directory, steps, batch_size, learning_rate, int(resolution), seed, images, folder,
+                              base_model, restart, device, node_id)
 
     @classmethod
     def _train(cls, directory: Path, steps, batch_size, learning_rate, resolution, seed, images, folder,
-               base_model, restart, device) -> io.NodeOutput:
+               base_model, restart, device, node_id=None) -> io.NodeOutput:
         model = None
         if base_model is not None:
             model_cfg = base_model.config
@@ -351,6 +423,8 @@ class COATTrain(io.ComfyNode):
             _start_fresh(directory)
         if state_path.is_file():
             _check_same_run(directory, settings)
+
+        _free_for_training(model_cfg, batch_size, device)
 
         # Fixed preview pairs (one warp pair, one random pair), drawn before the trainer seeds the RNG.
         with torch.random.fork_rng(devices=_rng_devices(device)):
@@ -382,7 +456,7 @@ class COATTrain(io.ComfyNode):
             now = time.monotonic()
             if now - last["text"] >= 0.25 or step == steps:
                 last["text"] = now
-                _progress_text(f"step {step}/{steps}  loss {loss:.4f}")
+                _progress_text(f"step {step}/{steps}  loss {loss:.4f}", node_id)
             preview = None
             if now - last["preview"] >= 2.0 or step == steps:
                 last["preview"] = now
@@ -395,8 +469,11 @@ class COATTrain(io.ComfyNode):
         except mm.InterruptProcessingException:
             trainer.save(directory, metadata)      # the state of the last finished step: queue again to resume
             raise
+        offload, final_step = offload_device(device), trainer.step
+        ema = trainer.ema.eval().requires_grad_(False).to(offload)   # nodes downstream load it when they run
+        del trainer
         if device.type != "cpu":
             mm.soft_empty_cache()
-        ema = trainer.ema.eval().requires_grad_(False)
-        handle = LoadedModel(ema, pick_backend("auto", device), f"{RUNS}/{directory.name} step {trainer.step}")
-        return io.NodeOutput(handle, loss_curve(losses))
+        handle = LoadedModel(ema, pick_backend("auto", device), f"{RUNS}/{directory.name} step {final_step}",
+                             device, offload)
+        return io.NodeOutput(handle, loss_curve(losses), loss_map(losses))

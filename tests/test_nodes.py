@@ -306,3 +306,20 @@ def test_save_model(M, model, tmp_path, monkeypatch):
     for bad in ("../escape", "/abs/path", "sub/dir", ""):
         with pytest.raises(ValueError, match="invalid file name"):
             run(M, "COATSaveModel", model, bad)
+
+
+def test_models_go_through_comfy_model_management(M, model):
+    """COAT_MODEL is a ModelPatcher-managed model: the nodes load it through comfy.model_management, which then
+    holds it; ComfyUI's unload (what "Unload Models" and POST /free do) releases it and the next node loads it."""
+    import comfy.model_management as mm
+
+    types = pack_module(M, "types")
+    assert isinstance(model.patcher, types.COATPatcher)
+    content, style = images(1, 32, 32, seed=1), images(1, 32, 32, seed=2)
+    first = run(M, "COATTransfer", model, content, style).args[0]
+    assert model.is_loaded and model.patcher.loaded_size() == model.patcher.model_size() > 0
+    mm.unload_all_models()
+    assert not model.is_loaded and model.patcher.loaded_size() == 0
+    assert model.model.device == model.offload_device
+    again = run(M, "COATTransfer", model, content, style).args[0]
+    assert model.is_loaded and torch.equal(first, again)

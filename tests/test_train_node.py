@@ -71,8 +71,14 @@ def test_registered_with_tooltips(comfy_inprocess, M):
             "base_model", "restart"} <= set(inputs)
     for name, spec in inputs.items():
         assert spec[1].get("tooltip"), f"COATTrain.{name} has no tooltip"
-    assert list(cls.RETURN_TYPES) == ["COAT_MODEL", "IMAGE"]
+    assert list(cls.RETURN_TYPES) == ["COAT_MODEL", "IMAGE", "LOSS_MAP"]
     assert all(cls._OUTPUT_TOOLTIPS)
+    # The frontend adds "control after generate: randomize" to INT inputs named seed unless told not to; the seed
+    # is part of the run, so it stays as set (reruns continue or reuse the run).
+    assert inputs["seed"][1]["control_after_generate"] is False
+    # Only resolutions the trainer accepts are offered.
+    assert inputs["resolution"][0] == "COMBO" and inputs["resolution"][1]["options"] == [32, 64, 128, 256, 512, 1024]
+    assert "UNIQUE_ID" in str(info.get("hidden"))   # io.Hidden.unique_id: the node id for its progress text
 
 
 def test_three_steps_from_an_image_batch(M, progress_hook):
@@ -80,7 +86,8 @@ def test_three_steps_from_an_image_batch(M, progress_hook):
 
     calls, _ = progress_hook
     out = run(M, images=batch(), run_name="three", steps=3, batch_size=2, resolution=32, seed=0)
-    handle, curve = out.args
+    handle, curve, loss_map = out.args
+    assert len(loss_map["loss"]) == 3 and all(isinstance(v, float) for v in loss_map["loss"])
     assert handle.config.resolution == 32 and not handle.model.training
     assert not any(p.requires_grad for p in handle.model.parameters())
     assert curve.shape == (1, 256, 512, 3) and curve.dtype == torch.float32
@@ -148,7 +155,8 @@ def test_folder_input_trains(M, tiny_base, tmp_path, monkeypatch):
     monkeypatch.setenv("COAT_TRAIN_DATA_ROOTS", str(tmp_path))
     for i in range(2):
         Image.new("RGB", (40, 30), (60 * i, 120, 200)).save(tmp_path / f"{i}.png")
-    handle, _ = run(M, folder=f'"{tmp_path}"', run_name="folder", steps=1, batch_size=2, base_model=tiny_base).args
+    handle, _, _ = run(M, folder=f'"{tmp_path}"', run_name="folder", steps=1, batch_size=2,
+                       base_model=tiny_base).args
     assert handle.config == tiny_base.config
 
 
@@ -184,14 +192,14 @@ def test_cancel_keeps_a_resumable_state_and_requeue_resumes(M, tiny_base, progre
 
     hook["fn"] = None
     calls.clear()
-    resumed, curve = run(M, run_name="cancelled", **args).args
+    resumed, curve, loss_map = run(M, run_name="cancelled", **args).args
     assert [c[0] for c in calls] == [2, 3]
-    straight, _ = run(M, run_name="straight", **args).args
+    straight, _, _ = run(M, run_name="straight", **args).args
     for (name, a), b in zip(resumed.model.state_dict().items(), straight.model.state_dict().values()):
         assert torch.equal(a, b), name
     assert curve.shape == (1, 256, 512, 3)
     losses = [line for line in open(run_dir + "/losses.jsonl").read().splitlines() if line]
-    assert len(losses) == 3
+    assert len(losses) == 3 and len(loss_map["loss"]) == 3
     for k, v in tiny_base.model.state_dict().items():   # fine-tuning never changes the base model
         assert torch.equal(v, base_before[k]), k
 
@@ -201,5 +209,64 @@ def test_changed_settings_need_restart(M, tiny_base):
     run(M, **args)
     with pytest.raises(coat_model.COATInputError, match="set restart to true"):
         run(M, **{**args, "batch_size": 3})
-    handle, _ = run(M, **{**args, "batch_size": 3, "restart": True}).args
+    handle, _, _ = run(M, **{**args, "batch_size": 3, "restart": True}).args
     assert handle.config == tiny_base.config
+
+
+def test_unchanged_rerun_reuses_the_finished_run(M, tiny_base, progress_hook):
+    """Queueing the same settings again (ComfyUI's cache emptied, e.g. after /free or a restart) does not fail
+    and does not train again: the finished run's model comes back; more steps continue it."""
+    calls, _ = progress_hook
+    args = dict(images=batch(), run_name="rerun", steps=2, batch_size=2, seed=5, base_model=tiny_base)
+    first, _, first_losses = run(M, **args).args
+    calls.clear()
+    again, _, again_losses = run(M, **args).args
+    assert [c[0] for c in calls] == [2]                 # no step trained: the bar starts and stays at the end
+    assert again_losses == first_losses
+    for (name, a), b in zip(first.model.state_dict().items(), again.model.state_dict().values()):
+        assert torch.equal(a, b), name
+    calls.clear()
+    more, _, more_losses = run(M, **{**args, "steps": 3}).args
+    assert [c[0] for c in calls] == [2, 3] and len(more_losses["loss"]) == 3
+    with pytest.raises(coat_model.COATInputError, match=r"seed: 5 -> 6.*set restart to true"):
+        run(M, **{**args, "seed": 6})
+
+
+def test_train_frees_memory_for_itself_before_it_starts(M, tiny_base, monkeypatch):
+    """A model held by ComfyUI's model management is offloaded when the device lacks what training needs."""
+    import comfy.model_management as mm
+
+    types = sys.modules[M["COATTrain"].__module__.rsplit(".", 1)[0] + ".types"]
+    with torch.inference_mode():
+        other = types.LoadedModel(coat_model.COAT(coat_model.COATConfig.tiny()).eval(), "sdpa", "other")
+        other.load()
+    assert other.is_loaded
+    asked = []
+    real_free = mm.free_memory
+
+    def free_memory(memory_required, device, keep_loaded=[]):
+        asked.append((memory_required, device))
+        return real_free(memory_required, device, keep_loaded)
+
+    monkeypatch.setattr(mm, "free_memory", free_memory)
+    monkeypatch.setattr(mm, "get_free_memory", lambda dev=None, torch_free_too=False:
+                        (0, 0) if torch_free_too else 0)   # a full device
+    run(M, images=batch(), run_name="frees", steps=1, batch_size=2, resolution=32, restart=True)
+    assert asked and asked[0][1] == mm.get_torch_device() and asked[0][0] > 1e6
+    assert not other.is_loaded
+
+
+def test_folder_dropdown_lists_input_subfolders_and_data_roots(M, tmp_path, monkeypatch):
+    import folder_paths
+
+    (Path(folder_paths.get_input_directory()) / "dropdown_faces" / "more").mkdir(parents=True, exist_ok=True)
+    (tmp_path / "cats").mkdir()
+    monkeypatch.setenv("COAT_TRAIN_DATA_ROOTS", str(tmp_path))
+    info = M["COATTrain"].INPUT_TYPES()
+    options = info["required"]["folder"][1]["options"]
+    assert options[0] == "" and {"dropdown_faces", "dropdown_faces/more", str(tmp_path),
+                                 str(tmp_path / "cats")} <= set(options)
+    cls = M["COATTrain"]
+    assert cls.validate_inputs(folder="dropdown_faces") is True
+    assert cls.validate_inputs(folder="") is True
+    assert "outside the folders COAT Train may read" in cls.validate_inputs(folder="/etc")
