@@ -100,17 +100,21 @@ class COATAlign(io.ComfyNode):
                                         "model resolution (e.g. 8,4). Other layers use the nearest matched scale."),
                 fill_input(),
                 io.Float.Input("temperature", default=-1.0, min=-1.0, max=1.0, step=0.001,
-                               tooltip="Soft mode: softmax temperature (lower = sharper). Negative: the "
-                                       "checkpoint's default."),
+                               tooltip="-1 (default) = use the checkpoint's own value (0.02 for the bundled "
+                                       "one). Soft mode only: softmax temperature of the matching, lower = "
+                                       "sharper; try 0.01-0.1."),
                 io.Float.Input("confidence_threshold", default=-1.0, min=-1.0, max=1.0, step=0.01,
-                               tooltip="Matches below this confidence count as unconfident and get the fill. "
-                                       "Negative: the checkpoint's default."),
+                               tooltip="-1 (default) = use the checkpoint's own value (0.5 for the bundled "
+                                       "one). Matches below this confidence (0-1) count as unconfident and get "
+                                       "the fill; higher = fewer, surer matches."),
                 io.Float.Input("sim_threshold", default=-1.0, min=-1.0, max=1.0, step=0.01,
-                               tooltip="Hard mode: minimum descriptor similarity of a confident match. Negative: "
-                                       "the checkpoint's default."),
+                               tooltip="-1 (default) = use the checkpoint's own value (0.3 for the bundled "
+                                       "one). Hard mode only: minimum descriptor similarity (cosine, 0-1) of a "
+                                       "confident match; try 0.2-0.6."),
                 io.Float.Input("cycle_sigma", default=-1.0, min=-1.0, max=16.0, step=0.1,
-                               tooltip="How fast confidence falls with the forward-backward (cycle) error, in "
-                                       "cells. Negative: the checkpoint's default."),
+                               tooltip="-1 (default) = use the checkpoint's own value (1.0 for the bundled "
+                                       "one). How fast confidence falls with the forward-backward (cycle) error, "
+                                       "in cells: smaller = stricter; try 0.5-3."),
             ],
             outputs=[
                 CoatAlignment.Output(display_name="alignment", tooltip="Style latents aligned to the content."),

@@ -205,3 +205,9 @@ def test_train_reruns_with_unchanged_settings(server):
     assert view(server, again[0]).tobytes() == view(server, first[0]).tobytes()
     assert run(server, train_prompt(steps=3))["4"]["images"]
     assert steps_logged() == 3
+
+
+def test_help_pages_are_served_where_the_frontend_looks(server):
+    """Frontend 1.58.1 fetches /extensions/<pack folder>/docs/<NodeClass>.md for a custom node's help."""
+    with urllib.request.urlopen(server.url + "/extensions/comfyui-coat/docs/COATTransfer.md", timeout=60) as r:
+        assert r.read().decode().startswith("# COAT Transfer")

@@ -323,3 +323,31 @@ def test_models_go_through_comfy_model_management(M, model):
     assert model.model.device == model.offload_device
     again = run(M, "COATTransfer", model, content, style).args[0]
     assert model.is_loaded and torch.equal(first, again)
+
+
+@pytest.mark.parametrize("node_id", NODE_IDS + ["COATTrain"])
+def test_every_node_has_a_help_page_naming_its_inputs_and_outputs(M, node_id):
+    """The frontend's node help (the info button, the node library) reads <web>/docs/<NodeClass>.md."""
+    from pathlib import Path
+
+    page = Path(__file__).resolve().parent.parent / "web" / "docs" / f"{node_id}.md"
+    assert page.is_file(), f"no help page {page}"
+    text = page.read_text()
+    assert text.startswith(f"# {M[node_id].GET_SCHEMA().display_name}\n")
+    info = M[node_id].INPUT_TYPES()
+    for name in {**info["required"], **info.get("optional", {})}:
+        assert f"**{name}**" in text, f"{node_id}.md does not explain the input {name}"
+    for name in M[node_id].RETURN_NAMES:
+        assert f"**{name}**" in text, f"{node_id}.md does not explain the output {name}"
+
+
+def test_inputs_that_default_to_the_checkpoints_value_say_so(M):
+    """Align's four -1 floats: the tooltip starts with what -1 means, the help page explains it."""
+    from pathlib import Path
+
+    required = M["COATAlign"].INPUT_TYPES()["required"]
+    page = (Path(__file__).resolve().parent.parent / "web" / "docs" / "COATAlign.md").read_text()
+    for name in ("temperature", "confidence_threshold", "sim_threshold", "cycle_sigma"):
+        spec = required[name][1]
+        assert spec["default"] == -1.0 and spec["tooltip"].startswith("-1 (default) = use the checkpoint's")
+        assert f"`{name}`" in page.split("### The four -1 inputs")[1]
