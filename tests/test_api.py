@@ -169,7 +169,7 @@ def test_free_unloads_coat_models_and_the_next_prompt_loads_them_again(server):
 
 def train_prompt(steps=2, preview="PreviewImage") -> dict:
     return {
-        "1": {"class_type": "LoadImage", "inputs": {"image": "content.png"}},
+        "1": {"class_type": "LoadImage", "inputs": {"image": "coat_rerun.png"}},
         "2": {"class_type": "RepeatImageBatch", "inputs": {"image": ["1", 0], "amount": 2}},
         "3": {"class_type": "COATTrain", "inputs": {"images": ["2", 0], "folder": "", "run_name": "api_rerun",
                                                      "steps": steps, "batch_size": 2, "learning_rate": 0.002,
@@ -178,10 +178,12 @@ def train_prompt(steps=2, preview="PreviewImage") -> dict:
     }
 
 
-def test_train_reruns_with_unchanged_settings(server):
+def test_train_reruns_with_unchanged_settings(server, tmp_path):
     """The frontend must not randomise COAT Train's seed (control_after_generate off), and queueing the same
     workflow again, after a downstream change or with ComfyUI's cache emptied by /free, reuses the run; more
     steps continue it."""
+    (tmp_path / "coat_rerun.png").write_bytes((SAMPLES / "content.png").read_bytes())
+    comfy_client.upload_image(server.url, tmp_path / "coat_rerun.png")
     seed = get(server, "/object_info/COATTrain")["COATTrain"]["input"]["required"]["seed"]
     assert seed[0] == "INT" and seed[1]["control_after_generate"] is False
     losses = server.root / "output" / "coat_runs" / "api_rerun" / "losses.jsonl"
