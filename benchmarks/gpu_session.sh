@@ -3,7 +3,8 @@
 # run the GPU check. Every stage is time-boxed and leaves its output in $OUT even when a later one fails.
 #   device: bash benchmarks/gpu_session.sh   (carry .whl for the xformers wheel)
 # Env: TRAIN_MINUTES (5.0), BATCH (128), WORKERS (14), AMP (off), MODEL_SET (architecture flags of the new run;
-# default "--model-set pixel_latents=true", MODEL_SET= trains the plain small preset).
+# default none: the small preset is the recipe, with pixel latents, refinement and the warped-style colour path;
+# e.g. MODEL_SET="--model-set warp_style=false" for the paper's modulation path).
 set -u
 export PYTHONUNBUFFERED=1
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
@@ -15,7 +16,7 @@ train() {  # $@: extra trainer flags
   rm -rf "$RUN"
   timeout $(( ${TRAIN_MINUTES%.*} * 60 + 90 )) python3 -m coat_model.train --data procedural:faces --preset small \
     --resolution 128 --steps 20000 --batch-size ${BATCH:-128} --lr 2e-3 --seed 0 --out "$RUN" --max-minutes "$TRAIN_MINUTES" \
-    --fit-to-time --ckpt-every 500 --sample-every 0 --log-every 50 ${MODEL_SET---model-set pixel_latents=true} "$@"
+    --fit-to-time --ckpt-every 500 --sample-every 0 --log-every 50 ${MODEL_SET-} "$@"
 }
 start=$(date +%s)
 train --workers ${WORKERS:-14} --amp ${AMP:-off} > "$OUT/train.log" 2>&1 || true
