@@ -49,9 +49,10 @@ class COATConfig:
     search_radius: int = 2                     # coarse-to-fine window radius, cells of the finer scale
     center_descriptors: bool = True            # CoCosNet centring before the cosine correlation
     # -- below the cell and the colour path (0 / False: the paper's model) ----------------------------------
+    refine_dim: int = 0                        # > 0: full-resolution descriptors of this many channels (the
+                                               # refinement stage's; needs pixel_latents)
     refine_radius: int = 0                     # > 0: refine the finest matches at full resolution in a (2r+1)^2
-                                               # pixel window with full-resolution descriptors (needs pixel_latents)
-    refine_dim: int = 16                       # channels of the full-resolution descriptors
+                                               # pixel window of those descriptors (inference default; needs refine_dim)
     refine_temperature: float = 0.05           # softmax temperature of the soft (training) refinement
     warp_style: bool = False                   # the last ToRGB also receives the style image warped along the
                                                # (refined) matches, blended in by a learned gate where trusted
@@ -76,11 +77,13 @@ class COATConfig:
         if self.pixel_latents and self.scales[-1] == 1:
             raise ValueError("pixel_latents adds full-resolution latents to coarser matches; the finest aligned scale "
                              "is already 1 (drop pixel_latents or the scale 1)")
-        if self.refine_radius < 0 or self.refine_dim < 1 or self.refine_temperature <= 0:
-            raise ValueError(f"refine_radius must be >= 0, refine_dim >= 1 and refine_temperature > 0, got "
+        if self.refine_radius < 0 or self.refine_dim < 0 or self.refine_temperature <= 0:
+            raise ValueError(f"refine_radius and refine_dim must be >= 0 and refine_temperature > 0, got "
                              f"{self.refine_radius}, {self.refine_dim}, {self.refine_temperature}")
-        if self.refine_radius and not self.pixel_latents:
-            raise ValueError("refine_radius needs full-resolution features: set pixel_latents=True as well")
+        if self.refine_dim and not self.pixel_latents:
+            raise ValueError("refine_dim needs full-resolution features: set pixel_latents=True as well")
+        if self.refine_radius and not self.refine_dim:
+            raise ValueError("refine_radius searches full-resolution descriptors: set refine_dim > 0 as well")
         if not 1 <= self.n_content_layers <= self.n_layers:
             raise ValueError(f"n_content_layers must be in [1, {self.n_layers}], got {self.n_content_layers}")
         if self.temperature <= 0:
@@ -127,8 +130,8 @@ class COATConfig:
 
     @property
     def descriptor_scales(self) -> tuple[int, ...]:
-        """Scales with matching descriptors: the aligned scales, and 1 when matches are refined per pixel."""
-        return self.scales + ((1,) if self.refine_radius else ())
+        """Scales with matching descriptors: the aligned scales, and 1 with the refinement's descriptors."""
+        return self.scales + ((1,) if self.refine_dim else ())
 
     # -- presets and serialisation ------------------------------------------------------------------------------
     @classmethod
@@ -148,7 +151,7 @@ class COATConfig:
         base = dict(
             resolution=64, scales=(8, 4, 2), encoder_channels=(32, 48, 64, 96), feature_dim=64,
             descriptor_dim=64, w_dim=32, channel_base=2048, channel_max=64, n_content_layers=4,
-            pixel_latents=True, refine_radius=3, warp_style=True,
+            pixel_latents=True, refine_dim=16, refine_radius=3, warp_style=True,
         )
         return cls(**{**base, **overrides})
 

@@ -4,7 +4,7 @@ Outputs, for an image batch at the model resolution R (COAT_SPEC B.1-B.3):
 - ``features[s]``: FPN maps [B, feature_dim, R/s, R/s] for every aligned scale s (a divisor of R), and for s = 1
   with ``pixel_latents`` (full-resolution latents, no descriptors);
 - ``descriptors[s]``: L2-normalised matching descriptors [B, descriptor_dim, R/s, R/s] (and [B, refine_dim, R, R]
-  at s = 1 with ``refine_radius``);
+  at s = 1 with ``refine_dim``);
 - ``offsets[l]``: per-layer latent offsets [B, w_dim, R/s(l), R/s(l)]; the latent is w_avg + offset.
 """
 
@@ -58,7 +58,7 @@ class Encoder(nn.Module):
             str(s): nn.Sequential(EqualConv2d(d, d, 1), nn.ReLU(), EqualConv2d(d, config.descriptor_dim, 1))
             for s in config.scales
         })
-        if config.refine_radius:  # full-resolution descriptors of the refinement stage
+        if config.refine_dim:  # full-resolution descriptors of the refinement stage
             self.descriptor["1"] = nn.Sequential(EqualConv2d(d, d, 1), nn.ReLU(), EqualConv2d(d, config.refine_dim, 1))
         # Latent heads: one 3x3 trunk per scale shared by the layers that read it, then a 1x1 map per layer.
         self.latent_trunk = nn.ModuleDict({str(s): ConvAct(d, d) for s in config.latent_scales})

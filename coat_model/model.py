@@ -60,7 +60,8 @@ class Alignment:
 
     flow[s]: matched style coordinates in [-1, 1], [B, 2, h, w]; confidence[s]: [B, 1, h, w] in [0, 1];
     mask[s]: [B, 1, h, w] bool; maps[l]: aligned style latent of layer l; mode: "hard" or "soft".
-    refined: the per-pixel matches below the cell (``refine_radius``), [B, 2, R, R] flow on the canvas, or None.
+    refined: the per-pixel matches below the cell (``refine_dim``, ``refine_radius``), [B, 2, R, R] flow on the
+    canvas, or None.
     warped: the style image warped along the finest per-pixel matches [B, 3, R, R] in [-1, 1], and trust: where
     the decoder may take its colours [B, 1, R, R] in [0, 1] (``warp_style``), or None. cycle_error[s]: the soft
     path's differentiable forward-backward error in cells (for the cycle loss).
@@ -171,7 +172,8 @@ class COAT(nn.Module):
                 config defaults. geometric: the pair-wise distance check of the hard path.
             scales: subset of the config's scales to match; layers of other scales use the nearest matched
                 scale's flow.
-            refine: refine the finest matches per pixel (default: when the model has ``refine_radius``).
+            refine: refine the finest matches per pixel (needs ``refine_dim``; default: the config's
+                ``refine_radius`` > 0).
         """
         cfg = self.config
         if mode not in ALIGN_MODES:
@@ -215,7 +217,7 @@ class COAT(nn.Module):
                 fg = F.interpolate(content.mask, size=m.mask.shape[-2:], mode="area") > 0.5
                 m.mask, m.confidence = m.mask & fg, m.confidence * fg
             matches[s] = prior = m
-        refine = bool(cfg.refine_radius) and (refine is None or refine)
+        refine = bool(cfg.refine_dim) and (bool(cfg.refine_radius) if refine is None else refine)
         options["refine"] = refine
         return self._assemble(content, style, matches, options, refine=refine)
 
@@ -281,7 +283,7 @@ class COAT(nn.Module):
         confidence = F.interpolate(m.confidence.float(), size=(r, r), mode="bilinear", align_corners=False)
         pixels = Match(flow=flow, confidence=confidence.clamp(0, 1), mask=mask)
         if refine and 1 in content.descriptors and 1 in style.descriptors:
-            pixels = refine_match(content.descriptors[1], style.descriptors[1], pixels, radius=cfg.refine_radius,
+            pixels = refine_match(content.descriptors[1], style.descriptors[1], pixels, radius=max(1, cfg.refine_radius),
                                   temperature=cfg.refine_temperature, mode=options["mode"])
             if content.mask is not None:
                 pixels.mask = pixels.mask & (content.mask > 0.5)

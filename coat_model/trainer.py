@@ -57,7 +57,7 @@ class TrainConfig:
     ccl_negatives: int = 64
     ccl_tau: float = 0.07
     ccl_detach_keys: bool = False            # CUT stops gradients at the keys; both sides learning is ~2x faster here
-    ccl_fine_weight: float = 1.0             # CCL of the full-resolution refinement descriptors (refine_radius > 0)
+    ccl_fine_weight: float = 1.0             # CCL of the full-resolution refinement descriptors (refine_dim > 0)
     ccl_fine_queries: int = 128
     cycle_weight: float = 0.1                # forward-backward consistency of the finest soft matches, every pair
     hard_ramp: float = 0.2                   # hard-negative share ramps 0 -> 1 over this fraction of steps
@@ -144,7 +144,7 @@ class TrainingStep(nn.Module):
                 ccl_hybrid = ccl_hybrid + correspondence_nce(hybrid_desc[s], ks, target, ok,
                                                              seeds=seeds, salt=2 * i + 1, **kw).sum()
         n_scales = len(mcfg.scales)
-        if mcfg.refine_radius and cfg.ccl_fine_weight:  # the refinement's descriptors, on pairs with a known flow
+        if mcfg.refine_dim and cfg.ccl_fine_weight:  # the refinement's descriptors, on pairs with a known flow
             kf = style.descriptors[1]
             target, ok = flow_targets(batch.flow, batch.flow_valid, r, 1, kf.shape[-2:])
             terms["ccl_fine"] = correspondence_nce(

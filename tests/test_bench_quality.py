@@ -124,7 +124,7 @@ def test_the_autoencode_ablation_is_the_decoder_on_the_targets_own_latents(tiny_
 
 def test_a_refined_warp_style_model_also_reports_its_unrefined_matches_and_its_modulation_path():
     torch.manual_seed(0)
-    model = COAT(COATConfig.tiny(pixel_latents=True, refine_radius=2, warp_style=True)).eval()
+    model = COAT(COATConfig.tiny(pixel_latents=True, refine_dim=8, refine_radius=2, warp_style=True)).eval()
     results = evaluate(model, n_pairs=4, split="easy", batch_size=4)
     assert {"coat_unrefined", "coat_modulation"} <= set(results)
     for name in ("coat", "coat_unrefined"):

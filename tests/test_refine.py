@@ -127,7 +127,7 @@ def test_cycle_term_is_zero_for_identity_matches_and_positive_for_a_swapped_pair
 
 def test_refined_model_aligns_per_pixel_and_hard_refinement_keeps_the_coarse_trust():
     torch.manual_seed(0)
-    cfg = COATConfig.tiny(pixel_latents=True, refine_radius=2, warp_style=True)
+    cfg = COATConfig.tiny(pixel_latents=True, refine_dim=8, refine_radius=2, warp_style=True)
     model = COAT(cfg).eval()
     g = torch.Generator().manual_seed(3)
     content, style = torch.rand(2, 3, 32, 32, generator=g), torch.rand(2, 3, 32, 32, generator=g)
@@ -143,9 +143,13 @@ def test_refined_model_aligns_per_pixel_and_hard_refinement_keeps_the_coarse_tru
     # refined matches stay inside the window around the interpolated coarse ones
     coarse = _pixels(hard).permute(0, 3, 1, 2)
     assert ((hard.refined.flow - coarse).abs() * 31 / 2).max() <= cfg.refine_radius + 0.5 + 1e-4
-    assert 1 in COATConfig.tiny(pixel_latents=True, refine_radius=1).descriptor_scales
+    assert 1 in COATConfig.tiny(pixel_latents=True, refine_dim=4).descriptor_scales
     with pytest.raises(ValueError, match="pixel_latents"):
-        COATConfig.tiny(refine_radius=2)
+        COATConfig.tiny(refine_dim=4)
+    with pytest.raises(ValueError, match="refine_dim"):
+        COATConfig.tiny(pixel_latents=True, refine_radius=2)
+    # the refinement is an inference default: a model with its descriptors can run without it
+    assert COATConfig.tiny(pixel_latents=True, refine_dim=4, refine_radius=0).descriptor_scales[-1] == 1
 
 
 def _term_after(trainer, name):
@@ -162,7 +166,7 @@ def test_a_few_cpu_steps_lower_each_new_term(term):
     weights = dict(rec_weight=0.0, ssim_weight=0.5, reg_weight=0.0, ccl_weight=0.0, ccl_hybrid_weight=0.0,
                    ccl_fine_weight=0.0, cycle_weight=0.0)
     weights[f"{term}_weight"] = 1.0
-    model_cfg = COATConfig.tiny(pixel_latents=True, refine_radius=2, warp_style=True)
+    model_cfg = COATConfig.tiny(pixel_latents=True, refine_dim=16, refine_radius=2, warp_style=True)
     trainer = Trainer(model_cfg, TrainConfig(steps=15, batch_size=4, seed=3, lr=3e-3, **weights),
                       make_dataset("procedural:faces", 32, seed=3))
     before = _term_after(trainer, term)
@@ -190,7 +194,7 @@ def test_grow_adds_refinement_and_the_gate_keeping_every_weight(tmp_path):
     torch.manual_seed(0)
     model = COAT(COATConfig.tiny(pixel_latents=True))
     model.save(tmp_path / "m.safetensors")
-    grown = grow(tmp_path / "m.safetensors", refine_radius=2, warp_style=True)
+    grown = grow(tmp_path / "m.safetensors", refine_dim=8, refine_radius=2, warp_style=True)
     old = model.state_dict()
     for k, v in grown.state_dict().items():
         if k in old:
