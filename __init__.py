@@ -8,11 +8,13 @@ WEB_DIRECTORY = "./web"
 
 
 async def comfy_entrypoint():
-    """Register the ``coat`` model folder and the match route; return the extension with the COAT nodes."""
-    from .nodes import COATExtension, paths, routes
+    """Register the ``coat`` model folder and the match route, put the templates' sample images into the input
+    folder (never overwriting); return the extension with the COAT nodes."""
+    from .nodes import COATExtension, example_images, paths, routes
 
     paths.register()
     routes.register()  # GET /coat/matches/{id} for the match panel (web/coat_panel.js)
+    example_images.install()  # coat_example_*.png for the templates in example_workflows/
     return COATExtension()
 
 

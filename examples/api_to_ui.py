@@ -2,7 +2,7 @@
 """Make the drag-and-drop (UI-format) twin of an API-format workflow, using a running server's /object_info.
 
     python examples/api_to_ui.py --url http://127.0.0.1:8188 examples/workflows/coat_transfer_api.json
-    # -> examples/workflows/coat_transfer.json
+    # -> example_workflows/coat_transfer.json (the pack's templates, listed in ComfyUI's Templates browser)
 
 Nodes are laid out in columns by graph depth. Widget values come from the API inputs in the node definition's
 order (plus the extra values the frontend stores: LoadImage's upload button, a seed's control mode).
@@ -15,6 +15,7 @@ import sys
 import urllib.request
 from pathlib import Path
 
+TEMPLATES = Path(__file__).resolve().parent.parent / "example_workflows"
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
 
 
@@ -81,14 +82,15 @@ def to_ui(prompt: dict, object_info: dict) -> dict:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--url", default="http://127.0.0.1:8188")
+    ap.add_argument("--out-dir", type=Path, default=TEMPLATES, help="where the UI files go (default: %(default)s)")
     ap.add_argument("workflows", nargs="+", type=Path, help="API-format files named *_api.json")
     a = ap.parse_args(argv)
     with urllib.request.urlopen(a.url.rstrip("/") + "/object_info", timeout=60) as r:
         object_info = json.load(r)
     for path in a.workflows:
-        target = path.with_name(path.name.replace("_api.json", ".json"))
-        if target == path:
+        if not path.name.endswith("_api.json"):
             sys.exit(f"{path}: expected a name ending in _api.json")
+        target = a.out_dir / path.name.replace("_api.json", ".json")
         target.write_text(json.dumps(to_ui(json.loads(path.read_text()), object_info), indent=1) + "\n")
         print(target)
     return 0

@@ -1,38 +1,33 @@
-"""Shared setup of the panel tests: a tiny seeded checkpoint in the server's `coat` folder, the sample images
-uploaded, and the example workflows pointed at them."""
+"""Shared setup of the panel tests: a tiny seeded checkpoint in the server's `coat` folder, and the example workflows
+pointed at it. Their images (coat_example_*.png) are in the server's input folder since the pack loaded
+(nodes/example_images.py)."""
 from __future__ import annotations
 
 import copy
 import json
-import sys
 
 import torch
 
 import coat_model
 import comfy_harness
 
-sys.path.insert(0, str(comfy_harness.REPO / "tools"))
-import comfy_client  # noqa: E402
-
 CKPT = "coat_panel_test.safetensors"
-SAMPLES = comfy_harness.REPO / "examples" / "images"
-WORKFLOWS = comfy_harness.REPO / "examples" / "workflows"
+TEMPLATES = comfy_harness.REPO / "example_workflows"   # UI format
+WORKFLOWS = comfy_harness.REPO / "examples" / "workflows"  # the API twins
 
 
 def prepare(server) -> None:
-    """Idempotent: write the checkpoint (fixed seed, so the same matches every run) and upload the images."""
+    """Idempotent: write the checkpoint (fixed seed, so the same matches every run)."""
     path = server.root / "models" / "coat" / CKPT
     if not path.exists():
         with torch.random.fork_rng():
             torch.manual_seed(1234)
             coat_model.COAT(coat_model.COATConfig.tiny()).save(path)
-    for name in ("content.png", "style.png"):
-        comfy_client.upload_image(server.url, SAMPLES / name)
 
 
 def ui_workflow(seed: int) -> dict:
-    """examples/workflows/coat_transfer.json (UI format) on the test checkpoint; ``seed`` makes the run new."""
-    wf = json.loads((WORKFLOWS / "coat_transfer.json").read_text())
+    """example_workflows/coat_transfer.json (UI format) on the test checkpoint; ``seed`` makes the run new."""
+    wf = json.loads((TEMPLATES / "coat_transfer.json").read_text())
     for node in wf["nodes"]:
         if node["type"] == "COATModelLoader":
             node["widgets_values"][0] = CKPT
