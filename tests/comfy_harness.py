@@ -20,7 +20,9 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-FRONTEND = REPO / ".comfyui" / "frontend"
+FRONTEND = REPO / ".comfyui" / "frontend"                # the newest frontend (scripts/setup_env.py)
+FRONTEND_PINNED = REPO / ".comfyui" / "frontend-pinned"  # the one ComfyUI's requirements.txt pins
+FRONTENDS = {"newest": FRONTEND, "pinned": FRONTEND_PINNED}
 VENV_PY = REPO / ".venv" / "bin" / "python"
 
 
@@ -45,12 +47,28 @@ def log_tail(path: Path, n: int = 60) -> str:
         return "<no log>"
 
 
+def frontend_dir(kind: str) -> Path:
+    """The provisioned frontend ``kind`` (``newest`` or ``pinned``); fails the test (no skip) if it is missing."""
+    if kind not in FRONTENDS:
+        raise ValueError(f"unknown frontend {kind!r}; expected one of {sorted(FRONTENDS)}")
+    d = FRONTENDS[kind]
+    if not (d / "index.html").is_file() or not (d / "VERSION").is_file():
+        pytest.fail(f"the {kind} frontend is not provisioned at {d}: run `make setup`", pytrace=False)
+    return d
+
+
+def frontend_version(kind: str) -> str:
+    return (frontend_dir(kind) / "VERSION").read_text().strip()
+
+
 @dataclass
 class ComfyServer:
     url: str
     log_path: Path
     proc: subprocess.Popen
     root: Path  # tmp root holding input/, output/, temp/, user/, models/coat/ (an extra `coat` model folder)
+    frontend: str | None = None          # set by the ui_server fixture: "newest" or "pinned"
+    frontend_version: str | None = None
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -62,8 +80,11 @@ class ComfyServer:
                 self.proc.wait()
 
 
-def start_server(root: Path, timeout: float = 120.0) -> ComfyServer:
-    """Start ``main.py --cpu`` on a free port with all writable dirs under ``root``; wait for /system_stats."""
+def start_server(root: Path, timeout: float = 120.0, frontend: Path | None = None) -> ComfyServer:
+    """Start ``main.py --cpu`` on a free port with all writable dirs under ``root``; wait for /system_stats.
+
+    ``frontend``: the web root to serve (default: the newest provisioned frontend when present, else ComfyUI's own).
+    """
     comfy = comfyui_dir()
     dirs = {k: root / k for k in ("input", "output", "temp", "user")}
     for d in dirs.values():
@@ -78,7 +99,11 @@ def start_server(root: Path, timeout: float = 120.0) -> ComfyServer:
            "--temp-directory", str(dirs["temp"]), "--user-directory", str(dirs["user"]),
            "--database-url", "sqlite:///:memory:",
            "--extra-model-paths-config", str(root / "extra_model_paths.yaml")]
-    if (FRONTEND / "index.html").is_file():
+    if frontend is not None:
+        if not (frontend / "index.html").is_file():
+            raise FileNotFoundError(f"no frontend at {frontend} (index.html missing)")
+        cmd += ["--front-end-root", str(frontend)]
+    elif (FRONTEND / "index.html").is_file():
         cmd += ["--front-end-root", str(FRONTEND)]
     log_path = root / "comfyui.log"
     with open(log_path, "wb") as log:

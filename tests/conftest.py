@@ -17,6 +17,25 @@ def comfy_server(tmp_path_factory):
     server.stop()
 
 
+@pytest.fixture(scope="session", params=sorted(comfy_harness.FRONTENDS))
+def ui_server(request, tmp_path_factory):
+    """A ComfyUI server for the browser tests, once per frontend: ``newest`` (1.58.1, the session's
+    ``comfy_server``) and ``pinned`` (the version ComfyUI's requirements.txt pins; a second server). ``.frontend``
+    says which and ``.frontend_version`` its version."""
+    kind = request.param
+    version = comfy_harness.frontend_version(kind)
+    if kind == "newest":
+        server = request.getfixturevalue("comfy_server")
+        server.frontend, server.frontend_version = kind, version
+        yield server
+        return
+    server = comfy_harness.start_server(tmp_path_factory.mktemp(f"comfy_server_{kind}"),
+                                        frontend=comfy_harness.frontend_dir(kind))
+    server.frontend, server.frontend_version = kind, version
+    yield server
+    server.stop()
+
+
 @pytest.fixture(scope="session")
 def comfy_inprocess(tmp_path_factory):
     """ComfyUI imported into the test process with this repo loaded as a custom node pack.
@@ -26,3 +45,17 @@ def comfy_inprocess(tmp_path_factory):
     """
     yield comfy_harness.load_inprocess(tmp_path_factory.mktemp("comfy_inproc"))
     comfy_harness.close_inprocess()
+
+
+@pytest.fixture(scope="session")
+def browser():
+    """Headless Chromium (Debian's, through Playwright) for the browser tests, one per session."""
+    from playwright.sync_api import sync_playwright
+
+    from browser import comfy_page
+
+    executable = comfy_page.chromium_path()
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=executable, headless=True, args=comfy_page.CHROMIUM_FLAGS)
+        yield b
+        b.close()

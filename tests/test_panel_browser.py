@@ -1,11 +1,11 @@
 """The match panel (web/coat_panel.js) in a real browser: headless Debian Chromium through Playwright, against the
-real ComfyUI server with the newest frontend (1.58.1), once in the classic canvas mode and once with Nodes 2.0
-(Vue nodes). Screenshots go to artifacts/panel_<mode>.png (+ _panel.png, the panel alone)."""
+real ComfyUI server with the newest frontend (1.58.1) and with the one ComfyUI 0.3.75 pins (1.32.9), each once in the
+classic canvas mode and once with Nodes 2.0 (Vue nodes). Screenshots go to artifacts/panel_<mode>.png (+ _panel.png,
+the panel alone) for the newest frontend, artifacts/panel_<mode>_pinned.png for the pinned one."""
 import json
 import urllib.request
 
 import pytest
-from playwright.sync_api import sync_playwright
 
 import comfy_harness
 from browser import comfy_page, panel_setup
@@ -17,20 +17,11 @@ MAX_LINES = 400  # web/coat_panel.js
 
 
 @pytest.fixture(scope="module")
-def server(comfy_server):
-    panel_setup.prepare(comfy_server)
-    comfy_page.post_setting(comfy_server.url, "Comfy.TutorialCompleted", True)  # no first-run template dialog
-    yield comfy_server
-    comfy_page.post_setting(comfy_server.url, "Comfy.VueNodes.Enabled", False)
-
-
-@pytest.fixture(scope="module")
-def browser():
-    executable = comfy_page.chromium_path()
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=executable, headless=True, args=comfy_page.CHROMIUM_FLAGS)
-        yield b
-        b.close()
+def server(ui_server):
+    panel_setup.prepare(ui_server)
+    comfy_page.post_setting(ui_server.url, "Comfy.TutorialCompleted", True)  # no first-run template dialog
+    yield ui_server
+    comfy_page.post_setting(ui_server.url, "Comfy.VueNodes.Enabled", False)
 
 
 def panel_attrs(page) -> dict:
@@ -100,6 +91,7 @@ def test_match_panel(server, browser, mode):
     ui = comfy_page.ComfyPage(browser, server.url)
     try:
         ui.open("coat.matchPanel")
+        assert ui.frontend_version() == server.frontend_version
         assert ui.page.evaluate("() => window.app.extensionManager.setting.get('Comfy.VueNodes.Enabled')") is vue
         ui.load_workflow(panel_setup.ui_workflow(seed=1000 + vue))
         ui.focus_node(NODE)
@@ -149,8 +141,9 @@ def test_match_panel(server, browser, mode):
         assert "map here" in ui.page.locator(f"{PANEL} .coat-info").inner_text()
         assert float(panel_attrs(ui.page)["hoverConfidence"]) >= conf[best] - 1e-9
         ARTIFACTS.mkdir(exist_ok=True)
-        ui.page.screenshot(path=str(ARTIFACTS / f"panel_{mode}.png"))
-        ui.page.locator(PANEL).screenshot(path=str(ARTIFACTS / f"panel_{mode}_panel.png"))
+        suffix = "" if server.frontend == "newest" else f"_{server.frontend}"
+        ui.page.screenshot(path=str(ARTIFACTS / f"panel_{mode}{suffix}.png"))
+        ui.page.locator(PANEL).screenshot(path=str(ARTIFACTS / f"panel_{mode}{suffix}_panel.png"))
         ui.page.mouse.move(5, 5)
 
         # Raising the threshold lowers the match count (exactly as the data says).
@@ -177,13 +170,23 @@ def test_match_panel(server, browser, mode):
         assert panel_attrs(ui.page)["scale"] == str(other)
         ui.page.locator(f"{PANEL} select.coat-scale").select_option(attrs["scale"])
 
-        # Resizes with the node.
+        # Resizes with the node (a Vue node by its corner handle, as a user drags it: frontend 1.32.9 does not pass
+        # LiteGraph's setSize on to Vue nodes).
         width = ui.page.evaluate(f"() => document.querySelector('{PANEL} canvas').clientWidth")
-        ui.page.evaluate("""type => {
-            const n = window.app.graph.nodes.find(n => n.type === type);
-            n.setSize([n.size[0] + 200, n.size[1] + 100]);
-            n.setDirtyCanvas(true, true);
-        }""", NODE)
+        if vue:
+            node_id = ui.page.evaluate("type => window.app.graph.nodes.find(n => n.type === type).id", NODE)
+            box = ui.page.locator(f'[data-node-id="{node_id}"] .cursor-se-resize').first.bounding_box()
+            x, y = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+            ui.page.mouse.move(x, y)
+            ui.page.mouse.down()
+            ui.page.mouse.move(x + 200, y + 100, steps=8)
+            ui.page.mouse.up()
+        else:
+            ui.page.evaluate("""type => {
+                const n = window.app.graph.nodes.find(n => n.type === type);
+                n.setSize([n.size[0] + 200, n.size[1] + 100]);
+                n.setDirtyCanvas(true, true);
+            }""", NODE)
         ui.page.wait_for_function(f"w => document.querySelector('{PANEL} canvas').clientWidth > w + 100",
                                   arg=width, timeout=5000)
         assert canvas_stats(ui.page)["share"] > 0.3

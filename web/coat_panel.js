@@ -23,6 +23,7 @@ const VIEW_PROP = "coat_match_view";     // view settings: {scale, threshold, he
 const MAX_LINES = 400;                   // lines drawn at most (evenly spread over the confident matches)
 const EMPTY_HEIGHT = 64;                 // panel height before the node has run
 const PANEL_HEIGHT = 280;                // panel height once it shows a result
+const MARGIN = 4;                        // the DOM widget's margin
 const BACKGROUND = "#161616";
 const PAD = 6;
 const GAP = 14;
@@ -458,16 +459,27 @@ function fitNode(node) {
   node.setDirtyCanvas?.(true, true);
 }
 
+function minHeight(panel) {
+  return panel.hasResult() ? PANEL_HEIGHT : EMPTY_HEIGHT;
+}
+
+// The panel's own minimum height too: frontends that size a DOM widget by its content (Nodes 2.0 in frontend
+// 1.32.9, the one ComfyUI 0.3.75 pins) ignore getMinHeight, and the canvas would get no height at all there.
+function setOwnMinHeight(panel) {
+  panel.root.style.minHeight = `${minHeight(panel) - 2 * MARGIN}px`;
+}
+
 function attachPanel(node) {
   const panel = new MatchPanel(node);
   panels.set(node, panel);
   const widget = node.addDOMWidget(WIDGET_NAME, "coat.matchPanel", panel.root, {
     serialize: false,
     hideOnZoom: false,
-    margin: 4,
-    getMinHeight: () => (panel.hasResult() ? PANEL_HEIGHT : EMPTY_HEIGHT),
+    margin: MARGIN,
+    getMinHeight: () => minHeight(panel),
   });
   widget.serialize = false;
+  setOwnMinHeight(panel);
   return panel;
 }
 
@@ -475,6 +487,7 @@ function show(node, entry) {
   const panel = panelOf(node);
   if (!panel) return;
   panel.load(entry);
+  setOwnMinHeight(panel);
   fitNode(node);
 }
 

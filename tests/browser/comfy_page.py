@@ -82,21 +82,35 @@ class ComfyPage:
     def load_workflow(self, workflow: dict) -> None:
         self.page.evaluate("wf => window.app.loadGraphData(wf)", workflow)
 
-    def queue_and_wait(self, timeout_ms: int = 240_000) -> str:
-        """Queue the current graph from the page and wait for ``execution_success``; returns the prompt id."""
+    def frontend_version(self) -> str:
+        return self.page.evaluate("() => window.__COMFYUI_FRONTEND_VERSION__")
+
+    def queue_and_wait(self, timeout_ms: int = 240_000, press_run: bool = False) -> str:
+        """Queue the current graph and wait for ``execution_success``; returns the prompt id.
+
+        ``press_run``: click the Run button as a user does (else ``app.queuePrompt``, what the button calls)."""
         self.page.evaluate("""() => {
             const api = window.comfyAPI.api.api;
             const state = { done: null, prompt: null };
             window.__coatTest = state;
-            api.addEventListener('execution_start', e => { state.prompt = e.detail.prompt_id; });
+            api.addEventListener('execution_start', e => { if (window.__coatTest === state) state.prompt = e.detail.prompt_id; });
             api.addEventListener('execution_success', e => { if (e.detail.prompt_id === state.prompt) state.done = 'success'; });
-            api.addEventListener('execution_error', e => { state.done = 'error: ' + JSON.stringify(e.detail).slice(0, 2000); });
+            api.addEventListener('execution_error', e => { if (window.__coatTest === state) state.done = 'error: ' + JSON.stringify(e.detail).slice(0, 2000); });
         }""")
-        self.page.evaluate("() => window.app.queuePrompt(0, 1)")
+        if press_run:
+            self.run_button().click()
+        else:
+            self.page.evaluate("() => window.app.queuePrompt(0, 1)")
         self.page.wait_for_function("() => window.__coatTest.done", timeout=timeout_ms)
         done = self.page.evaluate("() => window.__coatTest.done")
         assert done == "success", f"the workflow failed in the UI: {done}"
         return self.page.evaluate("() => window.__coatTest.prompt")
+
+    def run_button(self):
+        """The Run (queue) button of the action bar, in frontend 1.32.9 and 1.58.1 alike."""
+        button = self.page.get_by_role("button", name="Run", exact=True)
+        button.first.wait_for(state="visible", timeout=10_000)
+        return button.first
 
     def focus_node(self, node_type: str, left: float = 160, top: float = 140) -> None:
         """Zoom 1 with the first node of ``node_type`` near the top-left corner of the canvas."""
