@@ -176,7 +176,8 @@ def grow(path, **changes):
     New encoder scales start from the finest existing one: their FPN smoothing and latent trunk are copies of its
     and their lateral input is zero, so the new features start from the upsampled old ones passed through the old
     filters (close to the old latents, not equal: a 3x3 filter sees twice the area at half the scale); training
-    takes it from there. Other new modules keep their fresh initialisation. Training mode, on the CPU.
+    takes it from there. Other new modules keep their fresh initialisation. A higher ``resolution`` adds decoder
+    blocks; the warped-style gate, which reads the last block, then starts afresh. Training mode, on the CPU.
     """
     from safetensors.torch import load_file
 
@@ -191,6 +192,10 @@ def grow(path, **changes):
     model = COAT(config)
     state, target = load_file(str(path)), model.state_dict()
     _, unexpected, wrong = _mismatch(state, target)  # missing keys are the modules the change adds
+    if config.resolution != base.resolution:  # the gate reads the last block's features, whose width follows R
+        for k in [k for k in wrong if k.startswith("decoder.style_gate.")]:
+            del state[k]
+            wrong.remove(k)
     misfit = unexpected + wrong
     if misfit:
         raise CheckpointError(

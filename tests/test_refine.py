@@ -200,3 +200,19 @@ def test_grow_adds_refinement_and_the_gate_keeping_every_weight(tmp_path):
         if k in old:
             assert torch.equal(v, old[k]), k
     assert "encoder.descriptor.1.0.weight" in grown.state_dict() and "decoder.style_gate.weight" in grown.state_dict()
+
+
+def test_grow_to_a_higher_resolution_keeps_every_weight_but_the_gate_of_the_last_block(tmp_path):
+    torch.manual_seed(0)
+    model = COAT(COATConfig.tiny(pixel_latents=True, refine_dim=8, refine_radius=2, warp_style=True))
+    model.save(tmp_path / "m.safetensors")
+    grown = grow(tmp_path / "m.safetensors", resolution=64)
+    assert grown.config.resolution == 64
+    old, new = model.state_dict(), grown.state_dict()
+    kept = [k for k in old if not k.startswith("decoder.style_gate.")]
+    assert all(torch.equal(new[k], old[k]) for k in kept if new[k].shape == old[k].shape)
+    assert sum(new[k].shape != old[k].shape for k in kept) == 0  # only the gate's width follows R
+    assert new["decoder.style_gate.weight"].shape[1] != old["decoder.style_gate.weight"].shape[1]
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        assert grown.eval().transfer(x, x)[0].shape == (1, 3, 64, 64)
