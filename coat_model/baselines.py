@@ -17,6 +17,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .coords import pixel_axis
 from .metrics import lab_to_srgb, srgb_to_lab
 
 __all__ = ["identity", "style_copy", "reinhard", "reinhard_lab", "partwise_reinhard", "bbox_warp", "gt_warp"]
@@ -81,8 +82,8 @@ def partwise_reinhard(content: torch.Tensor, style: torch.Tensor, content_labels
 def _bbox(mask: torch.Tensor) -> torch.Tensor:
     """Bounding boxes [B, 4] (x0, y0, x1, y1) in [-1, 1] of bool masks [B, H, W] (whole image if empty)."""
     b, h, w = mask.shape
-    xs = torch.linspace(-1, 1, w, device=mask.device).expand(b, h, w)
-    ys = torch.linspace(-1, 1, h, device=mask.device)[:, None].expand(b, h, w)
+    xs = pixel_axis(w, mask.device).expand(b, h, w)
+    ys = pixel_axis(h, mask.device)[:, None].expand(b, h, w)
     big = 2.0
     x0 = torch.where(mask, xs, big).amin((1, 2))
     y0 = torch.where(mask, ys, big).amin((1, 2))
@@ -99,8 +100,8 @@ def bbox_warp(content: torch.Tensor, style: torch.Tensor, content_labels: torch.
     the content background is kept."""
     cb, sb = _bbox(content_labels != 0), _bbox(style_labels != 0)
     b, _, h, w = content.shape
-    xs = torch.linspace(-1, 1, w, device=content.device).view(1, 1, w)
-    ys = torch.linspace(-1, 1, h, device=content.device).view(1, h, 1)
+    xs = pixel_axis(w, content.device).view(1, 1, w)
+    ys = pixel_axis(h, content.device).view(1, h, 1)
     scale = (sb[:, 2:] - sb[:, :2]) / (cb[:, 2:] - cb[:, :2]).clamp_min(1e-6)
     gx = sb[:, 0].view(-1, 1, 1) + (xs - cb[:, 0].view(-1, 1, 1)) * scale[:, 0].view(-1, 1, 1)
     gy = sb[:, 1].view(-1, 1, 1) + (ys - cb[:, 1].view(-1, 1, 1)) * scale[:, 1].view(-1, 1, 1)

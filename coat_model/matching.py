@@ -9,7 +9,8 @@ Two paths share one output type, :class:`Match`:
   (a) mutual/cycle consistency plus a similarity floor AND (b) consistency of pair-wise distances between
   neighbouring matches; optional coarse-to-fine search windows.
 
-Coordinates are in [-1, 1], (x, y) order, ``align_corners=True`` (-1 is the centre of the first cell).
+Coordinates are in [-1, 1], (x, y) order, ``align_corners=True`` (-1 is the centre of the first cell); the
+conversions live in :mod:`coat_model.coords` (``coordinate_grid`` and ``cell_size`` remain importable from here).
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ import torch
 import torch.nn.functional as F
 
 from .attention import attend, chunked_argmax
+from .coords import (cell_centres_to_flow, cell_indices, cell_size, cells_to_flow, cells_to_index,
+                     cells_to_pixels, coordinate_grid, flow_to_cells, index_to_cells, pixels_to_cells)
 
 
 @dataclass
@@ -38,19 +41,6 @@ class Match:
     similarity: torch.Tensor | None = None
     aligned: torch.Tensor | None = None
     cycle_error: torch.Tensor | None = None
-
-
-def coordinate_grid(h: int, w: int, device=None, dtype=torch.float32) -> torch.Tensor:
-    """[h*w, 2] cell centres in [-1, 1], (x, y), row-major."""
-    ys = torch.linspace(-1, 1, h, device=device, dtype=dtype) if h > 1 else torch.zeros(1, device=device, dtype=dtype)
-    xs = torch.linspace(-1, 1, w, device=device, dtype=dtype) if w > 1 else torch.zeros(1, device=device, dtype=dtype)
-    gy, gx = torch.meshgrid(ys, xs, indexing="ij")
-    return torch.stack([gx, gy], dim=-1).reshape(h * w, 2)
-
-
-def cell_size(h: int, w: int) -> torch.Tensor:
-    """Size of one cell in normalised units, (x, y)."""
-    return torch.tensor([2.0 / max(w - 1, 1), 2.0 / max(h - 1, 1)])
 
 
 def tokens(maps: torch.Tensor) -> torch.Tensor:
@@ -87,8 +77,8 @@ def resample_flow(flow: torch.Tensor, scale: int, to_scale: int, resolution: int
     nearest cell's match.
     """
     h, h_to = resolution // scale, resolution // to_scale
-    pixels = (flow + 1) / 2 * max(h - 1, 1) * scale + (scale - 1) / 2
-    values = (pixels - (to_scale - 1) / 2) / to_scale / max(h_to - 1, 1) * 2 - 1
+    pixels = cells_to_pixels(flow_to_cells(flow, h, h), scale)
+    values = cells_to_flow(pixels_to_cells(pixels, to_scale), h_to, h_to)
     size = (h_to, h_to)
     smooth = F.interpolate(values, size=size, mode="bilinear", align_corners=False)
     if trusted is not None:
@@ -156,10 +146,10 @@ def _window_restriction(prior_flow: torch.Tensor, prior_mask: torch.Tensor, hs: 
     each confident content cell; other cells are unrestricted."""
     b = prior_flow.shape[0]
     centre = tokens(prior_flow)  # [B, L, 2] in [-1, 1]
-    centre_cells = (centre + 1) / 2 * torch.tensor([ws - 1, hs - 1], device=centre.device, dtype=centre.dtype)
+    centre_cells = flow_to_cells(centre, hs, ws, dim=-1)
     confident = tokens(prior_mask.float())[..., 0] > 0.5
     grid = coordinate_grid(hs, ws, centre.device)
-    grid_cells = (grid + 1) / 2 * torch.tensor([ws - 1, hs - 1], device=grid.device, dtype=grid.dtype)
+    grid_cells = flow_to_cells(grid, hs, ws, dim=-1)
 
     def allowed(rows: slice) -> torch.Tensor:
         delta = (grid_cells[None, None] - centre_cells[:, rows, None]).abs().amax(dim=-1)  # [B, rows, Ls]
@@ -237,10 +227,9 @@ def hard_match(
     _, bwd = chunked_argmax(k, q)  # style -> content
     cycle = torch.gather(bwd, 1, fwd)  # content -> style -> content
 
-    grid_c = torch.stack(torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij"), 0).flip(0)
-    grid_c = grid_c.to(q.device, torch.float32).reshape(2, h * w)  # (x, y) in cells
-    style_cells = torch.stack([fwd % ws, fwd // ws], dim=1).float()  # [B, 2, N]
-    back_cells = torch.stack([cycle % w, cycle // w], dim=1).float()
+    grid_c = cell_indices(h, w).to(q.device, torch.float32).reshape(2, h * w)  # (x, y) in cells
+    style_cells = index_to_cells(fwd, ws)  # [B, 2, N]
+    back_cells = index_to_cells(cycle, w)
     err = (back_cells - grid_c).abs().amax(dim=1).view(b, 1, h, w)
 
     similarity = sim.view(b, 1, h, w)
@@ -256,10 +245,7 @@ def hard_match(
         mask = mask & (g >= geometric_threshold)
         confidence = confidence * g
     mask = mask & (confidence >= confidence_threshold)
-    to_unit = torch.tensor([2.0 / max(ws - 1, 1), 2.0 / max(hs - 1, 1)], device=q.device)
-    flow = (style_cells * to_unit[None, :, None] - 1.0).view(b, 2, h, w)
-    if ws == 1 or hs == 1:
-        flow = flow.clamp(-1, 1) * torch.tensor([ws > 1, hs > 1], device=q.device).view(1, 2, 1, 1)
+    flow = cell_centres_to_flow(style_cells, hs, ws).view(b, 2, h, w)
     return Match(flow=flow, confidence=confidence, mask=mask, similarity=similarity)
 
 
@@ -288,7 +274,7 @@ def window_correlation(query: torch.Tensor, key: torch.Tensor, centres: torch.Te
     cells = centres[:, None] + offsets  # [B, K, 2, H, W]
     x, y = cells[:, :, 0], cells[:, :, 1]
     inside = (x >= 0) & (x < ws) & (y >= 0) & (y < hs)
-    index = (y.clamp(0, hs - 1) * ws + x.clamp(0, ws - 1)).flatten(1)  # [B, K*H*W]
+    index = cells_to_index(cells, hs, ws, dim=2).flatten(1)  # [B, K*H*W]
     picked = torch.gather(key.flatten(2), 2, index[:, None].expand(-1, c, -1)).view(b, c, -1, h * w)
     sims = torch.einsum("bckn,bcn->bkn", picked, query.flatten(2)).view(b, -1, h, w)
     return sims, inside
@@ -326,8 +312,7 @@ def refine_match(content_desc: torch.Tensor, style_desc: torch.Tensor, coarse: M
     Returns: the refined Match; confidence and mask carried from ``coarse``, ``similarity`` the best window sim.
     """
     r_h, r_w = style_desc.shape[-2:]
-    size = torch.tensor([r_w - 1, r_h - 1], device=coarse.flow.device, dtype=coarse.flow.dtype).view(1, 2, 1, 1)
-    pixel = (coarse.flow + 1) / 2 * size  # [B, 2, R, R] style pixel coordinates
+    pixel = flow_to_cells(coarse.flow, r_h, r_w)  # [B, 2, R, R] style pixel coordinates (the cells of scale 1)
     centre = pixel.detach().round()
     sims, inside = window_correlation(content_desc, style_desc, centre.long(), radius)
     sims = sims.float().masked_fill(~inside, float("-inf"))
@@ -341,5 +326,5 @@ def refine_match(content_desc: torch.Tensor, style_desc: torch.Tensor, coarse: M
         shift = torch.gather(offsets.expand(sims.shape[0], -1, -1, *sims.shape[-2:]), 1,
                              arg[:, :, None].expand(-1, -1, 2, -1, -1))[:, 0]
         refined = centre + shift
-    flow = (refined / size * 2 - 1).clamp(-1, 1)
+    flow = cells_to_flow(refined, r_h, r_w).clamp(-1, 1)
     return Match(flow=flow, confidence=coarse.confidence, mask=coarse.mask, similarity=best)

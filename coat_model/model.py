@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import ALIGN_MODES, FILL_MODES, COATConfig
+from .coords import flow_to_index
 from .decoder import Decoder
 from .encoder import Encoder
 from .fill import SIGMA as FILL_SIGMA
@@ -335,8 +336,7 @@ class COAT(nn.Module):
         """Style cells [B, 1, hs, ws] that some confident content cell matched."""
         b = flow.shape[0]
         hs, ws = size
-        cells = ((flow + 1) / 2 * torch.tensor([ws - 1, hs - 1], device=flow.device).view(1, 2, 1, 1)).round().long()
-        index = (cells[:, 1].clamp(0, hs - 1) * ws + cells[:, 0].clamp(0, ws - 1)).flatten(1)
+        index = flow_to_index(flow, hs, ws)
         hits = torch.zeros(b, hs * ws, device=flow.device)
         hits.scatter_add_(1, index, mask.flatten(1).float())
         return (hits > 0).view(b, 1, hs, ws)

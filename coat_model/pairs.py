@@ -18,8 +18,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .data.faces import _seed as mix_seed
+from .coords import cells_to_flow, cells_to_index, cells_to_pixels, containing_cells, flow_to_cells, identity_flow
 from .data.warp import random_color_remap, random_warp
+from .streams import mix_seed
 
 KINDS = ("warp", "self", "random")
 
@@ -52,12 +53,6 @@ def pair_kind(position: int, mix: tuple[float, float, float]) -> str:
     u = (position * 0.6180339887498949) % 1.0
     edges = torch.tensor(mix, dtype=torch.float64).cumsum(0) / sum(mix)
     return KINDS[int((u >= edges[:-1]).sum())]
-
-
-def identity_flow(size: int) -> torch.Tensor:
-    line = torch.linspace(-1, 1, size)
-    gy, gx = torch.meshgrid(line, line, indexing="ij")
-    return torch.stack([gx, gy])[None]
 
 
 class GlobalSampler:
@@ -126,11 +121,11 @@ def flow_targets(flow: torch.Tensor, valid: torch.Tensor, resolution: int, scale
     """
     f = at_cell_centres(flow, scale)  # [B, 2, h, h] style location
     ok = at_cell_centres(valid.float(), scale, mode="nearest")[:, 0] > 0.5
-    pixel = (f + 1) / 2 * (resolution - 1)
-    cells = torch.div(pixel, scale, rounding_mode="floor").long()
+    pixel = flow_to_cells(f, resolution, resolution)  # style pixels: the cells of scale 1
+    cells = containing_cells(pixel, scale)
     hs, ws = style_cells
     inside = (cells[:, 0] >= 0) & (cells[:, 0] < ws) & (cells[:, 1] >= 0) & (cells[:, 1] < hs)
-    target = cells[:, 1].clamp(0, hs - 1) * ws + cells[:, 0].clamp(0, ws - 1)
+    target = cells_to_index(cells, hs, ws)
     return target.flatten(1), (ok & inside).flatten(1)
 
 
@@ -138,7 +133,7 @@ def at_cell_centres(maps: torch.Tensor, scale: int, mode: str = "bilinear") -> t
     """Per-pixel maps [B, C, R, R] read at the centres of the cells of scale ``scale``: [B, C, R/scale, R/scale]."""
     resolution = maps.shape[-1]
     h = resolution // scale
-    centre = (torch.arange(h, device=maps.device) * scale + (scale - 1) / 2) / (resolution - 1) * 2 - 1  # fp32
+    centre = cells_to_flow(cells_to_pixels(torch.arange(h, device=maps.device), scale), resolution, resolution)  # fp32
     gy, gx = torch.meshgrid(centre, centre, indexing="ij")
     grid = torch.stack([gx, gy], -1)[None].expand(maps.shape[0], -1, -1, -1)
     return F.grid_sample(maps, grid.to(maps.dtype), mode=mode, align_corners=True)

@@ -53,6 +53,20 @@ def _mix_int(x: int) -> int:
     return z ^ (z >> 31)
 
 
+def mix_seed(*values: int) -> int:
+    """Mix integers into one 63-bit seed, so nearby seeds give unrelated streams: the seed of every dataset item
+    (:mod:`coat_model.data.faces`), pair and loss stream (:mod:`coat_model.pairs`) of a run.
+
+    A splitmix64-style chain over ``values`` (each folded in by xor, then multiplied and shifted with the splitmix64
+    constants); the top 63 bits, so the result is a valid ``torch.Generator`` seed and int64.
+    """
+    z = _GOLDEN
+    for v in values:
+        z = (z ^ (int(v) & _MASK)) * _M1 & _MASK
+        z = (z ^ (z >> 31)) * _M2 & _MASK
+    return z >> 1
+
+
 def uniform_reference(seed: int, n: int, salt: int = 0) -> list[float]:
     """The same numbers for one image, in plain Python integers (the test oracle)."""
     key = _mix_int((seed & _MASK) ^ _mix_int(salt & _MASK))

@@ -24,6 +24,7 @@ from torch import nn
 from torch.amp import autocast
 
 from .config import COATConfig
+from .coords import flow_to_index
 from .discriminator import Discriminator
 from .losses import (
     correspondence_nce, cycle_loss, discriminator_loss, generator_adversarial_loss, hardness_schedule, latent_regularisation,
@@ -170,10 +171,9 @@ class TrainingStep(nn.Module):
 
 
 def _confident_targets(flow: torch.Tensor, mask: torch.Tensor):
-    b, _, h, w = flow.shape
-    cells = ((flow.detach() + 1) / 2 * torch.tensor([w - 1, h - 1], device=flow.device).view(1, 2, 1, 1)).round().long()
-    index = cells[:, 1].clamp(0, h - 1) * w + cells[:, 0].clamp(0, w - 1)
-    return index.flatten(1), mask.flatten(1)
+    """The nearest style cell of every content cell's match [B, h*w] and whether it is trusted [B, h*w]."""
+    h, w = flow.shape[-2:]
+    return flow_to_index(flow.detach(), h, w), mask.flatten(1)
 
 
 def _init_worker(_worker_id: int) -> None:

@@ -16,6 +16,8 @@ from PIL import Image, ImageDraw
 
 from comfy_api.v0_0_2 import io, ui
 
+from coat_model.coords import cell_centre_offsets, flow_to_cells
+
 from . import match_store
 from .types import Aligned
 
@@ -45,9 +47,8 @@ def cell_matches(aligned: Aligned, scale: int, item: int, max_cells: int | None 
         rows, cols = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
     cf, sf = aligned.content.latents.frame, aligned.style.latents.frame
     cell = cf.resolution / w
-    cx, cy = (cols.float() + 0.5) * cell, (rows.float() + 0.5) * cell   # content canvas pixels
-    sx = ((flow[0] + 1) / 2 * (w - 1) + 0.5) * cell                      # style canvas pixels
-    sy = ((flow[1] + 1) / 2 * (h - 1) + 0.5) * cell
+    cx, cy = cell_centre_offsets(cols.float(), cell), cell_centre_offsets(rows.float(), cell)  # content canvas px
+    sx, sy = cell_centre_offsets(flow_to_cells(flow, h, w, dim=0), cell)                     # style canvas px
     content_uv = torch.stack([(cx - cf.left) / cf.inner_width, (cy - cf.top) / cf.inner_height], -1)
     style_uv = torch.stack([(sx - sf.left) / sf.inner_width, (sy - sf.top) / sf.inner_height], -1).clamp(0, 1)
     inside = ((content_uv >= 0) & (content_uv <= 1)).all(-1)

@@ -24,10 +24,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from ..coords import cells_to_flow, flow_to_cells, identity_flow
 from ..data.faces import sample_pairs
 from ..matching import resample_flow
 from ..metrics import compute_metrics
-from ..pairs import identity_flow
 from .quality import EVAL_SEED, cell_flow_to_pixels, gt_matches
 
 KEYS = ("paa", "de_part", "psnr", "pck05", "pck10")
@@ -38,7 +38,7 @@ def flows(flow: torch.Tensor, visible: torch.Tensor, resolution: int, scales) ->
     out = {"identity_flow": identity_flow(resolution).expand_as(flow), "gt_flow": flow}
     for s, m in gt_matches(flow, visible, resolution, scales).items():
         h = resolution // s
-        nearest_cell = ((m.flow + 1) / 2 * (h - 1)).round() / max(h - 1, 1) * 2 - 1
+        nearest_cell = cells_to_flow(flow_to_cells(m.flow, h, h).round(), h, h)
         out[f"gt_cells{s}"] = cell_flow_to_pixels(nearest_cell, s, resolution)
         out[f"gt_cells{s}_smooth"] = resample_flow(m.flow, s, 1, resolution)
     return out

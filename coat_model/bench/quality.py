@@ -33,10 +33,11 @@ import torch
 import torch.nn.functional as F
 
 from .. import baselines
+from ..coords import cells_to_flow, cells_to_pixels, flow_to_cells, identity_flow
 from ..data.faces import sample_pairs
 from ..io import load
 from ..matching import Match, resample_flow
-from ..pairs import at_cell_centres, identity_flow
+from ..pairs import at_cell_centres
 from ..metrics import compute_metrics
 
 KEYS = ("paa", "de_part", "psnr", "pck02", "pck05", "pck10", "conf_precision", "conf_coverage", "bg_l1")
@@ -49,9 +50,7 @@ def cell_flow_to_pixels(flow: torch.Tensor, scale: int, resolution: int) -> torc
     of the matched style cell (how the bench scores the network's matches). Interpolated between cells instead:
     :func:`coat_model.matching.resample_flow` to scale 1."""
     h, w = flow.shape[-2:]
-    cells = (flow + 1) / 2 * torch.tensor([w - 1, h - 1], device=flow.device, dtype=flow.dtype).view(1, 2, 1, 1)
-    pixels = cells * scale + (scale - 1) / 2
-    image = pixels / (resolution - 1) * 2 - 1
+    image = cells_to_flow(cells_to_pixels(flow_to_cells(flow, h, w), scale), resolution, resolution)
     return F.interpolate(image, size=(resolution, resolution), mode="nearest")
 
 

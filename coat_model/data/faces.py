@@ -46,6 +46,9 @@ from typing import NamedTuple, Sequence
 
 import torch
 
+from ..coords import pixel_axis
+from ..streams import mix_seed
+
 __all__ = [
     "LABELS", "INSTANCES", "NUM_LABELS", "Structure", "Appearance", "FacePairs",
     "sample_structure", "sample_appearance", "render", "true_transfer", "true_correspondence",
@@ -393,7 +396,7 @@ def sample_appearance(n: int, generator: int | torch.Generator = 0) -> Appearanc
 
 def _pixel_grid(size: int, device=None) -> tuple[torch.Tensor, torch.Tensor]:
     """Pixel-centre coordinates: x [1, 1, size] and y [1, size, 1] (align_corners=True convention)."""
-    t = torch.linspace(-1.0, 1.0, size, device=device)
+    t = pixel_axis(size, device)
     return t.view(1, 1, size), t.view(1, size, 1)
 
 
@@ -680,22 +683,13 @@ class FacePairs:
 
 def sample_pairs(n: int, seed: int = 0, size: int = 64, split: str = "easy") -> FacePairs:
     """``n`` evaluation pairs; content and style structures and appearances are four independent draws."""
-    s_c, s_s = (sample_structure(n, _seed(seed, k), split) for k in (0, 1))
-    a_c, a_s = (sample_appearance(n, _seed(seed, k)) for k in (2, 3))
+    s_c, s_s = (sample_structure(n, mix_seed(seed, k), split) for k in (0, 1))
+    a_c, a_s = (sample_appearance(n, mix_seed(seed, k)) for k in (2, 3))
     content, content_labels, _ = render(s_c, a_c, size)
     style, style_labels, _ = render(s_s, a_s, size)
     flow, visible = true_correspondence(s_c, s_s, size)
     return FacePairs(content, style, true_transfer(s_c, a_s, size, a_content=a_c), content_labels,
                      style_labels, flow, visible, s_c, s_s, a_c, a_s)
-
-
-def _seed(*values: int) -> int:
-    """Mix integers into one 63-bit seed (splitmix64), so nearby seeds give unrelated streams."""
-    z = 0x9E3779B97F4A7C15
-    for v in values:
-        z = (z ^ (int(v) & 0xFFFF_FFFF_FFFF_FFFF)) * 0xBF58476D1CE4E5B9 & 0xFFFF_FFFF_FFFF_FFFF
-        z = (z ^ (z >> 31)) * 0x94D049BB133111EB & 0xFFFF_FFFF_FFFF_FFFF
-    return z >> 1
 
 
 class FaceDataset(torch.utils.data.Dataset):
@@ -718,8 +712,8 @@ class FaceDataset(torch.utils.data.Dataset):
         if not -self.length <= index < self.length:
             raise IndexError(f"index {index} out of range for FaceDataset of length {self.length}")
         index %= self.length
-        return (sample_structure(1, _seed(self.seed, index, 0), self.split),
-                sample_appearance(1, _seed(self.seed, index, 1)))
+        return (sample_structure(1, mix_seed(self.seed, index, 0), self.split),
+                sample_appearance(1, mix_seed(self.seed, index, 1)))
 
     def batch(self, indices: Sequence[int]) -> torch.Tensor:
         """Images [N, 3, size, size] of the given items, rendered in one call."""

@@ -22,6 +22,8 @@ import math
 import torch
 import torch.nn.functional as F
 
+from ..coords import pixel_grid
+
 __all__ = ["random_warp", "random_color_remap"]
 
 
@@ -42,8 +44,7 @@ def _uniform(g, shape, lo: float, hi: float) -> torch.Tensor:
 
 def _identity_grid(b: int, h: int, w: int, device=None) -> torch.Tensor:
     """Pixel-centre coordinates [B, H, W, 2] (x, y) in [-1, 1]."""
-    ys, xs = torch.linspace(-1, 1, h, device=device), torch.linspace(-1, 1, w, device=device)
-    return torch.stack(torch.meshgrid(xs, ys, indexing="xy"), -1).expand(b, h, w, 2)
+    return pixel_grid(h, w, device).expand(b, h, w, 2)
 
 
 def _displacement(coarse: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
