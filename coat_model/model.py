@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .checkpoint_format import save as save_checkpoint
 from .config import ALIGN_MODES, FILL_MODES, COATConfig
 from .coords import flow_to_index
 from .decoder import Decoder
@@ -436,7 +437,5 @@ class COAT(nn.Module):
 
     # -- persistence -------------------------------------------------------------------------------------------
     def save(self, path, metadata: dict[str, str] | None = None) -> None:
-        """Write weights and config to a ``.safetensors`` file (see :mod:`coat_model.io`)."""
-        from .io import save
-
-        save(self, path, metadata)
+        """Write weights and config to a ``.safetensors`` file (see :mod:`coat_model.checkpoint_format`)."""
+        save_checkpoint(self, path, metadata)

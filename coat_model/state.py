@@ -10,6 +10,8 @@ from pathlib import Path
 
 import torch
 
+from .checkpoint_format import atomic_save_file
+
 _TENSOR = "__tensor__"
 
 
@@ -43,8 +45,6 @@ def _unflatten(obj, tensors: dict[str, torch.Tensor]):
 
 def save_state(state: dict, path) -> None:
     """Atomically write a nested training state to ``path`` (temporary file + rename)."""
-    from .io import atomic_save_file
-
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tensors: dict[str, torch.Tensor] = {}

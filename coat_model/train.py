@@ -27,7 +27,7 @@ import torch
 import torch.distributed as dist
 
 from .config import COATConfig, parse_overrides
-from .io import CheckpointError
+from .io import CheckpointError, grow, import_stylegan2, load
 from .trainer import TrainConfig, Trainer
 
 PRESETS = {"tiny": COATConfig.tiny, "small": COATConfig.small, "default": COATConfig}
@@ -263,13 +263,9 @@ def _run(args, device, rank: int, world_size: int) -> int:
         # The run continues with its own settings; only --steps may extend it.
         train_cfg = dataclasses.replace(TrainConfig.from_json(saved["train_config"]), steps=args.steps)
     elif args.stylegan2 is not None:
-        from .io import import_stylegan2
-
         model = import_stylegan2(args.stylegan2)
         model_cfg = model.config
     elif args.init is not None:
-        from .io import grow, load
-
         model = grow(args.init, **args.model_overrides) if args.model_overrides else load(args.init).train()
         model_cfg = model.config
     else:
