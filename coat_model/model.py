@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .align_options import AlignOptions
 from .checkpoint_format import save as save_checkpoint
 from .config import ALIGN_MODES, FILL_MODES, COATConfig
 from .coords import flow_to_index
@@ -62,6 +63,7 @@ class Alignment:
 
     flow[s]: matched style coordinates in [-1, 1], [B, 2, h, w]; confidence[s]: [B, 1, h, w] in [0, 1];
     mask[s]: [B, 1, h, w] bool; maps[l]: aligned style latent of layer l; mode: "hard" or "soft".
+    options: what the alignment ran with (:class:`~coat_model.align_options.AlignOptions`).
     refined: the per-pixel matches below the cell (``refine_dim``, ``refine_radius``), [B, 2, R, R] flow on the
     canvas, or None.
     warped: the style image warped along the finest per-pixel matches [B, 3, R, R] in [-1, 1], and trust: where
@@ -74,7 +76,7 @@ class Alignment:
     mask: dict[int, torch.Tensor]
     maps: list[torch.Tensor]
     mode: str
-    options: dict = field(default_factory=dict)
+    options: AlignOptions | None = None
     refined: Match | None = None
     warped: torch.Tensor | None = None
     trust: torch.Tensor | None = None
@@ -186,14 +188,10 @@ class COAT(nn.Module):
         if not scales or any(s not in cfg.scales for s in scales):
             raise COATInputError(f"scales must be a non-empty subset of the model's scales {cfg.scales}, got {scales}")
         scales = tuple(s for s in cfg.scales if s in scales)
-        options = dict(
-            temperature=cfg.temperature if temperature is None else temperature,
-            confidence_threshold=cfg.confidence_threshold if confidence_threshold is None else confidence_threshold,
-            sim_threshold=cfg.sim_threshold if sim_threshold is None else sim_threshold,
-            cycle_sigma=cfg.cycle_sigma if cycle_sigma is None else cycle_sigma,
-            fill=cfg.fill if fill is None else fill,
-            coarse_to_fine=cfg.coarse_to_fine if coarse_to_fine is None else coarse_to_fine,
-            geometric=geometric, backend=backend, mode=mode, scales=scales,
+        options = AlignOptions.resolve(
+            cfg, mode=mode, scales=scales, backend=backend, temperature=temperature,
+            confidence_threshold=confidence_threshold, sim_threshold=sim_threshold, cycle_sigma=cycle_sigma,
+            geometric=geometric, fill=fill, coarse_to_fine=coarse_to_fine, refine=refine,
         )
         matches: dict[int, Match] = {}
         prior = None
@@ -203,25 +201,23 @@ class COAT(nn.Module):
                 layers = [l for l in range(cfg.n_layers) if cfg.layer_scale(l) == s]
                 values = torch.cat([style.maps[l] for l in layers], 1) if layers else None
                 m = soft_match(
-                    dc, ds, values, temperature=options["temperature"], cycle_sigma=options["cycle_sigma"],
-                    threshold=options["confidence_threshold"], backend=backend, center=cfg.center_descriptors,
+                    dc, ds, values, temperature=options.temperature, cycle_sigma=options.cycle_sigma,
+                    threshold=options.confidence_threshold, backend=options.backend, center=cfg.center_descriptors,
                 )
             else:
                 m = hard_match(
-                    dc, ds, sim_threshold=options["sim_threshold"], cycle_tolerance=cfg.cycle_tolerance,
-                    cycle_sigma=options["cycle_sigma"], geometric=geometric, geometric_radius=cfg.geometric_radius,
+                    dc, ds, sim_threshold=options.sim_threshold, cycle_tolerance=cfg.cycle_tolerance,
+                    cycle_sigma=options.cycle_sigma, geometric=options.geometric, geometric_radius=cfg.geometric_radius,
                     geometric_sigma=cfg.geometric_sigma, geometric_threshold=cfg.geometric_threshold,
-                    confidence_threshold=options["confidence_threshold"] if confidence_threshold is not None else 0.0,
-                    prior=prior if options["coarse_to_fine"] else None, search_radius=cfg.search_radius,
+                    confidence_threshold=options.confidence_threshold,
+                    prior=prior if options.coarse_to_fine else None, search_radius=cfg.search_radius,
                     center=cfg.center_descriptors,
                 )
             if content.mask is not None:
                 fg = F.interpolate(content.mask, size=m.mask.shape[-2:], mode="area") > 0.5
                 m.mask, m.confidence = m.mask & fg, m.confidence * fg
             matches[s] = prior = m
-        refine = bool(cfg.refine_dim) and (bool(cfg.refine_radius) if refine is None else refine)
-        options["refine"] = refine
-        return self._assemble(content, style, matches, options, refine=refine)
+        return self._assemble(content, style, matches, options)
 
     def align_from_matches(self, content: Latents, style: Latents, matches: dict[int, Match], *,
                            fill: str | None = None) -> Alignment:
@@ -247,18 +243,19 @@ class COAT(nn.Module):
         # Only where the matches point and which are trusted: values a soft alignment carried are not reused.
         matches = {s: Match(flow=matches[s].flow, confidence=matches[s].confidence, mask=matches[s].mask.bool())
                    for s in cfg.scales if s in matches}
-        options = dict(fill=fill, mode="hard", scales=tuple(matches))
+        options = AlignOptions.given_matches(tuple(matches), fill)
         return self._assemble(content, style.expand(content.batch_size), matches, options)
 
-    def _assemble(self, content: Latents, style: Latents, matches: dict[int, Match], options: dict,
-                  refine: bool = False) -> Alignment:
+    def _assemble(self, content: Latents, style: Latents, matches: dict[int, Match],
+                  options: AlignOptions) -> Alignment:
+        refine = options.refine
         pixels = self._pixel_matches(content, style, matches, options, refine)
         maps = [self._aligned_map(l, content, style, matches, options, pixels) for l in range(self.config.n_layers)]
         warped = trust = None
         if self.config.warp_style and pixels is not None and style.image is not None:
             warped = sample_at(style.image, pixels.flow, mode="bilinear")
             # Soft (training): the cycle confidence, as a weight that the gate cannot game; hard: the trusted matches.
-            trust = pixels.confidence.detach() if options["mode"] == "soft" else pixels.mask.to(warped.dtype)
+            trust = pixels.confidence.detach() if options.mode == "soft" else pixels.mask.to(warped.dtype)
             trust = trust.to(warped.dtype)
             if content.mask is not None:
                 trust = trust * content.mask
@@ -266,12 +263,12 @@ class COAT(nn.Module):
             flow={s: m.flow for s, m in matches.items()},
             confidence={s: m.confidence for s, m in matches.items()},
             mask={s: m.mask for s, m in matches.items()},
-            maps=maps, mode=options["mode"], options=options,
+            maps=maps, mode=options.mode, options=options,
             refined=pixels if refine and pixels is not None else None, warped=warped, trust=trust,
             cycle_error={s: m.cycle_error for s, m in matches.items() if m.cycle_error is not None},
         )
 
-    def _pixel_matches(self, content: Latents, style: Latents, matches: dict[int, Match], options: dict,
+    def _pixel_matches(self, content: Latents, style: Latents, matches: dict[int, Match], options: AlignOptions,
                        refine: bool) -> Match | None:
         """The finest matches per pixel of the canvas (interpolated between trusted matches, then refined in a
         window of full-resolution descriptors when ``refine``); None when no full-resolution consumer needs them."""
@@ -286,13 +283,13 @@ class COAT(nn.Module):
         pixels = Match(flow=flow, confidence=confidence.clamp(0, 1), mask=mask)
         if refine and 1 in content.descriptors and 1 in style.descriptors:
             pixels = refine_match(content.descriptors[1], style.descriptors[1], pixels, radius=max(1, cfg.refine_radius),
-                                  temperature=cfg.refine_temperature, mode=options["mode"])
+                                  temperature=cfg.refine_temperature, mode=options.mode)
             if content.mask is not None:
                 pixels.mask = pixels.mask & (content.mask > 0.5)
         return pixels
 
-    def _aligned_map(self, layer: int, content: Latents, style: Latents, matches: dict[int, Match], options,
-                     pixels: Match | None = None) -> torch.Tensor:
+    def _aligned_map(self, layer: int, content: Latents, style: Latents, matches: dict[int, Match],
+                     options: AlignOptions, pixels: Match | None = None) -> torch.Tensor:
         cfg = self.config
         s = cfg.layer_scale(layer)
         content_map, style_map = content.maps[layer], style.maps[layer]
@@ -307,7 +304,7 @@ class COAT(nn.Module):
             match = matches[nearest]
             size = content_map.shape[-2:]
             flow, mask = match.flow, match.mask
-            sampling = "nearest" if options["mode"] == "hard" else "bilinear"
+            sampling = "nearest" if options.mode == "hard" else "bilinear"
             if cfg.pixel_latents and s == 1:  # full-resolution latents: the finest matches per pixel (refined)
                 flow, mask, sampling = pixels.flow, pixels.mask, "bilinear"
                 reach = nearest  # the fill spreads as far in the image as at the matched scale
@@ -317,14 +314,14 @@ class COAT(nn.Module):
             match = Match(flow=flow, confidence=match.confidence, mask=mask)
             matched = sample_at(style_map, flow, mode=sampling)
         hits = None
-        if options["fill"] in ("propagate", "global"):
+        if options.fill in ("propagate", "global"):
             hits = self._hit_map(match.flow, match.mask, style_map.shape[-2:])
         mask = match.mask
         if content.mask is not None:
             fg = F.interpolate(content.mask, size=mask.shape[-2:], mode="area") > 0.5
             mask = mask & fg
         out = fill_unconfident(
-            matched, mask, mode=options["fill"], style_maps=style_map, style_hits=hits,
+            matched, mask, mode=options.fill, style_maps=style_map, style_hits=hits,
             content_maps=content_map, average=self.w_avg, sigma=FILL_SIGMA * reach,
         )
         if content.mask is not None:  # the background keeps the content's own appearance

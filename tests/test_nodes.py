@@ -208,8 +208,8 @@ def test_align_options(M, model):
     assert align(scales="fine").scales == (2,)
     assert align(scales="2, 8").scales == (8, 2)
     assert align(mode="soft", temperature=0.05, fill="content").mode == "soft"
-    assert align(confidence_threshold=1.0).options["confidence_threshold"] == 1.0
-    assert align().options["sim_threshold"] == model.config.sim_threshold  # -1: the checkpoint's default
+    assert align(confidence_threshold=1.0).options.confidence_threshold == 1.0
+    assert align().options.sim_threshold == model.config.sim_threshold  # -1: the checkpoint's default
     with pytest.raises(ValueError, match="scales '3'.*8, 4, 2"):
         align(scales="3")
 

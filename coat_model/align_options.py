@@ -1,0 +1,58 @@
+"""The options of one alignment, resolved once against the model's config and recorded exactly as they ran.
+
+:meth:`COAT.align <coat_model.model.COAT.align>` takes overrides (``None`` = the config's default); this module
+turns them into one frozen :class:`AlignOptions` that the matching steps read and :class:`Alignment.options
+<coat_model.model.Alignment>` keeps. A value a path does not use is recorded as ``None`` (the hard path has no
+temperature, the soft path no similarity floor, geometric check or coarse-to-fine windows, and only the soft path
+picks an attention backend), and a value a path uses is recorded as used: the hard path filters on
+``confidence_threshold`` only when the caller asks for it (0.0 otherwise, whatever the config says).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .config import COATConfig
+
+
+@dataclass(frozen=True)
+class AlignOptions:
+    """What one alignment ran with. ``mode``: "hard" or "soft"; ``scales``: the matched scales, coarse to fine;
+    ``fill``: how untrusted cells were filled; ``refine``: whether the finest matches were refined per pixel."""
+
+    mode: str
+    scales: tuple[int, ...]
+    fill: str
+    refine: bool = False
+    backend: str | None = None               # soft path: the attention backend
+    temperature: float | None = None         # soft path: softmax temperature
+    confidence_threshold: float | None = None
+    sim_threshold: float | None = None       # hard path: similarity floor
+    cycle_sigma: float | None = None
+    geometric: bool | None = None            # hard path: the pair-wise distance check
+    coarse_to_fine: bool | None = None       # hard path: search windows around the coarser matches
+
+    @classmethod
+    def resolve(cls, config: COATConfig, *, mode: str, scales: tuple[int, ...], backend: str = "auto",
+                temperature: float | None = None, confidence_threshold: float | None = None,
+                sim_threshold: float | None = None, cycle_sigma: float | None = None, geometric: bool = True,
+                fill: str | None = None, coarse_to_fine: bool | None = None,
+                refine: bool | None = None) -> "AlignOptions":
+        """The options :meth:`COAT.align` runs with for these overrides (``None``: the config's value)."""
+        pick = lambda value, default: default if value is None else value  # noqa: E731
+        common = dict(
+            mode=mode, scales=tuple(scales), fill=pick(fill, config.fill),
+            refine=bool(config.refine_dim) and (bool(config.refine_radius) if refine is None else refine),
+            cycle_sigma=pick(cycle_sigma, config.cycle_sigma),
+        )
+        if mode == "soft":
+            return cls(**common, backend=backend, temperature=pick(temperature, config.temperature),
+                       confidence_threshold=pick(confidence_threshold, config.confidence_threshold))
+        return cls(**common, confidence_threshold=pick(confidence_threshold, 0.0),
+                   sim_threshold=pick(sim_threshold, config.sim_threshold), geometric=geometric,
+                   coarse_to_fine=pick(coarse_to_fine, config.coarse_to_fine))
+
+    @classmethod
+    def given_matches(cls, scales: tuple[int, ...], fill: str) -> "AlignOptions":
+        """The options of an alignment built from matches found elsewhere (sampled as the hard path does)."""
+        return cls(mode="hard", scales=tuple(scales), fill=fill)
