@@ -34,8 +34,15 @@ def _ssim(x: torch.Tensor, y: torch.Tensor, sigma: float) -> torch.Tensor:
     return s.flatten(1).mean(1)
 
 
-def ms_ssim(x: torch.Tensor, y: torch.Tensor, levels: int = 3) -> torch.Tensor:
-    """Multi-scale SSIM per image ([B]): the mean of SSIM over ``levels`` 2x-downsampled scales."""
+def mean_ssim_over_scales(x: torch.Tensor, y: torch.Tensor, levels: int = 3) -> torch.Tensor:
+    """Per image ([B]): the plain average of single-scale SSIM over ``levels`` copies, each a 2x average-pooled
+    copy of the last (a copy whose shorter side is under 16 px is not pooled further: the remaining levels
+    repeat it).
+
+    Not MS-SSIM (Wang et al., 2003): that multiplies the contrast-structure terms of every scale, with weights,
+    and takes the luminance term at the coarsest scale only. Here every scale's full SSIM (luminance included)
+    counts equally.
+    """
     total = x.new_zeros(x.shape[0])
     for i in range(levels):
         total = total + ssim(x, y)
@@ -45,8 +52,9 @@ def ms_ssim(x: torch.Tensor, y: torch.Tensor, levels: int = 3) -> torch.Tensor:
 
 
 def reconstruction_loss(output: torch.Tensor, target: torch.Tensor, ssim_weight: float = 0.5) -> torch.Tensor:
-    """Per-image L1 + ssim_weight * (1 - MS-SSIM) ([B]), images in [0, 1] (the offline fallback of spec B.7 #1)."""
-    return (output - target).abs().flatten(1).mean(1) + ssim_weight * (1 - ms_ssim(output, target))
+    """Per-image L1 + ssim_weight * (1 - SSIM averaged over three scales, :func:`mean_ssim_over_scales`) ([B]),
+    images in [0, 1]: the reconstruction term, with no pretrained network (docs/METHOD.md, training losses)."""
+    return (output - target).abs().flatten(1).mean(1) + ssim_weight * (1 - mean_ssim_over_scales(output, target))
 
 
 # -- regularisation ------------------------------------------------------------------------------------------------

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from coat_model.losses import (
     correspondence_nce, discriminator_loss, generator_adversarial_loss, hardness_schedule, latent_regularisation,
-    ms_ssim, r1_penalty, reconstruction_loss, select_negatives,
+    mean_ssim_over_scales, r1_penalty, reconstruction_loss, select_negatives,
 )
 
 
@@ -76,7 +76,7 @@ def test_hardness_curriculum_ramps_linearly():
 
 def test_reconstruction_and_ssim_known_values():
     x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(3))
-    torch.testing.assert_close(ms_ssim(x, x), torch.ones(2))
+    torch.testing.assert_close(mean_ssim_over_scales(x, x), torch.ones(2))
     torch.testing.assert_close(reconstruction_loss(x, x), torch.zeros(2), atol=1e-6, rtol=0)
     shifted = (x + 0.1).clamp(0, 1)
     assert (reconstruction_loss(shifted, x) > 0.05).all()
