@@ -1,11 +1,11 @@
-"""Zero-training baselines and oracles for the evaluation harness (COAT_SPEC.md section C.4).
+"""Zero-training baselines and oracles for the evaluation harness (docs/METHOD.md "Evaluation").
 
 All take and return images [B, 3, H, W] in [0, 1]; masks are bool [B, 1, H, W]; labels [B, H, W] (0 =
 background); flows [B, 2, H, W] (x, y) in [-1, 1], ``align_corners=True``.
 
 * :func:`identity` and :func:`style_copy`: the two trivial answers.
 * :func:`reinhard`: global colour transfer, per-channel mean/std matching in CIELAB (Reinhard et al. 2001
-  used l-alpha-beta; Lab is the spec's choice). Optional masks give its part-wise oracle
+  used l-alpha-beta; Lab is the project's choice). Optional masks give its part-wise oracle
   :func:`partwise_reinhard`.
 * :func:`bbox_warp`: the style resampled so that its object bounding box lands on the content's.
 * :func:`gt_warp`: the style sampled at the ground-truth correspondence, with the content background (the

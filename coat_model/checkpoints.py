@@ -91,7 +91,7 @@ def grow(path, **changes) -> COAT:
 def import_stylegan2(path, config: COATConfig | None = None, *, n_mean: int = 4096, seed: int = 0) -> COAT:
     """Build a :class:`COAT` whose decoder is a rosinality-format StyleGAN2 generator (``g_ema``).
 
-    The encoder stays randomly initialised (train it with the decoder frozen, COAT_SPEC A.7 I1). The average
+    The encoder stays randomly initialised (train it with the decoder frozen, docs/METHOD.md "Decoder"). The average
     latent comes from ``latent_avg`` when present, otherwise from the mapping network over ``n_mean`` samples.
     The file is read with ``torch.load(weights_only=True)``: no code in it can run.
     """

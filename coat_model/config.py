@@ -45,7 +45,8 @@ class COATConfig:
     geometric_radius: int = 3                  # neighbourhood radius (cells) of the pair-wise distance check
     confidence_threshold: float = 0.5          # soft path: mask = confidence >= threshold
     fill: str = "propagate"                    # fill of unconfident cells
-    coarse_to_fine: bool = True                # hard path: restrict finer searches around coarse matches (B.4 step 4)
+    coarse_to_fine: bool = True                # hard path: restrict finer searches around coarse matches
+                                               # (docs/CORRESPONDENCE.md section 3)
     search_radius: int = 2                     # coarse-to-fine window radius, cells of the finer scale
     center_descriptors: bool = True            # CoCosNet centring before the cosine correlation
     # -- below the cell and the colour path (0 / False: the paper's model) ----------------------------------
@@ -108,7 +109,7 @@ class COATConfig:
         return int(min(self.channel_base // res, self.channel_max))
 
     def layer_resolution(self, layer: int) -> int:
-        """Resolution at which latent ``layer`` modulates (the table of COAT_SPEC B.6)."""
+        """Resolution at which latent ``layer`` modulates (docs/METHOD.md "Decoder")."""
         return 4 if layer == 0 else 2 ** ((layer + 1) // 2 + 2)
 
     def layer_scale(self, layer: int) -> int:

@@ -15,8 +15,8 @@ channel on ``dim=1``) unless a function says otherwise; token layouts put (x, y)
 Two grids of [-1, 1] coordinates exist and differ on axes of a single element only: :func:`centre_axis` (the
 matcher's cell centres) puts a lone cell at 0, :func:`pixel_axis` (``torch.linspace``, the data pipeline's pixel
 grids) at -1. Every conversion here repeats, operation for operation, the arithmetic the code used before it was
-gathered here, so results are bit-identical (Python-number divisors stay Python numbers: on CUDA a division by a
-scalar is a multiplication by its reciprocal).
+gathered here, so results are bit-identical on the CPU (divisors are Python numbers; on CUDA a division by one is a
+multiplication by its reciprocal, which can move the refinement's flow, once divided by a tensor, by an ulp).
 """
 
 from __future__ import annotations

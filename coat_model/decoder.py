@@ -1,4 +1,4 @@
-"""StyleGAN2 synthesis network driven by spatial latent maps (one map per layer, COAT_SPEC B.6).
+"""StyleGAN2 synthesis network driven by spatial latent maps (one map per layer, docs/METHOD.md "Decoder").
 
 Parameter names follow rosinality's ``Generator`` (``input.input``, ``conv1``, ``to_rgb1``, ``convs.i``,
 ``to_rgbs.i``, ``noises.noise_i``) so that a pretrained ``g_ema`` synthesis network loads unchanged

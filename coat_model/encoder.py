@@ -1,6 +1,6 @@
 """Encoder E: residual CNN with anti-aliased downsampling, an FPN top-down path, latent and descriptor heads.
 
-Outputs, for an image batch at the model resolution R (COAT_SPEC B.1-B.3):
+Outputs, for an image batch at the model resolution R (docs/METHOD.md "Encoder and latents"):
 - ``features[s]``: FPN maps [B, feature_dim, R/s, R/s] for every aligned scale s (a divisor of R), and for s = 1
   with ``pixel_latents`` (full-resolution latents, no descriptors);
 - ``descriptors[s]``: L2-normalised matching descriptors [B, descriptor_dim, R/s, R/s] (and [B, refine_dim, R, R]

@@ -1,4 +1,4 @@
-"""Values for content cells without a confident match (COAT_SPEC B.5).
+"""Values for content cells without a confident match (docs/METHOD.md "Alignment").
 
 - ``propagate``: normalised convolution of the confident values, W = G*(M W) / G*M, at sigma, 2 sigma, 4 sigma
   cells; cells still uncovered take the global style mean;

@@ -138,7 +138,7 @@ def modulated_conv2d(
     padding: int = 0,
     eps: float = 1e-8,
 ) -> torch.Tensor:
-    """Modulated convolution with per-pixel styles (COAT_SPEC B.6).
+    """Modulated convolution with per-pixel styles (docs/METHOD.md "Decoder").
 
     Args:
         x: input features [B, C_in, H, W].

@@ -1,5 +1,5 @@
-"""Training losses (COAT_SPEC B.7): reconstruction, average-latent regularisation, correspondence contrastive
-loss with hard negative mining and a hardness curriculum, and the non-saturating adversarial loss with R1."""
+"""Training losses (docs/METHOD.md "Training"): reconstruction, average-latent regularisation, correspondence
+contrastive loss with hard negative mining and a hardness curriculum, and the non-saturating adversarial loss with R1."""
 
 from __future__ import annotations
 
@@ -62,7 +62,7 @@ def reconstruction_loss(output: torch.Tensor, target: torch.Tensor, ssim_weight:
 
 def latent_regularisation(maps: list[torch.Tensor], w_avg: torch.Tensor) -> torch.Tensor:
     """Spatial pSp W-norm per image ([B]): sum over layers of the mean over positions of ||W_l - w_avg||_2
-    (spec B.7 #2); no gradient reaches ``w_avg``."""
+    (docs/METHOD.md "Training"); no gradient reaches ``w_avg``."""
     avg = w_avg.detach().view(1, -1, 1, 1)
     return sum((m - avg).norm(dim=1).flatten(1).mean(1) for m in maps)
 
@@ -120,7 +120,7 @@ def correspondence_nce(
     salt: int = 0,
     detach_keys: bool = True,
 ) -> torch.Tensor:
-    """Correspondence contrastive loss with hard negatives (spec B.7 #3), per image.
+    """Correspondence contrastive loss with hard negatives (docs/METHOD.md "Training"), per image.
 
     Args:
         query: descriptors [B, C, h, w] (of the hybrid or of the real content), L2-normalised.
@@ -185,7 +185,7 @@ def cycle_loss(error: torch.Tensor) -> torch.Tensor:
 
 
 def hardness_schedule(step: int, total: int, ramp: float = 0.2) -> float:
-    """Share of hard negatives: linear from 0 to 1 over the first ``ramp`` of training (spec B.7 curriculum)."""
+    """Share of hard negatives: linear from 0 to 1 over the first ``ramp`` of training (docs/METHOD.md "Training")."""
     return 1.0 if ramp <= 0 else min(1.0, step / max(1.0, ramp * total))
 
 

@@ -1,4 +1,4 @@
-"""Dense correspondence between content and style descriptor maps, with confidence (COAT_SPEC B.4).
+"""Dense correspondence between content and style descriptor maps, with confidence (docs/CORRESPONDENCE.md).
 
 Two paths share one output type, :class:`Match`:
 
@@ -161,7 +161,7 @@ def _window_restriction(prior_flow: torch.Tensor, prior_mask: torch.Tensor, hs: 
 def geometric_consistency(
     content_xy: torch.Tensor, style_xy: torch.Tensor, valid: torch.Tensor, *, radius: int, sigma: float
 ) -> torch.Tensor:
-    """Consistency of pair-wise distances between neighbouring matches (COAT_SPEC B.4 step 3 (b)).
+    """Consistency of pair-wise distances between neighbouring matches (docs/CORRESPONDENCE.md section 3).
 
     For each content cell i and each valid neighbour k within ``radius`` cells, compares the content distance
     ``d_c(i, k)``, scaled by the image's median ratio rho = median(d_s / d_c), with the distance ``d_s`` between
@@ -207,7 +207,7 @@ def hard_match(
     search_radius: int = 2,
     center: bool = True,
 ) -> Match:
-    """Argmax matches with mutual/cycle and pair-wise-distance confidence (COAT_SPEC B.4).
+    """Argmax matches with mutual/cycle and pair-wise-distance confidence (docs/CORRESPONDENCE.md section 3).
 
     ``mask`` = cycle error <= ``cycle_tolerance`` cells AND similarity >= ``sim_threshold`` AND (if
     ``geometric``) a geometric score >= ``geometric_threshold`` (computed twice, the second time on the survivors

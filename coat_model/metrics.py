@@ -1,4 +1,4 @@
-"""Evaluation metrics of COAT_SPEC.md section C.2, on batches with exact ground truth.
+"""Evaluation metrics (docs/METHOD.md "Evaluation"), on batches with exact ground truth.
 
 Shapes: images [B, 3, H, W] float in [0, 1]; labels [B, H, W] int64 (0 = background, parts 1..L-1);
 flows [B, 2, H, W] (x, y) in [-1, 1] with ``align_corners=True``; visible / confidence [B, 1, H, W].
@@ -225,7 +225,7 @@ def compute_metrics(
     min_area: int = 4,
     distinct_de: float = 10.0,
 ) -> dict[str, float | None]:
-    """All C.2 metrics as a dict of floats (None where not applicable).
+    """All the evaluation metrics as a dict of floats (None where not applicable).
 
     Keys: l1, psnr, de_part, paa, de_to_content, bg_l1 (always computed); pck02, pck05, pck10 (need pred_flow,
     gt_flow and visible); conf_precision, conf_coverage (also need confidence).

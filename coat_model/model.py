@@ -1,4 +1,4 @@
-"""The COAT model: encode, align, decode, transfer (COAT_SPEC B.9)."""
+"""The COAT model: encode, align, decode, transfer (docs/METHOD.md)."""
 
 from __future__ import annotations
 
@@ -167,7 +167,7 @@ class COAT(nn.Module):
         coarse_to_fine: bool | None = None,
         refine: bool | None = None,
     ) -> Alignment:
-        """Align the style latents to the content through dense correspondence (COAT_SPEC B.4-B.5).
+        """Align the style latents to the content through dense correspondence (docs/CORRESPONDENCE.md).
 
         Args:
             backend: attention backend of the soft path ("auto", "xformers", "sdpa", "chunked", "naive").

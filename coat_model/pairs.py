@@ -1,4 +1,4 @@
-"""Training batches of (content, style, target) pairs built from single images (COAT_SPEC B.7).
+"""Training batches of (content, style, target) pairs built from single images (docs/METHOD.md "Training").
 
 Every sample of a global batch has its own random stream, seeded by ``(seed, global position)``: a batch split
 over any number of processes holds exactly the same pairs, and a resumed run continues the same sequence.

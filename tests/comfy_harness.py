@@ -128,7 +128,7 @@ def start_server(root: Path, timeout: float = 120.0, frontend: Path | None = Non
         time.sleep(0.3)
 
 
-# --- in-process (COMFYUI_NOTES 1g) -------------------------------------------------------------------
+# --- in-process (docs/COMFYUI.md "Testing against a real ComfyUI") -------------------------------------------------------------------
 _inproc: dict = {}
 
 

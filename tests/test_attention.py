@@ -1,4 +1,4 @@
-"""Every attention backend equals the naive reference, forward and backward (spec B.11, CORRESPONDENCE 1.6)."""
+"""Every attention backend equals the naive reference, forward and backward (docs/CORRESPONDENCE.md section 1)."""
 
 import pytest
 import torch

@@ -1,4 +1,4 @@
-"""Spatial modulated convolution reduces exactly to StyleGAN2's with spatially constant styles (spec B.11 #1)."""
+"""Spatial modulated convolution reduces exactly to StyleGAN2's with spatially constant styles (docs/METHOD.md "Decoder")."""
 
 import torch
 

@@ -1,4 +1,4 @@
-"""Correspondence and confidence (spec B.11 #2-3): known shifts, destroyed regions, outliers."""
+"""Correspondence and confidence (docs/CORRESPONDENCE.md): known shifts, destroyed regions, outliers."""
 
 import pytest
 import torch

@@ -1,4 +1,4 @@
-"""The model API: shapes, batch rules, any input size, content path, fills, clear errors (spec B.11 #5-6)."""
+"""The model API: shapes, batch rules, any input size, content path, fills, clear errors (docs/METHOD.md)."""
 
 import json
 

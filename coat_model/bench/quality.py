@@ -1,4 +1,4 @@
-"""Transfer quality against exact ground truth on procedural faces (COAT_SPEC C.2), with the C.4 baselines.
+"""Transfer quality against exact ground truth on procedural faces (docs/METHOD.md "Evaluation"), with the baselines.
 
     python -m coat_model.bench quality --ckpt checkpoints/coat_faces.safetensors --pairs 200 --split easy --json q.json
 

@@ -1,4 +1,4 @@
-"""Procedural faces with exact ground truth (COAT_SPEC.md section C.1).
+"""Procedural faces with exact ground truth (docs/METHOD.md "Evaluation").
 
 Every face is rendered from two independent parameter sets:
 
@@ -615,8 +615,8 @@ def true_transfer(s_content: Structure, a_style: Appearance, size: int,
                   a_content: Appearance | None = None) -> torch.Tensor:
     """Exact appearance transfer ``render(S_content, A_style)`` [B, 3, size, size].
 
-    The spec keeps the content background (C.1): pass ``a_content`` and the background colours come from
-    it. Without it the style's background is used; the object (every non-background pixel) is identical
+    The evaluation keeps the content background (docs/METHOD.md): pass ``a_content`` and the background colours
+    come from it. Without it the style's background is used; the object (every non-background pixel) is identical
     either way, and all object metrics only look inside the content object mask.
     """
     if a_content is not None:
