@@ -6,7 +6,7 @@ start-up): ``train_state.safetensors`` (everything to resume), ``coat.safetensor
 the run was started with). Cancel saves the state at the last finished step; queuing the node again with the same
 run name continues from there, exactly as if it had not stopped.
 
-ComfyUI runs nodes under ``torch.inference_mode()`` (COMFYUI_NOTES pitfall 5): training runs inside
+ComfyUI runs nodes under ``torch.inference_mode()`` (docs/COMFYUI.md, "Training inside the graph"): training runs inside
 ``torch.inference_mode(False)`` + ``torch.enable_grad()``, on clones of the input tensors and a fresh copy of the
 base model's weights (the base model itself is never changed).
 """
