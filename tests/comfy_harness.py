@@ -6,6 +6,7 @@ ComfyUI at module import time, so tests that do not use these helpers never touc
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import json
 import os
 import signal
@@ -133,8 +134,17 @@ _inproc: dict = {}
 
 
 def run_async(coro):
-    """Run a coroutine on the kept-open in-process loop (PromptServer.send_sync needs it alive)."""
-    return _inproc["loop"].run_until_complete(coro)
+    """Run a coroutine on the kept-open in-process loop (PromptServer.send_sync needs it alive).
+
+    When this thread already runs an event loop (Playwright's sync API keeps one running once the browser tests
+    started Chromium), asyncio refuses a second one here, so the kept loop then runs in a worker thread."""
+    loop = _inproc["loop"]
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return loop.run_until_complete(coro)
+    with concurrent.futures.ThreadPoolExecutor(1) as worker:
+        return worker.submit(loop.run_until_complete, coro).result()
 
 
 def load_inprocess(root: Path, pack_dir: Path = REPO):

@@ -59,3 +59,10 @@ def browser():
         b = p.chromium.launch(executable_path=executable, headless=True, args=comfy_page.CHROMIUM_FLAGS)
         yield b
         b.close()
+
+
+def pytest_collection_modifyitems(config, items):
+    """Browser tests last: the session's Playwright keeps an event loop and driver threads alive in this process,
+    and later tests fork (DataLoader workers) and run their own loops; a fork beside those threads can hang."""
+    browser = [item for item in items if "browser" in item.module.__name__]
+    items[:] = [item for item in items if item not in browser] + browser
