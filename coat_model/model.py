@@ -248,15 +248,13 @@ class COAT(nn.Module):
 
     def _assemble(self, content: Latents, style: Latents, matches: dict[int, Match],
                   options: AlignOptions) -> Alignment:
-        refine = options.refine
-        pixels = self._pixel_matches(content, style, matches, options, refine)
+        pixels = self._pixel_matches(content, style, matches, options)
         maps = [self._aligned_map(l, content, style, matches, options, pixels) for l in range(self.config.n_layers)]
         warped = trust = None
         if self.config.warp_style and pixels is not None and style.image is not None:
             warped = sample_at(style.image, pixels.flow, mode="bilinear")
             # Soft (training): the cycle confidence, as a weight that the gate cannot game; hard: the trusted matches.
-            trust = pixels.confidence.detach() if options.mode == "soft" else pixels.mask.to(warped.dtype)
-            trust = trust.to(warped.dtype)
+            trust = (pixels.confidence.detach() if options.mode == "soft" else pixels.mask).to(warped.dtype)
             if content.mask is not None:
                 trust = trust * content.mask
         return Alignment(
@@ -264,14 +262,14 @@ class COAT(nn.Module):
             confidence={s: m.confidence for s, m in matches.items()},
             mask={s: m.mask for s, m in matches.items()},
             maps=maps, mode=options.mode, options=options,
-            refined=pixels if refine and pixels is not None else None, warped=warped, trust=trust,
+            refined=pixels if options.refine else None, warped=warped, trust=trust,
             cycle_error={s: m.cycle_error for s, m in matches.items() if m.cycle_error is not None},
         )
 
-    def _pixel_matches(self, content: Latents, style: Latents, matches: dict[int, Match], options: AlignOptions,
-                       refine: bool) -> Match | None:
+    def _pixel_matches(self, content: Latents, style: Latents, matches: dict[int, Match],
+                       options: AlignOptions) -> Match | None:
         """The finest matches per pixel of the canvas (interpolated between trusted matches, then refined in a
-        window of full-resolution descriptors when ``refine``); None when no full-resolution consumer needs them."""
+        window of full-resolution descriptors when ``options.refine``); None when no full-resolution consumer needs them."""
         cfg = self.config
         if not (cfg.pixel_latents or cfg.warp_style):
             return None
@@ -281,7 +279,7 @@ class COAT(nn.Module):
         mask = F.interpolate(m.mask.float(), size=(r, r), mode="nearest") > 0.5
         confidence = F.interpolate(m.confidence.float(), size=(r, r), mode="bilinear", align_corners=False)
         pixels = Match(flow=flow, confidence=confidence.clamp(0, 1), mask=mask)
-        if refine and 1 in content.descriptors and 1 in style.descriptors:
+        if options.refine and 1 in content.descriptors and 1 in style.descriptors:
             pixels = refine_match(content.descriptors[1], style.descriptors[1], pixels, radius=max(1, cfg.refine_radius),
                                   temperature=cfg.refine_temperature, mode=options.mode)
             if content.mask is not None:
