@@ -27,7 +27,8 @@ from .config import COATConfig
 from .coords import flow_to_index
 from .discriminator import Discriminator
 from .losses import (
-    correspondence_nce, cycle_loss, discriminator_loss, generator_adversarial_loss, hardness_schedule, latent_regularisation,
+    correspondence_nce, cycle_loss, discriminator_loss, generator_adversarial_loss, hardness_schedule,
+    latent_regularisation,
     r1_penalty, reconstruction_loss,
 )
 from .model import COAT
@@ -127,6 +128,8 @@ class TrainingStep(nn.Module):
         hard_share = hardness_schedule(step, cfg.steps, cfg.hard_ramp)
         use_random = step >= cfg.bootstrap * cfg.steps
         ccl_real, ccl_hybrid = 0.0, 0.0
+        kw = dict(n_queries=cfg.ccl_queries, n_negatives=cfg.ccl_negatives, hard_share=hard_share, tau=cfg.ccl_tau,
+                  detach_keys=cfg.ccl_detach_keys)
         seeds = torch.tensor(batch.seeds, dtype=torch.long)
         for i, s in enumerate(mcfg.scales):
             ks = style.descriptors[s]
@@ -137,8 +140,6 @@ class TrainingStep(nn.Module):
                 random_rows = ~batch.has_flow
                 target = torch.where(random_rows[:, None], est_target, target)
                 ok = torch.where(random_rows[:, None], est_ok, ok)
-            kw = dict(n_queries=cfg.ccl_queries, n_negatives=cfg.ccl_negatives, hard_share=hard_share, tau=cfg.ccl_tau,
-                      detach_keys=cfg.ccl_detach_keys)
             ccl_real = ccl_real + correspondence_nce(content.descriptors[s], ks, target, ok,
                                                      seeds=seeds, salt=2 * i, **kw).sum()
             if hybrid_desc is not None:
@@ -150,8 +151,7 @@ class TrainingStep(nn.Module):
             target, ok = flow_targets(batch.flow, batch.flow_valid, r, 1, kf.shape[-2:])
             terms["ccl_fine"] = correspondence_nce(
                 content.descriptors[1], kf, target, ok & batch.has_flow[:, None], seeds=seeds, salt=2 * n_scales,
-                n_queries=cfg.ccl_fine_queries, n_negatives=cfg.ccl_negatives, hard_share=hard_share, tau=cfg.ccl_tau,
-                detach_keys=cfg.ccl_detach_keys).sum() / global_counts["all"]
+                **{**kw, "n_queries": cfg.ccl_fine_queries}).sum() / global_counts["all"]
         cycle = alignment.cycle_error.get(mcfg.scales[-1])  # the finest soft matches (none on the hard path)
         if cfg.cycle_weight and cycle is not None:
             terms["cycle"] = cycle_loss(cycle).sum() / global_counts["all"]
