@@ -131,7 +131,7 @@ def chunked_topk(
         if allowed is not None and (keep := allowed(rows)) is not None:
             keep = keep | ~keep.any(dim=-1, keepdim=True)
             sim = sim.masked_fill(~keep, float("-inf"))
-        value, index = sim.topk(top, dim=-1)
+        value, index = sim.max(dim=-1, keepdim=True) if top == 1 else sim.topk(top, dim=-1)
         values.append(value)
         indices.append(index)
     return torch.cat(values, dim=1), torch.cat(indices, dim=1)

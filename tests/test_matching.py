@@ -112,3 +112,23 @@ def test_coarse_to_fine_restricts_the_search():
     cell = lambda m: ((m.flow[0, :, 1, 1] + 1) / 2 * 15).round().tolist()  # noqa: E731
     assert cell(hard_match(d, style)) == [14, 14]  # a global search takes the decoy
     assert cell(hard_match(d, style, prior=coarse, search_radius=2)) == [1, 1]
+
+
+@pytest.mark.parametrize("shape", [(6, 6, 8, 8), (5, 7, 9, 4)])
+def test_the_coarse_to_fine_window_is_the_chebyshev_window_of_each_confident_cell(shape):
+    """The per-axis window (outer AND) equals the window written as a Chebyshev distance over [rows, Ls, 2]."""
+    from coat_model.coords import flow_to_cells
+    from coat_model.matching import _window_restriction, tokens
+
+    h, w, hs, ws = shape
+    g = torch.Generator().manual_seed(1)
+    prior_flow = torch.rand(2, 2, h, w, generator=g) * 2.2 - 1.1  # some centres outside the image
+    prior_mask = torch.rand(2, 1, h, w, generator=g) > 0.3
+    allowed = _window_restriction(prior_flow, prior_mask, hs, ws, radius=1)
+    centres = flow_to_cells(tokens(prior_flow), hs, ws, dim=-1)                       # [B, L, 2]
+    cells = flow_to_cells(coordinate_grid(hs, ws), hs, ws, dim=-1)                    # [Ls, 2]
+    chebyshev = (cells[None, None] - centres[:, :, None]).abs().amax(-1)              # [B, L, Ls]
+    expected = (chebyshev <= 1.5) | ~tokens(prior_mask.float())[..., 0, None].bool()
+    rows = slice(2, h * w - 1)
+    assert torch.equal(allowed(rows), expected[:, rows])
+    assert allowed(rows).any(-1).all() and not allowed(rows).all()
