@@ -71,7 +71,7 @@ def attend(
     dtype = attention_dtype(q.dtype, q.device)
     q, k, v = (t.to(dtype) for t in (q, k, v))
     backend = resolve_backend(backend, q.device)
-    out = _BACKENDS[backend](q, k, v, scale=scale, chunk=chunk)
+    out = KERNELS[backend](q, k, v, scale=scale, chunk=chunk)
     return out.to(out_dtype)
 
 
@@ -80,8 +80,54 @@ def attend_naive(q, k, v, *, scale, chunk=None):
 
 
 def attend_chunked(q, k, v, *, scale, chunk=DEFAULT_CHUNK):
+    if torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)):
+        return _ChunkedAttention.apply(q, k, v, scale, chunk)
+    return _chunked_forward(q, k, v, scale, chunk)[0]
+
+
+def _chunked_forward(q, k, v, scale: float, chunk: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Output [B, Lq, Cv] and the rows' log-sum-exp [B, Lq], one [B, chunk, Lk] block of logits at a time."""
     kt = k.transpose(1, 2)
-    return torch.cat([torch.softmax((qc @ kt) * scale, dim=-1) @ v for qc in q.split(chunk, dim=1)], dim=1)
+    out = q.new_empty(*q.shape[:2], v.shape[-1])
+    lse = q.new_empty(q.shape[:2])
+    for start in range(0, q.shape[1], chunk):
+        rows = slice(start, start + chunk)
+        logits = (q[:, rows] @ kt).mul_(scale)
+        lse[:, rows] = torch.logsumexp(logits, dim=-1)
+        torch.bmm(logits.sub_(lse[:, rows, None]).exp_(), v, out=out[:, rows])
+    return out, lse
+
+
+class _ChunkedAttention(torch.autograd.Function):
+    """Exact attention whose backward recomputes each block of probabilities from the saved log-sum-exp (the
+    flash-attention recurrence, written with batched matrix products): memory O(chunk x Lk) forward and backward.
+    On CPU its forward+backward runs several times faster than ``scaled_dot_product_attention``'s (see
+    BENCHMARKS.md, alignment), which is why ``auto`` picks it there for training."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, scale: float, chunk: int):
+        out, lse = _chunked_forward(q, k, v, scale, chunk)
+        ctx.save_for_backward(q, k, v, out, lse)
+        ctx.scale, ctx.chunk = scale, chunk
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_out):
+        q, k, v, out, lse = ctx.saved_tensors
+        scale, kt = ctx.scale, k.transpose(1, 2)
+        grad_out = grad_out.contiguous()
+        delta = (grad_out * out).sum(-1)  # [B, Lq]: rowsum(P * dP) = rowsum(dO * O)
+        dq, dk, dv = torch.empty_like(q), torch.zeros_like(k), torch.zeros_like(v)
+        for start in range(0, q.shape[1], ctx.chunk):
+            rows = slice(start, start + ctx.chunk)
+            qc, go = q[:, rows], grad_out[:, rows]
+            p = (qc @ kt).mul_(scale).sub_(lse[:, rows, None]).exp_()          # [B, chunk, Lk] probabilities
+            dv.baddbmm_(p.transpose(1, 2), go)
+            ds = (go @ v.transpose(1, 2)).sub_(delta[:, rows, None]).mul_(p)   # dlogits / scale
+            torch.bmm(ds, k, out=dq[:, rows]).mul_(scale)
+            dk.baddbmm_(ds.transpose(1, 2), qc, alpha=scale)
+        return dq, dk, dv, None, None
 
 
 def _pad_last(t: torch.Tensor, size: int) -> torch.Tensor:
@@ -106,7 +152,8 @@ def attend_xformers(q, k, v, *, scale, chunk=None):
     return xops.memory_efficient_attention(q, k, v, scale=scale)[:, :, 0, :cv]
 
 
-_BACKENDS = {"naive": attend_naive, "chunked": attend_chunked, "sdpa": attend_sdpa, "xformers": attend_xformers}
+KERNELS = {"naive": attend_naive, "chunked": attend_chunked, "sdpa": attend_sdpa, "xformers": attend_xformers}
+_BACKENDS = KERNELS  # the former name
 
 
 def chunked_topk(

@@ -87,3 +87,14 @@ def test_backend_errors_are_clear():
     q, k, v = _qkv(6)
     with pytest.raises(ValueError, match="incompatible shapes"):
         attend(q, k[:, :, :5], v, scale=1.0)
+
+
+def test_chunked_backward_recomputes_blocks_instead_of_keeping_them():
+    """Autograd keeps q, k, v, the output and one log-sum-exp per row: nothing of size Lq x Lk."""
+    q, k, v = _qkv(6, lq=64, lk=48, requires_grad=True)
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.numel()) or t, lambda t: t):
+        out = attend(q, k, v, scale=10.0, backend="chunked", chunk=16)
+    assert sum(saved) == q.numel() + k.numel() + v.numel() + out.numel() + 2 * 64  # no [2, 16, 48] block kept
+    out.sum().backward()
+    assert q.grad is not None and k.grad is not None and v.grad is not None
