@@ -6,8 +6,9 @@ Examples::
     coat-train --data /path/to/cats --resolution 128 --out runs/cats --resume
     torchrun --nproc_per_node=8 -m coat_model.train --data /data/cars --resolution 256 --batch-size 64 --out runs/cars
 
-A run directory holds ``coat.safetensors`` (the EMA model, loadable by ``coat_model.load`` and the ComfyUI
-loader), ``train_state.safetensors`` (everything ``--resume`` needs), ``metrics.jsonl`` and ``samples/*.png``.
+A run directory (``coat_model.run_dir``) holds ``coat.safetensors`` (the EMA model, loadable by ``coat_model.load``
+and the ComfyUI loader), ``train_state.safetensors`` (everything ``--resume`` needs), ``metrics.jsonl``,
+``samples/*.png`` and ``run.json`` (the settings and the history of the run's invocations).
 Checkpoints are written atomically every ``--ckpt-every`` steps, at the end, and on SIGINT/SIGTERM.
 """
 
@@ -28,7 +29,8 @@ import torch.distributed as dist
 
 from .config import COATConfig, parse_overrides
 from .io import CheckpointError, grow, import_stylegan2, load
-from .trainer import TrainConfig, Trainer
+from .run_dir import CLI_RECORD, RunDirectory, write_run_record
+from .trainer import AMP_MODES, TrainConfig, Trainer
 
 PRESETS = {"tiny": COATConfig.tiny, "small": COATConfig.small, "default": COATConfig}
 
@@ -67,34 +69,34 @@ def fit(
     curricula) to the number of steps the measured speed allows, so that a time-boxed run still finishes its
     schedule.
     """
-    cfg = trainer.config
     main = trainer.rank == 0
-    log = open(out_dir / "metrics.jsonl", "a") if (main and out_dir) else None
+    run = RunDirectory(out_dir) if out_dir else None
+    log = open(run.metrics, "a") if (main and run) else None
     start, window_start, window_images = time.time(), time.time(), 0
     t50, first_step = start, trainer.step
     reason = "done"
     try:
-        while trainer.step < cfg.steps:
+        while trainer.step < trainer.config.steps:  # fit_to_time may shorten trainer.config
             stats = trainer.train_step()
-            window_images += cfg.batch_size
+            window_images += trainer.config.batch_size
             step = trainer.step
             if step == first_step + 50:
                 t50 = time.time()
             if fit_to_time and max_seconds and step == first_step + 100:  # the speed past warm-up
-                cfg = _fit_schedule(trainer, 50 / max(time.time() - t50, 1e-9), max_seconds, time.time() - start)
+                _fit_schedule(trainer, 50 / max(time.time() - t50, 1e-9), max_seconds, time.time() - start)
             if on_step is not None:
                 on_step(step, stats)
-            if log_every and (step % log_every == 0 or step == cfg.steps):
+            if log_every and (step % log_every == 0 or step == trainer.config.steps):
                 elapsed = time.time() - window_start
                 stats["images_per_s"] = window_images / max(elapsed, 1e-9)
                 window_start, window_images = time.time(), 0
                 if main:
-                    _progress(step, cfg.steps, stats, time.time() - start, first_step)
+                    _progress(step, trainer.config.steps, stats, time.time() - start, first_step)
                     if log:
                         log.write(json.dumps({"step": step, "time": round(time.time() - start, 2), **stats}) + "\n")
                         log.flush()
             if main and out_dir and sample_every and step % sample_every == 0:
-                write_samples(trainer, out_dir / "samples" / f"step_{step:07d}.png")
+                write_samples(trainer, run.sample(step))
             stop = bool(should_stop and should_stop())
             over_time = max_seconds is not None and time.time() - start > max_seconds
             if _agree(trainer, stop or over_time):
@@ -110,29 +112,20 @@ def fit(
     return reason
 
 
-def _write_run_record(path: Path, step: int, record: dict) -> None:
-    """``run.json``: this invocation's settings, plus ``history``, every invocation of the run so far with the step
-    it started at (a resumed run keeps the command that began it)."""
-    history = []
-    if path.is_file():
-        try:
-            previous = json.loads(path.read_text())
-            history = previous.get("history") or [{"command": previous.get("command"), "start_step": 0}]
-        except (OSError, ValueError, AttributeError):
-            history = []  # an unreadable record is replaced, never a reason to stop training
-    record["history"] = history + [{"command": record["command"], "start_step": step}]
-    path.write_text(json.dumps(record, indent=2))
+_write_run_record = write_run_record  # ``run.json``: RunDirectory.append_invocation (the old name, kept)
 
 
 def _fit_schedule(trainer: Trainer, steps_per_s: float, max_seconds: float, elapsed: float) -> TrainConfig:
-    """Shorten the run to the steps that fit the remaining time at the measured speed (all ranks agree)."""
+    """Shorten the run to the steps that fit the remaining time at the measured speed (all ranks agree).
+
+    ``trainer.config`` is the one copy of the settings (the trainer's step module computes the losses with the
+    same object), so replacing it changes the schedule everywhere; it is also returned."""
     rate = torch.tensor([steps_per_s], dtype=torch.float64, device=trainer.device)
     if trainer.world_size > 1:
         dist.all_reduce(rate, op=dist.ReduceOp.MIN)
     steps = int(trainer.step + rate.item() * (max_seconds - elapsed) * 0.97)
     if steps < trainer.config.steps:
-        trainer.config = dataclasses.replace(trainer.config, steps=max(steps, trainer.step + 1))
-        trainer.step_module.config = trainer.config
+        trainer.config = dataclasses.replace(trainer.config, steps=max(steps, trainer.step + 1))  # reaches the losses too
         if trainer.rank == 0:
             print(f"fit to time: the schedule now ends at step {trainer.config.steps}", file=sys.stderr)
     return trainer.config
@@ -175,6 +168,17 @@ def write_samples(trainer: Trainer, path: Path, n: int = 4) -> None:
     save_grid(rows, path, nrow=n)
 
 
+_TRAIN_DEFAULTS = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+
+
+def _train_option(p: argparse.ArgumentParser, field: str, help: str, **kw) -> None:
+    """``--field-name`` for a :class:`TrainConfig` field: its type and default are the dataclass's (so the two
+    cannot drift), and ``--help`` shows the default."""
+    default = _TRAIN_DEFAULTS[field]
+    p.add_argument("--" + field.replace("_", "-"), type=type(default), default=default,
+                   help=f"{help} (default: %(default)s)", **kw)
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="coat-train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", default="procedural:faces", help="procedural:faces, procedural:faces-hard or an image folder")
@@ -185,14 +189,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--stylegan2", type=Path, default=None,
                    help="rosinality StyleGAN2 checkpoint (g_ema): its generator becomes the frozen decoder")
     p.add_argument("--resume", action="store_true", help="continue the run in --out exactly where it stopped")
-    p.add_argument("--steps", type=int, default=20_000)
-    p.add_argument("--batch-size", type=int, default=16, help="global batch over all processes")
-    p.add_argument("--accumulate", type=int, default=1)
-    p.add_argument("--lr", type=float, default=2e-3)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--adv-weight", type=float, default=0.0, help="> 0 adds a discriminator (from scratch)")
-    p.add_argument("--ccl-hybrid-weight", type=float, default=1.0)
-    p.add_argument("--amp", choices=("auto", "off", "bf16", "fp16"), default="auto")
+    _train_option(p, "steps", "optimiser steps of the run (with --resume: its new total)")
+    _train_option(p, "batch_size", "global batch over all processes")
+    _train_option(p, "accumulate", "micro-batches per optimiser step")
+    _train_option(p, "lr", "Adam learning rate")
+    _train_option(p, "seed", "seed of the weights, the pairs and the augmentations")
+    _train_option(p, "adv_weight", "> 0 adds a discriminator (from scratch)")
+    _train_option(p, "ccl_hybrid_weight", "weight of the contrastive loss on the hybrid's descriptors")
+    _train_option(p, "amp", "mixed precision (auto: bf16 on CUDA)", choices=AMP_MODES)
     p.add_argument("--set", dest="train_set", action="append", metavar="FIELD=VALUE",
                    help="override any TrainConfig field, e.g. --set betas=0,0.99 --set ccl_detach_keys=true")
     p.add_argument("--model-set", action="append", metavar="FIELD=VALUE",
@@ -248,17 +252,18 @@ def main(argv=None) -> int:
 
 def _run(args, device, rank: int, world_size: int) -> int:
     out: Path = args.out
-    state_path = out / "train_state.safetensors"
+    run = RunDirectory(out, CLI_RECORD)
+    resume = run.resumes(args.resume)
     train_cfg = TrainConfig(
         steps=args.steps, batch_size=args.batch_size, accumulate=args.accumulate, lr=args.lr, seed=args.seed,
         adv_weight=args.adv_weight, ccl_hybrid_weight=args.ccl_hybrid_weight, amp=args.amp,
         freeze_decoder=args.stylegan2 is not None, **args.train_overrides,
     )
     model = None
-    if args.resume and state_path.is_file():
+    if resume:
         from .state import load_state
 
-        saved = load_state(state_path)
+        saved = load_state(run.state)
         model_cfg = COATConfig.from_json(saved["model_config"])
         # The run continues with its own settings; only --steps may extend it.
         train_cfg = dataclasses.replace(TrainConfig.from_json(saved["train_config"]), steps=args.steps)
@@ -275,15 +280,15 @@ def _run(args, device, rank: int, world_size: int) -> int:
     trainer = Trainer(model_cfg, train_cfg, dataset, device=device, model=model, rank=rank, world_size=world_size,
                       workers=args.workers)
     if args.resume:
-        if state_path.is_file():
-            trainer.load(state_path)
+        if resume:
+            trainer.load(run.state)
             if rank == 0:
                 print(f"resumed {out} at step {trainer.step}", file=sys.stderr)
         elif rank == 0:
             print(f"--resume: no state in {out} yet, starting fresh", file=sys.stderr)
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
-        _write_run_record(out / "run.json", trainer.step, {
+        run.append_invocation(trainer.step, {
             "command": " ".join(sys.argv), "model_config": json.loads(model_cfg.to_json()),
             "train_config": json.loads(train_cfg.to_json()), "world_size": world_size, "device": str(device),
             "torch": torch.__version__,
@@ -304,7 +309,7 @@ def _run(args, device, rank: int, world_size: int) -> int:
         metadata=metadata, fit_to_time=args.fit_to_time,
     )
     if rank == 0:
-        print(f"{reason} at step {trainer.step}: {out / 'coat.safetensors'}"
+        print(f"{reason} at step {trainer.step}: {run.model}"
               + ("" if reason == "done" else f" (continue with --resume --out {out})"), file=sys.stderr)
     return 0
 

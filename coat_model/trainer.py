@@ -15,6 +15,7 @@ import signal
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 import torch.distributed as dist
@@ -33,7 +34,11 @@ from .losses import (
 )
 from .model import COAT
 from .pairs import GlobalSampler, PairBatch, build_pairs, flow_targets
+from .run_dir import RunDirectory
 from .state import load_state, save_state
+
+
+AMP_MODES = ("auto", "off", "bf16", "fp16")
 
 
 @dataclass(frozen=True)
@@ -95,19 +100,37 @@ class TrainConfig:
             raise ValueError(f"the learning rate must be a positive number, got {self.lr}")
         if self.batch_size < 1 or self.accumulate < 1 or self.batch_size % self.accumulate:
             raise ValueError(f"batch_size {self.batch_size} must be a positive multiple of accumulate {self.accumulate}")
-        if self.amp not in ("auto", "off", "bf16", "fp16"):
+        if self.amp not in AMP_MODES:
             raise ValueError(f"amp must be auto, off, bf16 or fp16, got {self.amp!r}")
 
 
-class TrainingStep(nn.Module):
-    """Generator-side losses of one micro-batch as a module, so DistributedDataParallel can wrap it."""
+class StepResult(NamedTuple):
+    """What one micro-batch's generator step gives the trainer (a tuple of tensors, as DistributedDataParallel
+    wants from a forward; ``loss, stats = result[:2]`` still reads the first two)."""
 
-    def __init__(self, model: COAT, discriminator: Discriminator | None, config: TrainConfig):
+    loss: torch.Tensor                 # the weighted sum of the terms, to back-propagate
+    stats: dict[str, torch.Tensor]     # every term (detached) and the share of trusted matches ("coverage")
+    fake: torch.Tensor                 # the hybrid in [0, 1] [B, 3, R, R], detached: the discriminator's fakes
+    layer_means: list[torch.Tensor]    # per decoder layer, the batch mean of the content latents [w_dim], detached
+
+
+class TrainingStep(nn.Module):
+    """Generator-side losses of one micro-batch as a module, so DistributedDataParallel can wrap it.
+
+    Its only submodule is the model (its state_dict is the model's, under ``model.``). The discriminator, which
+    has its own optimiser and its own DistributedDataParallel wrapper, is not part of it: the trainer passes it to
+    each call. The training settings are the trainer's (``Trainer.config`` is this module's ``config``, one
+    object), so a schedule shortened by ``fit_to_time`` reaches the losses.
+    """
+
+    def __init__(self, model: COAT, config: TrainConfig):
         super().__init__()
         self.model, self.config = model, config
-        self.discriminator = [discriminator]  # held outside the module tree: it has its own optimiser and DDP
 
-    def forward(self, batch: PairBatch, step: int, global_counts: dict[str, int]) -> tuple[torch.Tensor, dict]:
+    def forward(self, batch: PairBatch, step: int, global_counts: dict[str, int],
+                discriminator: Discriminator | None = None) -> StepResult:
+        """The losses of ``batch`` at ``step``; ``discriminator`` (when given and ``adv_weight`` > 0) adds the
+        adversarial term."""
         cfg, model = self.config, self.model
         mcfg = model.config
         r = mcfg.resolution
@@ -158,16 +181,14 @@ class TrainingStep(nn.Module):
         terms["ccl"] = ccl_real / n_scales / global_counts["all"]
         if hybrid_desc is not None:
             terms["ccl_hybrid"] = ccl_hybrid / n_scales / global_counts["all"]
-        disc = self.discriminator[0]
-        if disc is not None and cfg.adv_weight:
-            terms["adv"] = generator_adversarial_loss(disc(hybrid * 2 - 1)).sum() / global_counts["all"]
+        if discriminator is not None and cfg.adv_weight:
+            terms["adv"] = generator_adversarial_loss(discriminator(hybrid * 2 - 1)).sum() / global_counts["all"]
 
         weights = cfg.loss_weights()
         loss = sum(weights[k] * v for k, v in terms.items())
         stats = {k: v.detach() for k, v in terms.items()}
         stats["coverage"] = torch.stack([m.float().mean() for m in alignment.mask.values()]).mean().detach()
-        self._last = (hybrid.detach(), [m.detach().mean(dim=(0, 2, 3)) for m in content.maps])
-        return loss, stats
+        return StepResult(loss, stats, hybrid.detach(), [m.detach().mean(dim=(0, 2, 3)) for m in content.maps])
 
 
 def _confident_targets(flow: torch.Tensor, mask: torch.Tensor):
@@ -190,7 +211,7 @@ class _StepPairs(torch.utils.data.Dataset):
     """Item i = the micro-batches of step ``start + i`` (for a DataLoader that prepares them ahead)."""
 
     def __init__(self, trainer: "Trainer", start: int):
-        self.make, self.start, self.steps = trainer._pairs, start, trainer.config.steps
+        self.make, self.start, self.steps = trainer.pairs, start, trainer.config.steps
 
     def __len__(self) -> int:
         return self.steps - self.start
@@ -204,7 +225,7 @@ class Trainer:
 
     def __init__(self, model_config: COATConfig, config: TrainConfig, dataset, *, device="cpu", model: COAT | None = None,
                  rank: int = 0, world_size: int = 1, workers: int = 0):
-        self.config, self.dataset = config, dataset
+        self.dataset = dataset
         self.device = torch.device(device)
         self.rank, self.world_size = rank, world_size
         if config.batch_size % (world_size * config.accumulate):
@@ -219,7 +240,7 @@ class Trainer:
             self.model.decoder.requires_grad_(False)
         self.ema = copy.deepcopy(self.model).eval().requires_grad_(False)
         self.disc = Discriminator(self.model.config).to(self.device) if config.adv_weight else None
-        self.step_module = TrainingStep(self.model, self.disc, config)
+        self.step_module = TrainingStep(self.model, config)
         self.step_runner = self.step_module
         self.disc_runner = self.disc
         if world_size > 1:
@@ -239,6 +260,15 @@ class Trainer:
         self.workers, self._loader, self._loader_step = workers, None, -1
         self.amp_dtype = self._amp_dtype()
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
+
+    @property
+    def config(self) -> TrainConfig:
+        """The training settings: one object, kept by the step module (which computes the losses with it)."""
+        return self.step_module.config
+
+    @config.setter
+    def config(self, config: TrainConfig) -> None:
+        self.step_module.config = config
 
     def _amp_dtype(self):
         amp = self.config.amp
@@ -262,40 +292,44 @@ class Trainer:
         local = len(whole) // self.world_size
         return list(whole[self.rank * local : (self.rank + 1) * local])
 
-    def train_step(self) -> dict[str, float]:
+    def train_step(self, batches: list[PairBatch] | None = None) -> dict[str, float]:
+        """One optimiser step on ``batches`` (this rank's micro-batches; default: the step's own pairs, see
+        :meth:`pairs`); returns the step's losses and stats."""
         cfg = self.config
         self._set_lr()
         self.opt.zero_grad(set_to_none=True)
         totals: dict[str, float] = {}
-        for micro, batch in enumerate(self._next_batches()):
+        for micro, batch in enumerate(self._next_batches() if batches is None else batches):
             batch = batch.to(self.device)
             counts = self._global_counts(self.step, micro)
             with autocast(self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None):
-                loss, stats = self.step_runner(batch, self.step, counts)
-            self.scaler.scale(loss * self.world_size).backward()  # DDP averages over ranks; the loss is a global sum
-            for k, v in stats.items():
+                result: StepResult = self.step_runner(batch, self.step, counts, discriminator=self.disc)
+            self.scaler.scale(result.loss * self.world_size).backward()  # DDP averages over ranks; the loss is a global sum
+            for k, v in result.stats.items():
                 totals[k] = totals.get(k, 0.0) + float(v) / (cfg.accumulate if k == "coverage" else 1)
             if self.disc is not None:
-                totals.update(self._disc_step(batch))
+                totals.update(self._disc_step(batch, result.fake))
         self.scaler.step(self.opt)
         self.scaler.update()
-        self._update_averages()
+        self._update_averages(result.layer_means)  # the last micro-batch's latents
         totals = self._reduce(totals)
         totals["loss"] = sum(totals.get(k, 0.0) * w for k, w in cfg.loss_weights().items())
         totals["lr"] = self.opt.param_groups[0]["lr"]
         self.step += 1
         return totals
 
-    def _pairs(self, step: int) -> list[PairBatch]:
+    def pairs(self, step: int) -> list[PairBatch]:
         """This rank's micro-batches of ``step`` (CPU work: rendering, warps, colour remaps)."""
         cfg = self.config
         return [build_pairs(self.dataset, self.sampler, self.positions(step, m), cfg.seed, cfg.pair_mix, cfg.colour_remap)
                 for m in range(cfg.accumulate)]
 
+    _pairs = pairs  # the former name
+
     def _next_batches(self) -> list[PairBatch]:
         """Batches of the current step, prepared ahead by ``workers`` background processes when asked."""
         if self.workers == 0:
-            return self._pairs(self.step)
+            return self.pairs(self.step)
         if self._loader is None or self._loader_step != self.step:
             steps = _StepPairs(self, self.step)
             self._loader = iter(torch.utils.data.DataLoader(
@@ -311,7 +345,7 @@ class Trainer:
         except (RuntimeError, StopIteration, EOFError, ConnectionError) as error:
             print(f"batch workers stopped ({error}); preparing batches in this process", file=sys.stderr)
             self.workers, self._loader = 0, None
-            return self._pairs(self.step)
+            return self.pairs(self.step)
 
     def _global_counts(self, step: int, micro: int) -> dict[str, int]:
         from .pairs import pair_kind
@@ -320,9 +354,10 @@ class Trainer:
         kinds = [pair_kind(p, cfg.pair_mix) for p in self.micro_batch(step, micro)]
         return {"all": len(kinds) * cfg.accumulate, "target": sum(k != "random" for k in kinds) * cfg.accumulate}
 
-    def _disc_step(self, batch: PairBatch) -> dict[str, float]:
+    def _disc_step(self, batch: PairBatch, hybrid: torch.Tensor) -> dict[str, float]:
+        """One discriminator step: the batch's styles are the real images, ``hybrid`` ([0, 1]) the fakes."""
         cfg = self.config
-        fake = self.step_module._last[0] * 2 - 1
+        fake = hybrid * 2 - 1
         real = batch.style * 2 - 1
         self.opt_d.zero_grad(set_to_none=True)
         d_loss = discriminator_loss(self.disc_runner(real), self.disc_runner(fake))
@@ -347,9 +382,11 @@ class Trainer:
             group["lr"] = cfg.lr * factor
 
     @torch.no_grad()
-    def _update_averages(self):
+    def _update_averages(self, layer_means: list[torch.Tensor]):
+        """The average latent follows ``layer_means`` (per layer batch means of the content latents); the EMA
+        follows the model."""
         cfg = self.config
-        batch_mean = torch.stack(self.step_module._last[1]).mean(0)
+        batch_mean = torch.stack(layer_means).mean(0)
         if self.world_size > 1:
             dist.all_reduce(batch_mean)
             batch_mean /= self.world_size
@@ -387,11 +424,11 @@ class Trainer:
 
     def save(self, directory, metadata: dict[str, str] | None = None) -> Path:
         """Write ``train_state.safetensors`` (everything to resume) then ``coat.safetensors`` (the EMA model)."""
-        directory = Path(directory)
-        save_state(self.state(), directory / "train_state.safetensors")
+        run = RunDirectory(directory)
+        save_state(self.state(), run.state)
         meta = {"steps": str(self.step), "train_config": self.config.to_json(), **(metadata or {})}
-        self.ema.save(directory / "coat.safetensors", meta)
-        return directory / "coat.safetensors"
+        self.ema.save(run.model, meta)
+        return run.model
 
     def load(self, path) -> None:
         state = load_state(path)

@@ -176,3 +176,34 @@ def test_a_worker_dying_mid_handover_falls_back_to_in_process_batches():
     assert t.workers == 0 and len(batches) == t.config.accumulate
     reference = t._pairs(t.step)
     assert torch.equal(batches[0].content, reference[0].content)
+
+
+def test_fit_to_time_shortens_the_one_copy_of_the_settings():
+    """The step module computes the losses with the trainer's config (one object), so a schedule shortened by
+    fit-to-time reaches the curricula (hard negatives, bootstrap) as well as the learning rate."""
+    from coat_model.train import _fit_schedule
+
+    trainer = _trainer(steps=1000)
+    assert trainer.step_module.config is trainer.config
+    trainer.step = 100
+    cfg = _fit_schedule(trainer, steps_per_s=1.0, max_seconds=200.0, elapsed=100.0)
+    assert cfg is trainer.config is trainer.step_module.config and cfg.steps == 100 + int(100 * 0.97)
+
+
+def test_step_module_returns_what_the_trainer_reads_and_owns_only_the_model():
+    """The training step returns its loss, stats, the fake images and the per-layer latent means (no state kept
+    on the module); the discriminator is passed in, never part of the module's state_dict."""
+    trainer = _trainer(steps=2, adv_weight=0.1)
+    assert set(trainer.step_module.state_dict()) == {f"model.{k}" for k in trainer.model.state_dict()}
+    batch = trainer._pairs(0)[0]
+    counts = trainer._global_counts(0, 0)
+    with torch.no_grad():
+        result = trainer.step_module(batch, 0, counts, discriminator=trainer.disc)
+        plain = trainer.step_module(batch, 0, counts)
+    assert "adv" in result.stats and "adv" not in plain.stats
+    assert result.fake.shape == batch.content.shape and not result.fake.requires_grad
+    with torch.no_grad():
+        assert len(result.layer_means) == len(trainer.model.encode(batch.content).maps) > 0
+    assert all(m.shape == trainer.model.w_avg.shape for m in result.layer_means)
+    loss, stats = result[:2]
+    assert loss is result.loss and stats is result.stats
