@@ -9,6 +9,10 @@ run name continues from there, exactly as if it had not stopped.
 ComfyUI runs nodes under ``torch.inference_mode()`` (docs/COMFYUI.md, "Training inside the graph"): training runs inside
 ``torch.inference_mode(False)`` + ``torch.enable_grad()``, on clones of the input tensors and a fresh copy of the
 base model's weights (the base model itself is never changed).
+
+The node's parts live in their own modules: ``train_data`` (the IMAGE batch or a folder inside the allowed data
+roots), ``train_run`` (the run folder: ``coat_model.run_dir`` with ``node_run.json``, the settings check, the
+per-step losses) and ``loss_plot`` (the loss curve and LOSS_MAP outputs).
 """
 
 from __future__ import annotations
@@ -16,17 +20,14 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
-import re
 import time
 from pathlib import Path
 
 import torch
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image
 
 import comfy.model_management as mm
 import comfy.utils
-import folder_paths
 from comfy_api.v0_0_2 import io
 
 from coat_model import COAT, COATConfig, COATInputError
@@ -36,15 +37,17 @@ from coat_model.train import fit
 from coat_model.trainer import TrainConfig, Trainer
 
 from .loader import offload_device, pick_backend
+from .loss_plot import loss_curve, loss_map
+from .train_data import DATA_ROOTS_ENV, MIN_IMAGES, data_roots, folder_options, resolve_folder, training_data
+from .train_run import RUNS, append_loss, check_same_run, node_run, read_losses, run_dir, write_losses
 from .types import CoatModel, LoadedModel
 
-RUNS = "coat_runs"
+__all__ = ["COATTrain", "DATA_ROOTS_ENV", "MIN_BATCH", "MIN_IMAGES", "RESOLUTIONS", "RUNS", "check_settings",
+           "data_roots", "folder_options", "loss_curve", "loss_map", "preview_grid", "resolve_folder", "run_dir",
+           "training_data", "training_memory"]
+
 MIN_BATCH = 2
-MIN_IMAGES = 2
-RUN_FILES = ("train_state.safetensors", "coat.safetensors", "losses.jsonl", "metrics.jsonl", "node_run.json")
 RESOLUTIONS = [32, 64, 128, 256, 512, 1024]   # the powers of two >= 32 that check_settings accepts
-MAX_FOLDER_OPTIONS = 500                      # the folder dropdown lists at most this many folders
-_RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9 _.\-]*")
 
 
 # -- inputs -----------------------------------------------------------------------------------------------------
@@ -65,146 +68,6 @@ def check_settings(steps: int, batch_size: int, learning_rate: float, resolution
         raise COATInputError(f"resolution {resolution} is not a power of two >= 32: use 32, 64, 128 or 256")
 
 
-def run_dir(run_name: str) -> Path:
-    """``<output>/coat_runs/<run_name>``; the name is one folder name, no paths."""
-    name = run_name.strip()
-    if not _RUN_NAME.fullmatch(name) or ".." in name:
-        raise COATInputError(f"invalid run_name {run_name!r}: use letters, digits, spaces, '_', '-' and '.' "
-                             f"(one folder name; the run is kept in output/{RUNS}/<run_name>)")
-    return Path(folder_paths.get_output_directory()) / RUNS / name
-
-
-DATA_ROOTS_ENV = "COAT_TRAIN_DATA_ROOTS"
-
-
-def data_roots() -> list[Path]:
-    """The folders COAT Train may read: ComfyUI's input folder, plus those the machine's owner lists in the
-    environment variable ``COAT_TRAIN_DATA_ROOTS`` (separated by ``os.pathsep``) when starting ComfyUI. A client
-    of the server cannot widen this, so a prompt over the API reads no folder the owner did not open."""
-    listed = os.environ.get(DATA_ROOTS_ENV, "").split(os.pathsep)
-    roots = [folder_paths.get_input_directory(), *(p.strip() for p in listed if p.strip())]
-    return [Path(os.path.abspath(os.path.expanduser(r))) for r in roots]
-
-
-def folder_options(depth: int = 2) -> list[str]:
-    """The folder dropdown: "" (none: use 'images'), the subfolders of ComfyUI's input folder (relative, up to
-    ``depth`` levels) and the extra data roots with their direct subfolders (absolute). Hidden folders are left
-    out; any other allowed folder can still be typed through the API."""
-    roots = data_roots()
-    options: list[str] = [""]
-
-    def walk(base: Path, rel: Path, level: int, absolute: bool) -> None:
-        try:
-            children = sorted(c for c in base.iterdir() if c.is_dir() and not c.name.startswith("."))
-        except OSError:
-            return
-        for child in children:
-            if len(options) >= MAX_FOLDER_OPTIONS:
-                return
-            options.append(str(child) if absolute else (rel / child.name).as_posix())
-            if level + 1 < depth:
-                walk(child, rel / child.name, level + 1, absolute)
-
-    walk(roots[0], Path(), 0, absolute=False)
-    for root in roots[1:]:
-        if root.is_dir() and len(options) < MAX_FOLDER_OPTIONS and str(root) not in options:
-            options.append(str(root))
-            walk(root, Path(), 1, absolute=True)
-    return options
-
-
-def resolve_folder(folder: str) -> Path:
-    """A folder path as typed (quotes and ``~`` allowed); relative paths are taken from ComfyUI's input folder.
-
-    The path must lie inside one of :func:`data_roots` (``..`` is collapsed first; links placed inside a root by
-    the owner are followed)."""
-    text = folder.strip().strip('"').strip("'")
-    roots = data_roots()
-    path = Path(os.path.abspath(roots[0] / os.path.expanduser(text)))  # roots[0] is the input folder
-    if not any(path == root or root in path.parents for root in roots):
-        raise COATInputError(
-            f"folder {path} is outside the folders COAT Train may read ({', '.join(map(str, roots))}). Fix: put the "
-            f"images (or a link to their folder) into {roots[0]} and type its name, or start ComfyUI with "
-            f"{DATA_ROOTS_ENV}={path} to allow that folder")
-    return path
-
-
-def training_data(images: torch.Tensor | None, folder: str, resolution: int):
-    """(dataset of [3, R, R] images, a fingerprint of the data) from the IMAGE batch or the folder."""
-    from coat_model.data.folder import ImageFolderDataset, images_to_dataset
-
-    has_folder = bool(folder and folder.strip())
-    if images is None and not has_folder:
-        raise COATInputError("no training images: connect an IMAGE batch to 'images' (e.g. from Load Image, "
-                             "batched) or type a folder of images into 'folder'")
-    if images is not None and has_folder:
-        raise COATInputError("both 'images' and 'folder' are given: use one of them (disconnect 'images' or clear "
-                             "'folder')")
-    if images is not None:
-        if not isinstance(images, torch.Tensor) or images.dim() != 4 or images.shape[-1] not in (1, 3, 4):
-            shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
-            raise COATInputError(f"images must be a ComfyUI IMAGE [B, H, W, C], got {shape}")
-        if images.shape[0] < MIN_IMAGES:
-            raise COATInputError(f"only {images.shape[0]} image: random pairs need different images, so give at "
-                                 f"least {MIN_IMAGES} (batch images with 'Image Batch', or use 'folder')")
-        x = images.detach().clone().float().cpu().movedim(-1, 1)   # a normal tensor, not an inference tensor
-        quantised = (x.clamp(0, 1) * 255).round().to(torch.uint8).contiguous()
-        digest = hashlib.sha1(quantised.numpy().tobytes()).hexdigest()[:16]
-        return images_to_dataset(x, size=resolution), f"images {tuple(images.shape[:3])} sha1 {digest}"
-    path = resolve_folder(folder)
-    try:
-        dataset = ImageFolderDataset(path, resolution)
-    except ValueError as error:
-        raise COATInputError(f"{error}. Fix: put images (png, jpg, webp, ...) into that folder, type another "
-                             f"folder (relative paths start in {folder_paths.get_input_directory()}), or connect an "
-                             "IMAGE batch instead") from None
-    if len(dataset) < MIN_IMAGES:
-        raise COATInputError(f"{path} holds only {len(dataset)} usable image: random pairs need different images, "
-                             f"so add images until there are at least {MIN_IMAGES}")
-    return dataset, f"folder {path.resolve()} ({len(dataset)} images)"
-
-
-# -- the run folder ---------------------------------------------------------------------------------------------
-
-
-def _start_fresh(directory: Path) -> None:
-    for name in RUN_FILES:
-        (directory / name).unlink(missing_ok=True)
-
-
-def _check_same_run(directory: Path, settings: dict) -> None:
-    """A saved state continues only with the settings it was started with (``steps`` may change)."""
-    try:
-        saved = json.loads((directory / "node_run.json").read_text())["settings"]
-    except (OSError, ValueError, KeyError):
-        raise COATInputError(f"{directory} holds a training state that COAT Train did not start: use another "
-                             "run_name, or set restart to true to replace it") from None
-    changed = [f"{k}: {saved.get(k)!r} -> {v!r}" for k, v in settings.items() if saved.get(k) != v]
-    if changed:
-        raise COATInputError(f"run '{directory.name}' was started with other settings ({'; '.join(changed)}). "
-                             "To continue it, set those back; to start over, set restart to true or use another "
-                             "run_name. Only steps may change between runs")
-
-
-def _read_losses(path: Path, up_to: int) -> list[tuple[int, float]]:
-    """Per-step losses up to the resumed step (a later entry of the same step wins; later steps are dropped)."""
-    by_step: dict[int, float] = {}
-    if path.is_file():
-        for line in path.read_text().splitlines():
-            try:
-                entry = json.loads(line)
-                step, loss = int(entry["step"]), float(entry["loss"])
-            except (ValueError, KeyError, TypeError):
-                continue
-            if step <= up_to:
-                by_step[step] = loss
-    return sorted(by_step.items())
-
-
-def _write_losses(path: Path, losses: list[tuple[int, float]]) -> None:
-    path.write_text("".join(json.dumps({"step": s, "loss": v}) + "\n" for s, v in losses))
-
-
 # -- pictures ---------------------------------------------------------------------------------------------------
 
 
@@ -222,55 +85,6 @@ def preview_grid(model: COAT, content: torch.Tensor, style: torch.Tensor) -> Ima
     image = to_pil(grid(rows, nrow=3))
     factor = max(1, -(-256 // image.height))
     return image.resize((image.width * factor, image.height * factor), Image.NEAREST) if factor > 1 else image
-
-
-def loss_curve(losses: list[tuple[int, float]], width: int = 512, height: int = 256) -> torch.Tensor:
-    """The loss per step (light) and its running mean (dark) as a ComfyUI IMAGE [1, H, W, 3]."""
-    image = Image.new("RGB", (width, height), "white")
-    draw = ImageDraw.Draw(image)
-    font = ImageFont.load_default()
-    left, right, top, bottom = 56, width - 12, 22, height - 26
-    draw.rectangle([left, top, right, bottom], outline=(160, 160, 160))
-    if not losses:
-        draw.text((left + 10, (top + bottom) // 2), "no training steps yet", fill=(90, 90, 90), font=font)
-    else:
-        steps = [s for s, _ in losses]
-        values = [v if math.isfinite(v) else float("nan") for _, v in losses]
-        finite = sorted(v for v in values if not math.isnan(v)) or [0.0]
-        lo = finite[0]
-        hi = finite[min(len(finite) - 1, int(0.98 * len(finite)))] if len(finite) >= 20 else finite[-1]
-        if hi - lo < 1e-12:
-            lo, hi = lo - 0.5, hi + 0.5
-        s0, s1 = steps[0], max(steps[-1], steps[0] + 1)
-
-        def xy(step: float, value: float) -> tuple[float, float]:
-            v = min(max(value, lo), hi)
-            return (left + (step - s0) / (s1 - s0) * (right - left), bottom - (v - lo) / (hi - lo) * (bottom - top))
-
-        for i in range(1, 4):  # grid lines
-            y = top + i * (bottom - top) / 4
-            draw.line([(left, y), (right, y)], fill=(232, 232, 232))
-        raw = [xy(s, v) for s, v in zip(steps, values) if not math.isnan(v)]
-        smooth, mean, k = [], None, 2 / (1 + max(1, len(values) // 20))
-        for s, v in zip(steps, values):
-            if not math.isnan(v):
-                mean = v if mean is None else mean + k * (v - mean)
-                smooth.append(xy(s, mean))
-        for points, colour in ((raw, (150, 190, 235)), (smooth, (20, 70, 170))):
-            if len(points) > 1:
-                draw.line(points, fill=colour, width=2)
-            elif points:
-                x, y = points[0]
-                draw.ellipse([x - 2, y - 2, x + 2, y + 2], fill=colour)
-        draw.text((4, top - 4), f"{hi:.3g}", fill=(60, 60, 60), font=font)
-        draw.text((4, bottom - 8), f"{lo:.3g}", fill=(60, 60, 60), font=font)
-        draw.text((left, bottom + 6), f"step {steps[0]}", fill=(60, 60, 60), font=font)
-        last = f"step {steps[-1]}"
-        draw.text((right - 6 * len(last), bottom + 6), last, fill=(60, 60, 60), font=font)
-        draw.text((left, 5), f"COAT training loss  last {values[-1]:.4g}  min {finite[0]:.4g}", fill=(20, 20, 20),
-                  font=font)
-    array = torch.frombuffer(bytearray(image.tobytes()), dtype=torch.uint8).view(height, width, 3)
-    return (array.float() / 255)[None].to(mm.intermediate_device())
 
 
 # -- progress ---------------------------------------------------------------------------------------------------
@@ -307,12 +121,6 @@ def _free_for_training(config: COATConfig, batch_size: int, device: torch.device
     """Before training: offload other models (SDXL, other COAT models, ...) from ``device`` through ComfyUI's
     model management until what training needs is free."""
     mm.free_memory(training_memory(config, batch_size), device)
-
-
-def loss_map(losses: list[tuple[int, float]]) -> dict:
-    """LOSS_MAP as ComfyUI's own training nodes give it (``{"loss": [...]}``, one value per step, in order), for
-    core nodes such as Plot Loss Graph."""
-    return {"loss": [v for _, v in losses]}
 
 
 def _interrupted() -> bool:
@@ -418,11 +226,12 @@ class COATTrain(io.ComfyNode):
                     "resolution": model_cfg.resolution, "data": data,
                     "base_model": None if base_model is None else
                     f"{base_model.name} {hashlib.sha1(model_cfg.to_json().encode()).hexdigest()[:12]}"}
-        state_path = directory / "train_state.safetensors"
+        run = node_run(directory)
         if restart:
-            _start_fresh(directory)
-        if state_path.is_file():
-            _check_same_run(directory, settings)
+            run.clear()
+        resume = run.resumes(not restart)   # the same rule as coat-train --resume (coat_model.run_dir)
+        if resume:
+            check_same_run(run, settings)
 
         _free_for_training(model_cfg, batch_size, device)
 
@@ -433,15 +242,12 @@ class COATTrain(io.ComfyNode):
 
         trainer = Trainer(model_cfg, TrainConfig(steps=steps, batch_size=batch_size, lr=learning_rate, seed=seed),
                           dataset, device=device, model=model)
-        if state_path.is_file():
-            trainer.load(state_path)
-        directory.mkdir(parents=True, exist_ok=True)
-        (directory / "node_run.json").write_text(json.dumps(
-            {"settings": settings, "steps": steps, "device": str(device), "torch": torch.__version__,
-             "model_config": json.loads(model_cfg.to_json())}, indent=2))
-        losses_path = directory / "losses.jsonl"
-        losses = _read_losses(losses_path, trainer.step)
-        _write_losses(losses_path, losses)
+        if resume:
+            trainer.load(run.state)
+        run.write_record({"settings": settings, "steps": steps, "device": str(device), "torch": torch.__version__,
+                          "model_config": json.loads(model_cfg.to_json())})
+        losses = read_losses(run.losses, trainer.step)
+        write_losses(run.losses, losses)
         metadata = {"source": "COAT Train", "run": directory.name, "data": data}
 
         bar = comfy.utils.ProgressBar(steps)
@@ -451,8 +257,7 @@ class COATTrain(io.ComfyNode):
         def on_step(step: int, stats: dict) -> None:
             loss = float(stats["loss"])
             losses.append((step, loss))
-            with open(losses_path, "a") as f:
-                f.write(json.dumps({"step": step, "loss": loss}) + "\n")
+            append_loss(run.losses, step, loss)
             now = time.monotonic()
             if now - last["text"] >= 0.25 or step == steps:
                 last["text"] = now

@@ -270,3 +270,22 @@ def test_folder_dropdown_lists_input_subfolders_and_data_roots(M, tmp_path, monk
     assert cls.validate_inputs(folder="dropdown_faces") is True
     assert cls.validate_inputs(folder="") is True
     assert "outside the folders COAT Train may read" in cls.validate_inputs(folder="/etc")
+
+
+def test_the_node_decides_with_the_run_folder_rule_of_coat_train(M, tiny_base, monkeypatch):
+    """The node's run folder is a coat_model.run_dir.RunDirectory (record node_run.json) and it resumes by the same
+    rule as coat-train --resume: restart asks for no resume, otherwise a saved state is continued."""
+    import folder_paths
+
+    from coat_model.run_dir import NODE_RECORD, RunDirectory
+
+    seen = []
+    real = RunDirectory.resumes
+    monkeypatch.setattr(RunDirectory, "resumes", lambda self, requested: seen.append(
+        (self.record_name, requested)) or real(self, requested))
+    args = dict(images=batch(), run_name="rule", steps=1, batch_size=2, base_model=tiny_base)
+    run(M, **args, restart=True)
+    run(M, **args)
+    assert seen == [(NODE_RECORD, False), (NODE_RECORD, True)]
+    folder = RunDirectory(Path(folder_paths.get_output_directory()) / "coat_runs" / "rule", NODE_RECORD)
+    assert real(folder, True) and folder.read_record()["settings"]["batch_size"] == 2
