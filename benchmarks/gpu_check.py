@@ -45,10 +45,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-TEMPERATURE = 0.02
+# coat_model is imported inside the sections, so that a failing import is one section's error, not the script's.
+TEMPERATURE = 0.02  # as coat_model.bench.speed.TEMPERATURE
 C, CV = 64, 64
 DT = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
-MiB = 2**20
 
 
 class Check:
@@ -83,11 +83,6 @@ class Check:
         path = Path(self.args.json)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(self.result, indent=1, default=str))
-
-
-def _sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 # -- sections ---------------------------------------------------------------------------------------------------
@@ -205,13 +200,13 @@ def sdpa_kernel(ck: Check) -> dict:
 
 
 def parity(ck: Check) -> dict:
-    from coat_model.attention import _BACKENDS, attend, xformers_available
+    from coat_model.attention import KERNELS, attend, xformers_available
 
     side = 16 if ck.smoke else 64
     n, scale, cells = side * side, 1 / TEMPERATURE, (side - 1) / 2
     q, k, v = _qkv(n, ck.device)
-    ref = _BACKENDS["naive"](q, k, v, scale=scale)
-    ref64 = _BACKENDS["naive"](q.double(), k.double(), v.double(), scale=scale)
+    ref = KERNELS["naive"](q, k, v, scale=scale)
+    ref64 = KERNELS["naive"](q.double(), k.double(), v.double(), scale=scale)
     backends = ["naive", "sdpa", "chunked"] + (["xformers"] if xformers_available(ck.device.type) else [])
 
     def err(out):
@@ -224,7 +219,7 @@ def parity(ck: Check) -> dict:
         for b in backends:
             name = f"{DT[dtype]} {b}"
             try:
-                rows[name] = err(_BACKENDS[b](q.to(dtype), k.to(dtype), v.to(dtype), scale=scale))
+                rows[name] = err(KERNELS[b](q.to(dtype), k.to(dtype), v.to(dtype), scale=scale))
             except Exception as e:  # noqa: BLE001 - e.g. a kernel that rejects this dtype on this device
                 rows[name] = {"error": f"{type(e).__name__}: {e}"[:300]}
     q16, k16, v16 = (t.to(torch.bfloat16) for t in (q, k, v))
@@ -236,7 +231,8 @@ def align(ck: Check) -> dict:
     """Raw ``attend`` forward per backend: the bench shape at 3 sizes in fp16 / fp32, and the model's soft-path
     widths at 64² in fp32."""
     from coat_model.attention import attend, xformers_available
-    from coat_model.bench.speed import time_runs
+    from coat_model.bench.timing import sync, time_runs
+    from coat_model.bench.units import MiB
 
     d = ck.device
     sizes = (16, 32) if ck.smoke else (64, 128, 256)
@@ -262,7 +258,7 @@ def align(ck: Check) -> dict:
                 try:
                     fn = lambda: attend(q, k, v, scale=1 / TEMPERATURE, backend=b)  # noqa: E731
                     fn()
-                    _sync(d)
+                    sync(d)
                     if d.type == "cuda":
                         torch.cuda.reset_peak_memory_stats(d)
                         before = torch.cuda.memory_allocated(d)
@@ -279,7 +275,7 @@ def align(ck: Check) -> dict:
 
 
 def transfer(ck: Check) -> dict:
-    from coat_model.bench.speed import time_runs
+    from coat_model.bench.timing import time_runs
     from coat_model.config import COATConfig
     from coat_model.data.faces import FaceDataset
     from coat_model.model import COAT
@@ -313,6 +309,8 @@ def _trainer(ck: Check, preset: str, res: int, batch: int, steps: int, workers: 
 
 
 def train(ck: Check) -> dict:
+    from coat_model.bench.timing import sync
+
     d = ck.device
     preset, res, batch, steps = ("tiny", 32, 2, 2) if ck.smoke else ("small", 128, 32, 5)
     workers = 0 if ck.smoke else max(1, min(8, (os.cpu_count() or 2) - 2))
@@ -320,22 +318,20 @@ def train(ck: Check) -> dict:
     amp = DT.get(trainer.amp_dtype, "off")
     out = {"preset": preset, "resolution": res, "batch": batch, "amp": amp, "workers": workers}
 
-    def rate(n):
-        trainer.train_step()  # warm-up
-        _sync(d)
+    def rate(n, batches=None):
+        trainer.train_step(batches)  # warm-up
+        sync(d)
         t = time.perf_counter()
         for _ in range(n):
-            trainer.train_step()
-        _sync(d)
+            trainer.train_step(batches)
+        sync(d)
         return round(n * batch / (time.perf_counter() - t), 2)
 
     t = time.perf_counter()
-    cached = trainer._pairs(trainer.step)
+    cached = trainer.pairs(trainer.step)
     out["data_s_per_batch_one_process"] = round(time.perf_counter() - t, 3)
-    trainer._next_batches = lambda: cached  # the model step alone: reuse one batch of pairs (no loader yet)
-    out["images_per_s_model_only"] = rate(steps)
-    del trainer._next_batches  # back to the trainer's own batches, built by its DataLoader workers
-    out["images_per_s_with_data"] = rate(steps)
+    out["images_per_s_model_only"] = rate(steps, cached)  # the model step alone: one batch of pairs, reused
+    out["images_per_s_with_data"] = rate(steps)  # the trainer's own batches, built by its DataLoader workers
     return out
 
 

@@ -1,5 +1,6 @@
 """Benchmarks: ``python -m coat_model.bench speed|quality|bounds|figures ...`` (``speed.py``, ``quality.py``,
-``bounds.py``, ``figures.py``).
+``bounds.py``, ``figures.py``; the speed benchmark's parts: ``timing.py``, ``rss.py``, ``isolation.py``,
+``units.py``, ``speed_report.py``, ``speed_cli.py``).
 
 Results go to JSON and, with ``--update-md``, into the marked sections of ``BENCHMARKS.md``: a section named
 ``NAME`` is everything between the lines ``<!-- bench:NAME -->`` and ``<!-- /bench:NAME -->``.

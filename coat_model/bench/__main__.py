@@ -14,7 +14,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0 if argv else 2
     command, rest = argv[0], argv[1:]
     if command == "speed":
-        from .speed import main as speed_main
+        from .speed_cli import main as speed_main
 
         return speed_main(rest)
     if command == "quality":
