@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import re
 import secrets
-import threading
-from collections import OrderedDict
+
+from .lru import LRU
 
 _ID = re.compile(r"[0-9a-f]{16}")
 
@@ -23,42 +23,36 @@ class MatchStore:
     """A thread-safe LRU map id -> JSON-ready dict (the execution thread writes, the server thread reads)."""
 
     def __init__(self, capacity: int = 32):
-        if capacity < 1:
-            raise ValueError(f"capacity must be >= 1, got {capacity}")
-        self.capacity = capacity
-        self._items: OrderedDict[str, dict] = OrderedDict()
-        self._lock = threading.Lock()
+        self._items: LRU[str, dict] = LRU(capacity)
+
+    @property
+    def capacity(self) -> int:
+        return self._items.capacity
 
     def put(self, data: dict) -> str:
         """Store ``data`` under a new random id and return the id."""
         match_id = secrets.token_hex(8)
-        with self._lock:
-            self._items[match_id] = data
-            while len(self._items) > self.capacity:
-                self._items.popitem(last=False)
+        self._items.put(match_id, data)
         return match_id
 
     def get(self, match_id: str) -> dict | None:
         """The entry, or None for an unknown, expired or malformed id."""
         if not valid_id(match_id):
             return None
-        with self._lock:
-            data = self._items.get(match_id)
-            if data is not None:
-                self._items.move_to_end(match_id)
-            return data
+        return self._items.get(match_id)
+
+    def discard(self, match_id: str) -> None:
+        """Forget one entry (nothing happens for an unknown id)."""
+        self._items.pop(match_id)
 
     def clear(self) -> None:
-        with self._lock:
-            self._items.clear()
+        self._items.clear()
 
     def __len__(self) -> int:
-        with self._lock:
-            return len(self._items)
+        return len(self._items)
 
     def __contains__(self, match_id) -> bool:
-        with self._lock:
-            return match_id in self._items
+        return match_id in self._items
 
 
 STORE = MatchStore()

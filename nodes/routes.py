@@ -31,10 +31,9 @@ import hashlib
 import json
 import logging
 import math
-import threading
-from collections import OrderedDict
 
 from . import match_store
+from .lru import LRU
 
 ROUTE = "/coat/matches/{match_id:.*}"
 MAX_BYTES = 2_000_000
@@ -120,33 +119,8 @@ def encode(match_id: str, data: dict, max_bytes: int = MAX_BYTES) -> bytes:
 # -- the route ----------------------------------------------------------------------------------------------
 
 
-class _Cache:
-    """id -> (body, etag) of the last few encoded entries (entries never change, so neither do their bodies)."""
-
-    def __init__(self, capacity: int = 8):
-        self.capacity = capacity
-        self._items: OrderedDict[str, tuple[bytes, str]] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def get(self, key: str):
-        with self._lock:
-            hit = self._items.get(key)
-            if hit is not None:
-                self._items.move_to_end(key)
-            return hit
-
-    def put(self, key: str, value: tuple[bytes, str]) -> None:
-        with self._lock:
-            self._items[key] = value
-            while len(self._items) > self.capacity:
-                self._items.popitem(last=False)
-
-    def clear(self) -> None:
-        with self._lock:
-            self._items.clear()
-
-
-CACHE = _Cache()
+# id -> (body, etag) of the last few encoded entries (entries never change, so neither do their bodies)
+CACHE: LRU[str, tuple[bytes, str]] = LRU(8)
 _pending: dict[str, asyncio.Future] = {}  # id -> encoding in progress (touched on the event loop only)
 
 

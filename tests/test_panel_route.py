@@ -43,9 +43,8 @@ class _Store:
         return self.ids[-1]
 
     def forget(self):
-        with self.STORE._lock:
-            for match_id in self.ids:
-                self.STORE._items.pop(match_id, None)
+        for match_id in self.ids:
+            self.STORE.discard(match_id)
 
 
 @pytest.fixture(scope="module")
