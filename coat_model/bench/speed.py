@@ -75,6 +75,7 @@ class Settings:
     batches: tuple[int, ...] = (1, 8)
     train_res: tuple[int, ...] = (64, 128, 256)
     train_batch: int = 4
+    train_preset: str = "small"                  # the preset users train on a CPU (issue 14's targets)
     threads: int | None = None                   # torch.set_num_threads (None: torch's default)
 
 
@@ -257,33 +258,48 @@ def bench_transfer(st: Settings, log=print) -> dict:
 # -- (c) training ----------------------------------------------------------------------------------------------
 
 
-def bench_train(st: Settings, log=print) -> list[dict]:
+def bench_train(st: Settings, log=print) -> dict:
+    """Training steps of ``train_preset``: the whole step (pairs built in this process, as ``--workers 0`` trains),
+    the model alone on pairs built beforehand, the FLOPs of one step (forward, backward and the optimiser, counted
+    by ``FlopCounterMode``) and what share of the same run's matmul rate the step achieves."""
     from coat_model.train import make_dataset
     from coat_model.trainer import TrainConfig, Trainer
 
     device = torch.device(st.device)
+    peak = matmul_peak(device)
+    log(f"[train] fp32 matmul peak {peak / 1e9:.1f} GFLOP/s")
     rows, last = [], None  # last = (resolution, seconds per step)
     for r in st.train_res:
-        row = dict(resolution=r, batch=st.train_batch, preset=st.preset)
+        row = dict(resolution=r, batch=st.train_batch, preset=st.train_preset)
         projected = last[1] * (r / last[0]) ** 2 if last else None
         if projected is not None and projected > st.case_budget:
             row.update(projected_seconds=projected, skipped=f"projected {projected:.0f} s/step > budget")
             last = (r, projected)
         else:
-            trainer = Trainer(_model_config(st.preset, r), TrainConfig(steps=10_000, batch_size=st.train_batch),
+            trainer = Trainer(_model_config(st.train_preset, r), TrainConfig(steps=10_000, batch_size=st.train_batch),
                               make_dataset("procedural:faces", r), device=device)
             seconds, runs, warmup = time_runs(trainer.train_step, device, max(1, st.repeats // 2), st.run_budget,
                                               min_runs=1)
-            t = time.perf_counter()
-            trainer.pairs(trainer.step)  # the data share of a step: building one batch of pairs
-            data_s = time.perf_counter() - t
+            batches = trainer.pairs(trainer.step)
+            data_s, _, _ = time_runs(lambda: trainer.pairs(trainer.step), device, 2, st.run_budget)
+            model_s, _, _ = time_runs(lambda: trainer.train_step(batches), device, max(1, st.repeats // 2),
+                                      st.run_budget, min_runs=1)
+            flops = count_flops(lambda: trainer.train_step(batches))
             amp = str(trainer.amp_dtype).replace("torch.", "") if trainer.amp_dtype else "off"
             row.update(seconds=seconds, runs=runs, warmup_s=warmup, images_per_s=st.train_batch / seconds,
-                       data_s=data_s, amp=amp)
+                       data_s=data_s, model_s=model_s, pipeline_share=data_s / (data_s + model_s), amp=amp,
+                       flops=flops, flops_per_s=flops / seconds, peak_share=flops / seconds / peak)
             last = (r, seconds)
             del trainer
         rows.append(row)
         log(f"[train] {r} px batch {st.train_batch}: " + (
-            f"{_fmt_s(row['seconds'])}/step ({row['runs']} runs), {row['images_per_s']:.2f} img/s, amp {row['amp']}"
+            f"{_fmt_s(row['seconds'])}/step ({row['runs']} runs), {row['images_per_s']:.2f} img/s, "
+            f"{row['flops'] / 1e9:.1f} GFLOP/step, {100 * row['peak_share']:.0f}% of the matmul rate, "
+            f"pipeline {100 * row['pipeline_share']:.0f}%, amp {row['amp']}"
             if "seconds" in row else "skipped: " + row["skipped"]))
-    return rows
+    later = matmul_peak(device)  # again after the runs: the load may have changed
+    peak = max(peak, later)
+    for row in rows:
+        if "seconds" in row:
+            row["peak_share"] = row["flops_per_s"] / peak
+    return {"peak_flops": peak, "preset": st.train_preset, "rows": rows}

@@ -57,6 +57,7 @@ def parse_args(argv):
     g.add_argument("--batches", type=_ints)
     g.add_argument("--train-res", type=_ints)
     g.add_argument("--train-batch", type=int)
+    g.add_argument("--train-preset", choices=("tiny", "small", "default"), help="the training section's preset")
     g.add_argument("--channels", type=int, help="descriptor channels C of the alignment cases")
     g.add_argument("--value-channels", type=int, help="value channels Cv (+2 coordinates) of the alignment cases")
     g.add_argument("--threads", type=int, help="torch threads (1 gives stable numbers on a busy machine)")

@@ -54,7 +54,24 @@ def targets(result: dict) -> list[dict]:
     done = row and "seconds" in row
     add("transfer 256 px batch 1: <= 1.0 s", _fmt_s(row["seconds"]) if done else "-",
         row["seconds"] <= 1.0 if done else None)
+    # issue 14 (CPU, one thread): the FLOP floor, the matmul rate of training steps, the pipeline's share
+    add("transfer 256 px batch 1: <= 1.3x its FLOP floor", f"{1 / row['floor_ratio']:.2f}x" if done else "-",
+        1 / row["floor_ratio"] <= 1.3 if done else None)
+    train = _train_rows(result)
+    for r in (64, 128):
+        t = _find(train, resolution=r)
+        done = t and "peak_share" in t
+        add(f"training step, {t['preset'] if t else 'small'} preset {r} px: >= 30% of the matmul rate",
+            f"{100 * t['peak_share']:.0f}% ({t['flops_per_s'] / 1e9:.1f} GFLOP/s)" if done else "-",
+            t["peak_share"] >= 0.30 if done else None)
+        add(f"training step {r} px: pipeline <= 10% of the step", f"{100 * t['pipeline_share']:.0f}%" if done else "-",
+            t["pipeline_share"] <= 0.10 if done else None)
     return out
+
+
+def _train_rows(result: dict) -> list[dict]:
+    train = result.get("train") or {}
+    return train.get("rows", []) if isinstance(train, dict) else train  # a list in results written before 2026-12
 
 
 # -- reporting -------------------------------------------------------------------------------------------------
@@ -147,14 +164,20 @@ def render_transfer(result: dict) -> str:
 
 
 def render_train(result: dict) -> str:
-    lines = [_header(result), "", "| px | preset | batch | AMP | s/step | images/s | data s/step | first step s |",
-             "|---|---|---|---|---|---|---|---|"]
-    for r in result["train"]:
-        if "seconds" in r:
+    lines = [_header(result), "", "| px | preset | batch | AMP | s/step | images/s | GFLOP/step | GFLOP/s | "
+             "of matmul rate | model s/step | pipeline s/step | pipeline share | first step s |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in _train_rows(result):
+        if "seconds" in r and "flops" in r:
             lines.append(f"| {r['resolution']} | {r['preset']} | {r['batch']} | {r['amp']} | {r['seconds']:.2f} | "
-                         f"{r['images_per_s']:.2f} | {r['data_s']:.2f} | {r['warmup_s']:.1f} |")
+                         f"{r['images_per_s']:.2f} | {r['flops'] / 1e9:.1f} | {r['flops_per_s'] / 1e9:.1f} | "
+                         f"{100 * r['peak_share']:.0f}% | {r['model_s']:.2f} | {r['data_s']:.2f} | "
+                         f"{100 * r['pipeline_share']:.0f}% | {r['warmup_s']:.1f} |")
+        elif "seconds" in r:  # results written before FLOPs were counted
+            lines.append(f"| {r['resolution']} | {r['preset']} | {r['batch']} | {r['amp']} | {r['seconds']:.2f} | "
+                         f"{r['images_per_s']:.2f} | | | | | {r['data_s']:.2f} | | {r['warmup_s']:.1f} |")
         else:
-            lines.append(f"| {r['resolution']} | {r['preset']} | {r['batch']} | | {r['skipped']} | | | |")
+            lines.append(f"| {r['resolution']} | {r['preset']} | {r['batch']} | | {r['skipped']} |" + " |" * 8)
     return "\n".join(lines)
 
 
