@@ -11,13 +11,12 @@ from torch import nn
 from .align_options import AlignOptions
 from .checkpoint_format import save as save_checkpoint
 from .config import ALIGN_MODES, FILL_MODES, COATConfig
-from .coords import flow_to_index
 from .decoder import Decoder
 from .encoder import Encoder
-from .fill import SIGMA as FILL_SIGMA
-from .fill import fill_unconfident
+from .gather import (Gathered, cell_gather, fill_gathered, keep_content_background, nearest_scale, pixel_gather,
+                     pixel_matches, restrict_to_object, soft_gather, warp_style_image)
 from .inputs import COATInputError, Frame, check_images, pair_batches
-from .matching import Match, hard_match, refine_match, resample_flow, sample_at, soft_match
+from .matching import Match, hard_match, refine_match, soft_match
 
 
 @dataclass
@@ -198,7 +197,7 @@ class COAT(nn.Module):
         for s in scales:
             dc, ds = content.descriptors[s], style.descriptors[s]
             if mode == "soft":
-                layers = [l for l in range(cfg.n_layers) if cfg.layer_scale(l) == s]
+                layers = self._layers_at(s)
                 values = torch.cat([style.maps[l] for l in layers], 1) if layers else None
                 m = soft_match(
                     dc, ds, values, temperature=options.temperature, cycle_sigma=options.cycle_sigma,
@@ -213,10 +212,7 @@ class COAT(nn.Module):
                     prior=prior if options.coarse_to_fine else None, search_radius=cfg.search_radius,
                     center=cfg.center_descriptors,
                 )
-            if content.mask is not None:
-                fg = F.interpolate(content.mask, size=m.mask.shape[-2:], mode="area") > 0.5
-                m.mask, m.confidence = m.mask & fg, m.confidence * fg
-            matches[s] = prior = m
+            matches[s] = prior = restrict_to_object(m, content.mask)  # before the next scale searches around it
         return self._assemble(content, style, matches, options)
 
     def align_from_matches(self, content: Latents, style: Latents, matches: dict[int, Match], *,
@@ -241,22 +237,23 @@ class COAT(nn.Module):
         if fill not in FILL_MODES:
             raise COATInputError(f"fill must be one of {FILL_MODES}, got {fill!r}")
         # Only where the matches point and which are trusted: values a soft alignment carried are not reused.
-        matches = {s: Match(flow=matches[s].flow, confidence=matches[s].confidence, mask=matches[s].mask.bool())
+        # The content mask restricts them as it does the matches align finds.
+        matches = {s: restrict_to_object(Match(flow=matches[s].flow, confidence=matches[s].confidence,
+                                               mask=matches[s].mask.bool()), content.mask)
                    for s in cfg.scales if s in matches}
         options = AlignOptions.given_matches(tuple(matches), fill)
         return self._assemble(content, style.expand(content.batch_size), matches, options)
 
     def _assemble(self, content: Latents, style: Latents, matches: dict[int, Match],
                   options: AlignOptions) -> Alignment:
+        """The alignment of the matches of every scale: the per-pixel matches, every layer's aligned map and the
+        warped style (coat_model/gather.py)."""
         pixels = self._pixel_matches(content, style, matches, options)
         maps = [self._aligned_map(l, content, style, matches, options, pixels) for l in range(self.config.n_layers)]
         warped = trust = None
         if self.config.warp_style and pixels is not None and style.image is not None:
-            warped = sample_at(style.image, pixels.flow, mode="bilinear")
-            # Soft (training): the cycle confidence, as a weight that the gate cannot game; hard: the trusted matches.
-            trust = (pixels.confidence.detach() if options.mode == "soft" else pixels.mask).to(warped.dtype)
-            if content.mask is not None:
-                trust = trust * content.mask
+            warped, trust = warp_style_image(style.image, pixels, soft=options.mode == "soft",
+                                             content_mask=content.mask)
         return Alignment(
             flow={s: m.flow for s, m in matches.items()},
             confidence={s: m.confidence for s, m in matches.items()},
@@ -269,73 +266,45 @@ class COAT(nn.Module):
     def _pixel_matches(self, content: Latents, style: Latents, matches: dict[int, Match],
                        options: AlignOptions) -> Match | None:
         """The finest matches per pixel of the canvas (interpolated between trusted matches, then refined in a
-        window of full-resolution descriptors when ``options.refine``); None when no full-resolution consumer needs them."""
+        window of full-resolution descriptors when ``options.refine``), restricted to the content's object;
+        None when no full-resolution consumer needs them."""
         cfg = self.config
         if not (cfg.pixel_latents or cfg.warp_style):
             return None
         finest = min(matches)
-        m, r = matches[finest], cfg.resolution
-        flow = resample_flow(m.flow, finest, 1, r, trusted=m.mask)
-        mask = F.interpolate(m.mask.float(), size=(r, r), mode="nearest") > 0.5
-        confidence = F.interpolate(m.confidence.float(), size=(r, r), mode="bilinear", align_corners=False)
-        pixels = Match(flow=flow, confidence=confidence.clamp(0, 1), mask=mask)
+        pixels = pixel_matches(matches[finest], finest, cfg.resolution)
         if options.refine and 1 in content.descriptors and 1 in style.descriptors:
-            pixels = refine_match(content.descriptors[1], style.descriptors[1], pixels, radius=max(1, cfg.refine_radius),
-                                  temperature=cfg.refine_temperature, mode=options.mode)
-            if content.mask is not None:
-                pixels.mask = pixels.mask & (content.mask > 0.5)
-        return pixels
+            pixels = refine_match(content.descriptors[1], style.descriptors[1], pixels,
+                                  radius=max(1, cfg.refine_radius), temperature=cfg.refine_temperature,
+                                  mode=options.mode)
+        return restrict_to_object(pixels, content.mask)
+
+    def _layers_at(self, scale: int) -> list[int]:
+        """The decoder layers whose latent map has this scale, in order (the soft path aligns them together)."""
+        return [l for l in range(self.config.n_layers) if self.config.layer_scale(l) == scale]
+
+    def _gather(self, layer: int, style: Latents, matches: dict[int, Match], options: AlignOptions,
+                pixels: Match | None) -> Gathered:
+        """The style's map of ``layer`` read along the matches, on the grid of that map (coat_model/gather.py)."""
+        s = self.config.layer_scale(layer)
+        if s in matches and matches[s].aligned is not None:  # soft path: the attention already aligned it
+            return soft_gather(matches[s], self._layers_at(s).index(layer), self.config.w_dim)
+        nearest = nearest_scale(matches, s)
+        if self.config.pixel_latents and s == 1:  # full-resolution latents: the finest matches per pixel (refined)
+            return pixel_gather(style.maps[layer], pixels, reach=nearest)
+        sampling = "nearest" if options.mode == "hard" else "bilinear"
+        return cell_gather(style.maps[layer], matches[nearest], style.maps[layer].shape[-2:], sampling)
 
     def _aligned_map(self, layer: int, content: Latents, style: Latents, matches: dict[int, Match],
                      options: AlignOptions, pixels: Match | None = None) -> torch.Tensor:
-        cfg = self.config
-        s = cfg.layer_scale(layer)
-        content_map, style_map = content.maps[layer], style.maps[layer]
-        reach = 1  # multiplies the fill's sigma (in cells of this map); full-resolution latents set it below
-        if s in matches and matches[s].aligned is not None:  # soft path: the attention already aligned it
-            layers = [l for l in range(cfg.n_layers) if cfg.layer_scale(l) == s]
-            i = layers.index(layer) * cfg.w_dim
-            match = matches[s]
-            matched = match.aligned[:, i : i + cfg.w_dim]
-        else:
-            nearest = min(matches, key=lambda m: abs(m.bit_length() - s.bit_length()))
-            match = matches[nearest]
-            size = content_map.shape[-2:]
-            flow, mask = match.flow, match.mask
-            sampling = "nearest" if options.mode == "hard" else "bilinear"
-            if cfg.pixel_latents and s == 1:  # full-resolution latents: the finest matches per pixel (refined)
-                flow, mask, sampling = pixels.flow, pixels.mask, "bilinear"
-                reach = nearest  # the fill spreads as far in the image as at the matched scale
-            elif flow.shape[-2:] != size:
-                flow = F.interpolate(flow, size=size, mode="nearest")
-                mask = F.interpolate(mask.float(), size=size, mode="nearest") > 0.5
-            match = Match(flow=flow, confidence=match.confidence, mask=mask)
-            matched = sample_at(style_map, flow, mode=sampling)
-        hits = None
-        if options.fill in ("propagate", "global"):
-            hits = self._hit_map(match.flow, match.mask, style_map.shape[-2:])
-        mask = match.mask
-        if content.mask is not None:
-            fg = F.interpolate(content.mask, size=mask.shape[-2:], mode="area") > 0.5
-            mask = mask & fg
-        out = fill_unconfident(
-            matched, mask, mode=options.fill, style_maps=style_map, style_hits=hits,
-            content_maps=content_map, average=self.w_avg, sigma=FILL_SIGMA * reach,
-        )
-        if content.mask is not None:  # the background keeps the content's own appearance
-            fg = F.interpolate(content.mask, size=out.shape[-2:], mode="bilinear", align_corners=False)
-            out = fg * out + (1 - fg) * content_map
-        return out
-
-    @staticmethod
-    def _hit_map(flow: torch.Tensor, mask: torch.Tensor, size) -> torch.Tensor:
-        """Style cells [B, 1, hs, ws] that some confident content cell matched."""
-        b = flow.shape[0]
-        hs, ws = size
-        index = flow_to_index(flow, hs, ws)
-        hits = torch.zeros(b, hs * ws, device=flow.device)
-        hits.scatter_add_(1, index, mask.flatten(1).float())
-        return (hits > 0).view(b, 1, hs, ws)
+        """The aligned style latent of ``layer``: gathered, restricted to the content's object, filled where
+        untrusted, the background back to the content's latents (coat_model/gather.py)."""
+        gathered = self._gather(layer, style, matches, options, pixels)
+        gathered.match = restrict_to_object(gathered.match, content.mask)
+        content_map = content.maps[layer]
+        out = fill_gathered(gathered, mode=options.fill, style_map=style.maps[layer], content_map=content_map,
+                            average=self.w_avg)
+        return keep_content_background(out, content_map, content.mask)
 
     # -- decode ------------------------------------------------------------------------------------------------
     def mix_latents(

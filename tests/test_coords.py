@@ -102,7 +102,7 @@ def test_conversions_are_bit_identical_to_the_formulas_they_replace():
     new_pixels = coords.cells_to_pixels(coords.flow_to_cells(flow, h, h), scale)
     assert torch.equal(new_pixels, old_pixels)
     assert torch.equal(coords.cells_to_flow(coords.pixels_to_cells(new_pixels, to_scale), h_to, h_to), old_values)
-    # model._hit_map / trainer._confident_targets
+    # gather.style_hits / trainer._confident_targets
     cells = ((flow + 1) / 2 * torch.tensor([w - 1, h - 1]).view(1, 2, 1, 1)).round().long()
     old_index = (cells[:, 1].clamp(0, h - 1) * w + cells[:, 0].clamp(0, w - 1)).flatten(1)
     assert torch.equal(coords.flow_to_index(flow, h, w), old_index)
