@@ -6,9 +6,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from coat_model.fill import gaussian_blur
 from coat_model.losses import (
     correspondence_nce, discriminator_loss, generator_adversarial_loss, hardness_schedule, latent_regularisation,
-    mean_ssim_over_scales, r1_penalty, reconstruction_loss, select_negatives,
+    mean_ssim_over_scales, r1_penalty, reconstruction_loss, select_negatives, ssim,
 )
 
 
@@ -80,6 +81,28 @@ def test_reconstruction_and_ssim_known_values():
     torch.testing.assert_close(reconstruction_loss(x, x), torch.zeros(2), atol=1e-6, rtol=0)
     shifted = (x + 0.1).clamp(0, 1)
     assert (reconstruction_loss(shifted, x) > 0.05).all()
+
+
+@pytest.mark.parametrize("sigma", [0.7, 1.5, 2.0])
+def test_the_blur_agrees_with_kornia_zero_padded(sigma):
+    """kornia (not a dependency of the library, installed with ComfyUI) as an independent oracle."""
+    kornia = pytest.importorskip("kornia")
+    x = torch.randn(2, 5, 17, 23, generator=torch.Generator().manual_seed(1))
+    taps = 2 * max(1, math.ceil(3 * sigma)) + 1
+    theirs = kornia.filters.gaussian_blur2d(x, (taps, taps), (sigma, sigma), border_type="constant")
+    torch.testing.assert_close(gaussian_blur(x, sigma), theirs, atol=1e-6, rtol=0)
+
+
+def test_ssim_agrees_with_kornia_on_zero_padded_images():
+    """kornia pads by reflection; on images zero-padded by the window radius (5 pixels for sigma 1.5: an 11-tap
+    window) its valid-padding SSIM map is ours, averaged over channels and pixels."""
+    kornia = pytest.importorskip("kornia")
+    g = torch.Generator().manual_seed(2)
+    x = torch.rand(3, 3, 24, 20, generator=g)
+    y = (x + 0.1 * torch.randn(x.shape, generator=g)).clamp(0, 1)
+    pad = lambda t: F.pad(t, (5, 5, 5, 5))  # noqa: E731
+    theirs = kornia.metrics.ssim(pad(x), pad(y), 11, max_val=1.0, padding="valid").flatten(1).mean(1)
+    torch.testing.assert_close(ssim(x, y), theirs, atol=1e-6, rtol=0)
 
 
 def test_latent_regularisation_known_value_and_stop_gradient():

@@ -43,6 +43,17 @@ def test_lab_reference_values_and_round_trip():
     assert torch.allclose(lab_to_srgb(srgb_to_lab(x)), x, atol=1e-4)
 
 
+def test_lab_conversions_agree_with_kornia():
+    """kornia (not a dependency of the library, installed with ComfyUI) as an independent oracle: it rounds the
+    CIE constants (a 6-digit matrix, 0.008856 and 7.787), which moves Lab by a few thousandths."""
+    kornia = pytest.importorskip("kornia")
+    x = torch.rand(4, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    x[0, :, 0], x[0, :, 1] = 0.0, 1.0  # black and white too
+    lab = srgb_to_lab(x)
+    torch.testing.assert_close(lab, kornia.color.rgb_to_lab(x), atol=0.01, rtol=0)
+    torch.testing.assert_close(lab_to_srgb(lab), kornia.color.lab_to_rgb(lab, clip=True), atol=1e-4, rtol=0)
+
+
 def test_perfect_output():
     image, labels = _scene()
     m = compute_metrics(image, image, labels, image)
