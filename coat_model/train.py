@@ -28,6 +28,7 @@ import torch
 import torch.distributed as dist
 
 from .config import COATConfig, parse_overrides
+from .denormals import flush_denormals
 from .io import CheckpointError, grow, import_stylegan2, load
 from .run_dir import CLI_RECORD, RunDirectory, write_run_record
 from .trainer import AMP_MODES, TrainConfig, Trainer
@@ -224,6 +225,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def main(argv=None) -> int:
+    flush_denormals()  # before the first parallel op starts torch's thread pool, so every worker inherits it
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)

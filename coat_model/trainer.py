@@ -26,6 +26,7 @@ from torch.amp import autocast
 
 from .config import COATConfig
 from .coords import flow_to_index
+from .denormals import flush_denormals
 from .discriminator import Discriminator
 from .losses import (
     correspondence_nce, cycle_loss, discriminator_loss, generator_adversarial_loss, hardness_schedule,
@@ -227,6 +228,8 @@ class Trainer:
                  rank: int = 0, world_size: int = 1, workers: int = 0):
         self.dataset = dataset
         self.device = torch.device(device)
+        if self.device.type == "cpu":
+            flush_denormals()  # this thread at least (coat-train set it for every worker before they started)
         self.rank, self.world_size = rank, world_size
         if config.batch_size % (world_size * config.accumulate):
             raise ValueError(

@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from . import speed
+from ..denormals import flush_denormals
 from .speed import BACKENDS, OPS, SECTIONS, Settings, bench_align, bench_train, bench_transfer, quick_settings
 from .speed_report import machine_info, render, targets
 from .units import MiB
@@ -79,6 +80,7 @@ def settings_from_args(args) -> Settings:
 
 
 def main(argv=None) -> int:
+    flush_denormals()  # as coat-train does: training steps are timed as users run them
     args = parse_args(sys.argv[1:] if argv is None else argv)
     st = settings_from_args(args)
     if st.threads:
