@@ -1,6 +1,5 @@
 """Procedural faces: determinism, structure/appearance independence, exact correspondence, speed."""
 
-import time
 from dataclasses import replace
 
 import pytest
@@ -194,19 +193,14 @@ def test_self_correspondence_is_identity_for_any_seed(seed, size):
     assert visible.any()
 
 
-def test_render_speed():
-    """Prints single-thread throughput; thresholds are loose because CI machines are shared."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        rates = {}
-        for size, n in ((64, 128), (128, 64)):
-            s, a = sample_structure(n, 0, "hard"), sample_appearance(n, 0)
-            render(s.index(slice(0, 16)), a.index(slice(0, 16)), size)   # warm-up
-            start = time.perf_counter()
-            render(s, a, size)
-            rates[size] = n / (time.perf_counter() - start)
-    finally:
-        torch.set_num_threads(threads)
-    print(f"\nrender speed, 1 thread: {rates[64]:.0f} images/s at 64 px, {rates[128]:.0f} images/s at 128 px")
-    assert rates[64] > 50 and rates[128] > 12
+def test_a_large_batch_renders_as_its_pieces_do():
+    """render() works through chunks of faces whose part windows are the union over the chunk: the pixels of a
+    face must not depend on which other faces share its chunk. (Render throughput is measured by the speed bench's
+    pipeline column, never by a timed test.)"""
+    s, a = sample_structure(21, 0, "hard"), sample_appearance(21, 0)
+    whole, labels, local = render(s, a, 48, chunk=8)
+    for lo, hi in ((0, 5), (5, 13), (13, 21)):
+        part, part_labels, part_local = render(s.index(slice(lo, hi)), a.index(slice(lo, hi)), 48, chunk=3)
+        torch.testing.assert_close(whole[lo:hi], part, rtol=0, atol=1e-6)
+        assert torch.equal(labels[lo:hi], part_labels)
+        torch.testing.assert_close(local[lo:hi], part_local, rtol=0, atol=1e-6)
