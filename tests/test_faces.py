@@ -1,4 +1,4 @@
-"""Procedural faces: determinism, structure/appearance independence, exact correspondence, speed."""
+"""Procedural faces: determinism, structure/appearance independence, exact correspondence, batched rendering."""
 
 from dataclasses import replace
 
