@@ -15,12 +15,7 @@ def test_the_module_map_matches_the_tree():
     table = "\n".join(line for line in _map_section().splitlines() if line.startswith("| "))
     named = set()
     for cell in re.findall(r"`([\w/]+\.py)`", table):
-        path = cell if cell.startswith(("nodes/",)) else f"coat_model/{cell}"
-        named.add(path)
-    # modules named inside a group, e.g. "nodes/train.py (with `train_data.py`, ...)", live beside it
-    for name in ("train_data.py", "train_run.py", "loss_plot.py"):
-        named.discard(f"coat_model/{name}")
-        named.add(f"nodes/{name}")
+        named.add(cell if cell.startswith("nodes/") else f"coat_model/{cell}")
     tree = {p.relative_to(ROOT).as_posix() for folder in ("coat_model", "nodes") for p in (ROOT / folder).rglob("*.py")
             if p.name not in ("__init__.py", "__main__.py")}
     assert sorted(tree - named) == [], "modules missing from README's module map"
