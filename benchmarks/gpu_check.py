@@ -9,7 +9,7 @@ each, so a killed run still leaves what it measured:
   env       torch, CUDA, device
   xformers  does xformers load beside this torch? A wheel in --xformers-wheel-dir is first installed with
             ``pip install --no-deps --target /tmp/xf``; reports the import, ``_has_cpp_library``, the C++ load
-            error and ``coat_model.attention.xformers_available``
+            error and ``coat_model.model.attention.xformers_available``
   sdpa      the SDPA kernel ``torch._fused_sdp_choice`` picks for our padded shapes (and unpadded, for contrast),
             also at the value widths of the model's soft path (MODEL_SHAPES), to which attend_sdpa pads q and k
   parity    backends (naive, sdpa, chunked, xformers) in fp32 / fp16 / bf16 against fp32 naive on random
@@ -137,7 +137,7 @@ def xformers_check(ck: Check) -> dict:
     finally:
         logging.getLogger("xformers").removeHandler(handler)
     out["log"] = records[:5]
-    from coat_model.attention import xformers_available
+    from coat_model.model.attention import xformers_available
 
     xformers_available.cache_clear()
     out["xformers_available"] = xformers_available(ck.device.type)
@@ -159,7 +159,7 @@ MODEL_SHAPES = (("small@128", 64, 322), ("default@256", 128, 1794))
 
 def _qkv(n: int, device, dtype=torch.float32, seed: int = 0, c: int = C, cv: int = CV + 2):
     """Normalised descriptors q, k [1, n, c] and values v [1, n, cv] (random values + the coordinate grid)."""
-    from coat_model.matching import coordinate_grid
+    from coat_model.model.matching import coordinate_grid
 
     g = torch.Generator().manual_seed(seed)
     side = int(math.isqrt(n))
@@ -200,7 +200,7 @@ def sdpa_kernel(ck: Check) -> dict:
 
 
 def parity(ck: Check) -> dict:
-    from coat_model.attention import KERNELS, attend, xformers_available
+    from coat_model.model.attention import KERNELS, attend, xformers_available
 
     side = 16 if ck.smoke else 64
     n, scale, cells = side * side, 1 / TEMPERATURE, (side - 1) / 2
@@ -230,9 +230,9 @@ def parity(ck: Check) -> dict:
 def align(ck: Check) -> dict:
     """Raw ``attend`` forward per backend: the bench shape at 3 sizes in fp16 / fp32, and the model's soft-path
     widths at 64² in fp32."""
-    from coat_model.attention import attend, xformers_available
     from coat_model.bench.timing import sync, time_runs
     from coat_model.bench.units import MiB
+    from coat_model.model.attention import attend, xformers_available
 
     d = ck.device
     sizes = (16, 32) if ck.smoke else (64, 128, 256)
@@ -276,9 +276,9 @@ def align(ck: Check) -> dict:
 
 def transfer(ck: Check) -> dict:
     from coat_model.bench.timing import time_runs
-    from coat_model.config import COATConfig
-    from coat_model.data.faces import FaceDataset
-    from coat_model.model import COAT
+    from coat_model.model.coat import COAT
+    from coat_model.model.config import COATConfig
+    from coat_model.train.data.faces import FaceDataset
 
     d = ck.device
     res, preset = (32, "tiny") if ck.smoke else (256, "default")
@@ -299,8 +299,8 @@ def transfer(ck: Check) -> dict:
 
 
 def _trainer(ck: Check, preset: str, res: int, batch: int, steps: int, workers: int):
-    from coat_model.train import PRESETS, make_dataset
-    from coat_model.trainer import TrainConfig, Trainer
+    from coat_model.train.cli import PRESETS, make_dataset
+    from coat_model.train.trainer import TrainConfig, Trainer
 
     amp = "bf16" if ck.device.type == "cuda" and torch.cuda.is_bf16_supported() else "off"
     cfg = TrainConfig(steps=steps, batch_size=batch, amp=amp, seed=0)

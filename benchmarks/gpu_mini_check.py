@@ -1,7 +1,7 @@
 """A one-minute subset of the GPU check (attention parity, SDPA kernel choice, timings) for a tight device budget."""
 import json, sys, time
 import torch, torch.nn.functional as F
-from coat_model.attention import attend, xformers_available
+from coat_model.model.attention import attend, xformers_available
 
 dev = "cuda"
 res = {"torch": torch.__version__, "device": torch.cuda.get_device_name(), "xformers": xformers_available("cuda")}

@@ -5,11 +5,11 @@
 >>> images, confidence = model.transfer(content, style)   # [B, 3, H, W] in [0, 1]
 """
 
-from .attention import attend, chunked_argmax, chunked_topk
-from .config import COATConfig
-from .inputs import COATInputError
 from .io import CheckpointError, import_stylegan2, load, read_config, save
-from .model import COAT, Alignment, Latents
+from .model.attention import attend, chunked_argmax, chunked_topk
+from .model.coat import COAT, Alignment, Latents
+from .model.config import COATConfig
+from .model.inputs import COATInputError
 
 __all__ = [
     "COAT", "COATConfig", "Latents", "Alignment", "load", "save", "read_config", "import_stylegan2",

@@ -13,9 +13,9 @@ import torch
 from safetensors.torch import load_file
 
 from .checkpoint_format import CheckpointError, checked_config
-from .config import COATConfig
-from .layers import fused_leaky_relu
-from .model import COAT
+from .model.coat import COAT
+from .model.config import COATConfig
+from .model.layers import fused_leaky_relu
 
 
 def load(path, device=None, dtype=None) -> COAT:

@@ -7,11 +7,10 @@ import re
 from comfy_api.v0_0_2 import io
 
 from coat_model import COATConfig, COATInputError
-from coat_model.config import FILL_MODES
+from coat_model.model.config import FILL_MODES
 
 from .matches import ui_entry
-from .types import (Aligned, CoatAlignment, CoatLatents, CoatModel, Encoded, LoadedModel, bchw_to_image,
-                    interrupt_point)
+from .types import Aligned, CoatAlignment, CoatLatents, CoatModel, Encoded, LoadedModel, bchw_to_image, interrupt_point
 
 MODES = ["hard", "soft"]
 FILLS = ["default", *FILL_MODES]

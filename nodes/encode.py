@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from comfy_api.v0_0_2 import io
 
-from coat_model.inputs import check_images
+from coat_model.model.inputs import check_images
 
 from .types import CoatLatents, CoatModel, Encoded, LoadedModel, image_to_bchw, interrupt_point, object_mask
 

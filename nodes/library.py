@@ -2,7 +2,7 @@
 
 ComfyUI does not put a pack's folder on ``sys.path``, so a git clone into ``custom_nodes/`` could not
 ``import coat_model``. Importing it here by path (once, unless it is already imported, e.g. from a development
-install) gives one copy with its real module names, so errors read ``coat_model.inputs.COATInputError: ...``.
+install) gives one copy with its real module names, so errors read ``coat_model.model.inputs.COATInputError: ...``.
 """
 
 from __future__ import annotations

@@ -5,13 +5,12 @@ from __future__ import annotations
 import os
 import re
 
-import torch
-
 import comfy.model_management as mm
+import torch
 from comfy_api.v0_0_2 import io, ui
 
 import coat_model
-from coat_model.attention import xformers_available
+from coat_model.model.attention import xformers_available
 
 from . import paths
 from .types import CoatModel, LoadedModel

@@ -12,11 +12,10 @@ import colorsys
 import numpy as np
 import torch
 import torch.nn.functional as F
+from comfy_api.v0_0_2 import io, ui
 from PIL import Image, ImageDraw
 
-from comfy_api.v0_0_2 import io, ui
-
-from coat_model.coords import cell_centre_offsets, flow_to_cells
+from coat_model.model.coords import cell_centre_offsets, flow_to_cells
 
 from . import match_store
 from .types import Aligned

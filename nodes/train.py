@@ -11,7 +11,7 @@ ComfyUI runs nodes under ``torch.inference_mode()`` (docs/COMFYUI.md, "Training 
 base model's weights (the base model itself is never changed).
 
 The node's parts live in their own modules: ``train_data`` (the IMAGE batch or a folder inside the allowed data
-roots), ``train_run`` (the run folder: ``coat_model.run_dir`` with ``node_run.json``, the settings check, the
+roots), ``train_run`` (the run folder: ``coat_model.train.run_dir`` with ``node_run.json``, the settings check, the
 per-step losses) and ``loss_plot`` (the loss curve and LOSS_MAP outputs).
 """
 
@@ -23,18 +23,17 @@ import math
 import time
 from pathlib import Path
 
-import torch
-from PIL import Image
-
 import comfy.model_management as mm
 import comfy.utils
+import torch
 from comfy_api.v0_0_2 import io
+from PIL import Image
 
 from coat_model import COAT, COATConfig, COATInputError
 from coat_model.images import grid, to_pil
-from coat_model.pairs import GlobalSampler, build_pairs
-from coat_model.train import fit
-from coat_model.trainer import TrainConfig, Trainer
+from coat_model.train.cli import fit
+from coat_model.train.pairs import GlobalSampler, build_pairs
+from coat_model.train.trainer import TrainConfig, Trainer
 
 from .loader import offload_device, pick_backend
 from .loss_plot import loss_curve, loss_map
@@ -229,7 +228,7 @@ class COATTrain(io.ComfyNode):
         run = node_run(directory)
         if restart:
             run.clear()
-        resume = run.resumes(not restart)   # the same rule as coat-train --resume (coat_model.run_dir)
+        resume = run.resumes(not restart)   # the same rule as coat-train --resume (coat_model.train.run_dir)
         if resume:
             check_same_run(run, settings)
 

@@ -7,9 +7,8 @@ import hashlib
 import os
 from pathlib import Path
 
-import torch
-
 import folder_paths
+import torch
 
 from coat_model import COATInputError
 
@@ -72,7 +71,7 @@ def resolve_folder(folder: str) -> Path:
 
 def training_data(images: torch.Tensor | None, folder: str, resolution: int):
     """(dataset of [3, R, R] images, a fingerprint of the data) from the IMAGE batch or the folder."""
-    from coat_model.data.folder import ImageFolderDataset, images_to_dataset
+    from coat_model.train.data.folder import ImageFolderDataset, images_to_dataset
 
     has_folder = bool(folder and folder.strip())
     if images is None and not has_folder:

@@ -1,4 +1,4 @@
-"""COAT Train's run folder, ``<output>/coat_runs/<run_name>/``: the layout of ``coat_model.run_dir`` (the same files
+"""COAT Train's run folder, ``<output>/coat_runs/<run_name>/``: the layout of ``coat_model.train.run_dir`` (the same files
 and the same resume rule as ``coat-train``) with ``node_run.json`` as its record, the check that a resumed run keeps
 its settings, and ``losses.jsonl`` (the loss of every step, for the curve)."""
 
@@ -11,7 +11,7 @@ from pathlib import Path
 import folder_paths
 
 from coat_model import COATInputError
-from coat_model.run_dir import NODE_RECORD, RunDirectory
+from coat_model.train.run_dir import NODE_RECORD, RunDirectory
 
 RUNS = "coat_runs"
 _RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9 _.\-]*")

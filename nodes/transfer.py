@@ -5,7 +5,7 @@ from __future__ import annotations
 import comfy.utils
 from comfy_api.v0_0_2 import io
 
-from coat_model.inputs import pair_batches
+from coat_model.model.inputs import pair_batches
 
 from .align import align, confidence_mask, fill_input, mode_input
 from .decode import decode, decode_inputs

@@ -1,4 +1,4 @@
-"""Alignment options are resolved once and recorded exactly as they ran (coat_model.align_options)."""
+"""Alignment options are resolved once and recorded exactly as they ran (coat_model.model.align_options)."""
 
 import dataclasses
 
@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from coat_model import COAT, COATConfig
-from coat_model.align_options import AlignOptions
+from coat_model.model.align_options import AlignOptions
 
 
 @pytest.fixture(scope="module")

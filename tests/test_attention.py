@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from coat_model.attention import (
+from coat_model.model.attention import (
     attend, attention_dtype, chunked_argmax, chunked_topk, naive_argmax, resolve_backend, xformers_available,
 )
 

@@ -6,10 +6,10 @@ import pytest
 import torch
 
 from coat_model.bench.quality import KEYS, cell_flow_to_pixels, coat_outputs, evaluate, gt_matches, main
-from coat_model.config import COATConfig
-from coat_model.matching import coordinate_grid, resample_flow, untokens
-from coat_model.model import COAT
-from coat_model.pairs import identity_flow
+from coat_model.model.coat import COAT
+from coat_model.model.config import COATConfig
+from coat_model.model.matching import coordinate_grid, resample_flow, untokens
+from coat_model.train.pairs import identity_flow
 
 METHODS = ("coat", "coat_global", "coat_flow_warp", "coat_gt_matches", "coat_autoencode", "identity", "style_copy",
            "reinhard", "bbox_warp", "partwise_reinhard", "gt_warp")

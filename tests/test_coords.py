@@ -1,12 +1,12 @@
-"""The coordinate conventions of coat_model.coords: closed-form round trips flow <-> cells <-> pixels, the grids,
+"""The coordinate conventions of coat_model.model.coords: closed-form round trips flow <-> cells <-> pixels, the grids,
 and the exact arithmetic the code used before the conversions were gathered (oracles written out here)."""
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from coat_model import coords
-from coat_model.streams import mix_seed
+from coat_model.model import coords
+from coat_model.train.streams import mix_seed
 
 
 @pytest.mark.parametrize("n", [2, 3, 7, 8, 33])

@@ -1,4 +1,4 @@
-"""Denormal floats are flushed to zero where COAT trains on a CPU (coat_model/denormals.py)."""
+"""Denormal floats are flushed to zero where COAT trains on a CPU (coat_model/train/denormals.py)."""
 
 import subprocess
 import sys
@@ -28,11 +28,11 @@ def _run(before: str) -> tuple[int, int]:
 
 def test_denormals_survive_by_default_and_are_flushed_in_every_thread_when_set_before_the_pool():
     assert _run("") == (1 << 22, 1)
-    assert _run("from coat_model.denormals import flush_denormals; assert flush_denormals()") == (0, 0)
+    assert _run("from coat_model.train.denormals import flush_denormals; assert flush_denormals()") == (0, 0)
 
 
 def test_coat_train_flushes_before_anything_else_runs():
-    probe = ("import torch, coat_model.train as t\n"
+    probe = ("import torch, coat_model.train.cli as t\n"
              "t.parse_args = lambda argv: (_ for _ in ()).throw(SystemExit(int((torch.tensor([%r]) * 1.0).item() != 0)))\n"
              "t.main([])" % TINY)
     out = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=120)
@@ -40,9 +40,9 @@ def test_coat_train_flushes_before_anything_else_runs():
 
 
 def test_a_cpu_trainer_flushes_the_thread_that_trains():
-    from coat_model.config import COATConfig
-    from coat_model.data.faces import FaceDataset
-    from coat_model.trainer import TrainConfig, Trainer
+    from coat_model.model.config import COATConfig
+    from coat_model.train.data.faces import FaceDataset
+    from coat_model.train.trainer import TrainConfig, Trainer
 
     torch.set_flush_denormal(False)
     try:

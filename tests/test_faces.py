@@ -5,11 +5,12 @@ from dataclasses import replace
 import pytest
 import torch
 import torch.nn.functional as F
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from coat_model.data import (
-    LABELS, NUM_LABELS, Appearance, FaceDataset, Structure, render, sample_appearance, sample_pairs,
-    sample_structure, true_correspondence, true_transfer,
+from coat_model.train.data import (
+    LABELS, NUM_LABELS, Appearance, FaceDataset, Structure, render, sample_appearance, sample_pairs, sample_structure,
+    true_correspondence, true_transfer,
 )
 
 SIZE = 64

@@ -1,9 +1,9 @@
-"""Filling the content cells without a confident match (coat_model/fill.py)."""
+"""Filling the content cells without a confident match (coat_model/model/fill.py)."""
 
 import pytest
 import torch
 
-from coat_model.fill import gaussian_blur, gaussian_blur_reference, propagate
+from coat_model.model.fill import gaussian_blur, gaussian_blur_reference, propagate
 
 
 @pytest.mark.parametrize("shape, sigma", [((1, 64, 32, 32), 2.0), ((2, 3, 17, 23), 1.5), ((1, 1, 5, 7), 4.0),

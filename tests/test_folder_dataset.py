@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from coat_model.data import IMAGE_EXTENSIONS, ImageFolderDataset, images_to_dataset
+from coat_model.train.data import IMAGE_EXTENSIONS, ImageFolderDataset, images_to_dataset
 
 
 def _save(path, array):

@@ -1,8 +1,8 @@
-"""The aligned latents as a composition of gather, content mask and fill steps (coat_model/gather.py).
+"""The aligned latents as a composition of gather, content mask and fill steps (coat_model/model/gather.py).
 
 The steps replaced one ``COAT._aligned_map`` (with the content mask applied in four places in their own ways):
 :func:`_reference_align` below is that implementation, kept verbatim as the oracle. Without a content mask the
-composition gives the same bits; with one, the single rule of coat_model/gather.py holds on the refined and the
+composition gives the same bits; with one, the single rule of coat_model/model/gather.py holds on the refined and the
 unrefined path alike.
 """
 
@@ -13,13 +13,14 @@ import torch
 import torch.nn.functional as F
 
 from coat_model import COAT, COATConfig
-from coat_model.align_options import AlignOptions
-from coat_model.coords import flow_to_index
-from coat_model.fill import SIGMA as FILL_SIGMA
-from coat_model.fill import fill_unconfident
-from coat_model.gather import (cell_gather, keep_content_background, object_cells, restrict_to_object, soft_gather,
-                               style_hits)
-from coat_model.matching import Match, hard_match, refine_match, resample_flow, sample_at, soft_match
+from coat_model.model.align_options import AlignOptions
+from coat_model.model.coords import flow_to_index
+from coat_model.model.fill import SIGMA as FILL_SIGMA
+from coat_model.model.fill import fill_unconfident
+from coat_model.model.gather import (
+    cell_gather, keep_content_background, object_cells, restrict_to_object, soft_gather, style_hits,
+)
+from coat_model.model.matching import Match, hard_match, refine_match, resample_flow, sample_at, soft_match
 
 # -- the implementation before the split (verbatim, model methods as functions), the oracle -----------------------
 

@@ -2,7 +2,7 @@
 
 import torch
 
-from coat_model.layers import Blur, Downsample, Upsample, modulated_conv2d, modulated_conv2d_reference
+from coat_model.model.layers import Blur, Downsample, Upsample, modulated_conv2d, modulated_conv2d_reference
 
 
 def _case(seed, c_in=6, c_out=5, k=3, size=8, batch=3):

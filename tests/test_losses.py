@@ -6,8 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from coat_model.fill import gaussian_blur
-from coat_model.losses import (
+from coat_model.model.fill import gaussian_blur
+from coat_model.train.losses import (
     correspondence_nce, discriminator_loss, generator_adversarial_loss, hardness_schedule, latent_regularisation,
     mean_ssim_over_scales, r1_penalty, reconstruction_loss, select_negatives, ssim,
 )

@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from coat_model.matching import coordinate_grid, geometric_consistency, hard_match, soft_match
+from coat_model.model.matching import coordinate_grid, geometric_consistency, hard_match, soft_match
 
 
 def _descriptors(seed, b=1, c=32, h=12, w=12):
@@ -117,8 +117,8 @@ def test_coarse_to_fine_restricts_the_search():
 @pytest.mark.parametrize("shape", [(6, 6, 8, 8), (5, 7, 9, 4)])
 def test_the_coarse_to_fine_window_is_the_chebyshev_window_of_each_confident_cell(shape):
     """The per-axis window (outer AND) equals the window written as a Chebyshev distance over [rows, Ls, 2]."""
-    from coat_model.coords import flow_to_cells
-    from coat_model.matching import _window_restriction, tokens
+    from coat_model.model.coords import flow_to_cells
+    from coat_model.model.matching import _window_restriction, tokens
 
     h, w, hs, ws = shape
     g = torch.Generator().manual_seed(1)

@@ -3,12 +3,12 @@
 import pytest
 import torch
 
-from coat_model import baselines
-from coat_model.data import sample_pairs
-from coat_model.metrics import (
-    PSNR_CAP_DB, bg_l1, compute_metrics, conf_coverage, conf_precision, confidence_sweep, de_part, lab_to_srgb,
-    paa, pck, psnr, srgb_to_lab,
+from coat_model.bench import baselines
+from coat_model.bench.metrics import (
+    PSNR_CAP_DB, bg_l1, compute_metrics, conf_coverage, conf_precision, confidence_sweep, de_part, lab_to_srgb, paa,
+    pck, psnr, srgb_to_lab,
 )
+from coat_model.train.data import sample_pairs
 
 H = W = 21       # R = 21: (R - 1) / 2 = 10 pixels per normalised unit
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from coat_model import COAT, COATConfig, COATInputError
-from coat_model.fill import fill_unconfident
+from coat_model.model.fill import fill_unconfident
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +47,7 @@ def test_align_outputs(model, mode):
 
 
 def test_align_from_matches_rebuilds_the_hard_alignment_from_its_own_matches(model):
-    from coat_model.matching import Match
+    from coat_model.model.matching import Match
 
     c, s = model.encode(_images(2)), model.encode(_images(1, seed=1))   # one style for two contents
     a = model.align(c, s)
@@ -64,7 +64,7 @@ def test_align_from_matches_rebuilds_the_hard_alignment_from_its_own_matches(mod
 
 
 def test_align_from_matches_refuses_matches_it_cannot_use(model):
-    from coat_model.matching import Match
+    from coat_model.model.matching import Match
 
     c, s = model.encode(_images(2)), model.encode(_images(2, seed=1))
     m = model.align(c, s)

@@ -3,8 +3,9 @@ requirements never pin torch or xformers, and pyproject carries the [tool.comfy]
 
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
+
+import tomllib
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -71,15 +72,15 @@ def test_the_wheel_holds_every_tracked_module_of_the_library(tmp_path):
     info = [n for n in names if n.split("/")[0].endswith(".dist-info")]
     assert any(n.endswith("/LICENSE") for n in info), info
     entry_points = zipfile.ZipFile(wheel).read(next(n for n in info if n.endswith("entry_points.txt"))).decode()
-    assert "coat-train = coat_model.train:main" in entry_points
+    assert "coat-train = coat_model.train.cli:main" in entry_points
 
     target = tmp_path / "site"
     r = subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "--no-index", "--disable-pip-version-check",
                         "--target", str(target), str(wheel)], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    code = ("import coat_model, coat_model.data.folder, coat_model.bench, coat_model.train, sys; "
+    code = ("import coat_model, coat_model.train.data.folder, coat_model.bench, coat_model.train.cli, sys; "
             "assert coat_model.__file__.startswith(sys.argv[1]), coat_model.__file__; "
-            "sys.argv = ['coat-train', '--help']; coat_model.train.main()")
+            "sys.argv = ['coat-train', '--help']; coat_model.train.cli.main()")
     r = subprocess.run([sys.executable, "-c", code, str(target)], capture_output=True, text=True, timeout=300,
                        cwd=tmp_path, env={"PYTHONPATH": str(target), "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"})
     assert r.returncode == 0 and "--resolution" in r.stdout, r.stdout[-2000:] + r.stderr[-3000:]

@@ -13,8 +13,8 @@ import torch
 from coat_model import COAT, COATConfig
 from coat_model.bench.quality import gt_matches
 from coat_model.io import CheckpointError, grow, load
-from coat_model.matching import coordinate_grid, resample_flow, untokens
-from coat_model.pairs import identity_flow
+from coat_model.model.matching import coordinate_grid, resample_flow, untokens
+from coat_model.train.pairs import identity_flow
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -111,7 +111,7 @@ def test_pixel_latents_are_full_resolution_and_identity_matches_rebuild_the_styl
         torch.testing.assert_close(a.maps[l][..., 1:-1, 1:-1], s.maps[l][..., 1:-1, 1:-1], atol=1e-5, rtol=1e-5)
     # Matches taken from a soft alignment carry its attention output: align_from_matches uses only where they point.
     soft = model.align(c, s, mode="soft")
-    from coat_model.matching import Match
+    from coat_model.model.matching import Match
 
     bare = {k: Match(flow=soft.flow[k], confidence=soft.confidence[k], mask=soft.mask[k]) for k in soft.scales}
     carried = {k: Match(flow=soft.flow[k], confidence=soft.confidence[k], mask=soft.mask[k],

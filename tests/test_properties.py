@@ -14,8 +14,8 @@ from hypothesis import strategies as st
 
 import coat_model
 from coat_model import COATInputError
-from coat_model.attention import attend, chunked_argmax, naive_argmax
-from coat_model.matching import hard_match, soft_match
+from coat_model.model.attention import attend, chunked_argmax, naive_argmax
+from coat_model.model.matching import hard_match, soft_match
 
 SETTINGS = settings(deadline=None, max_examples=25, derandomize=True, database=None,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
@@ -94,7 +94,7 @@ def test_transfer_gives_images_in_range_or_a_clear_error(model, content, style, 
 @given(images=tensors(image_shapes("bchw")))
 @example(images=torch.rand(2, 3, 7, 0))
 def test_check_images_accepts_exactly_finite_float_rgb_in_range(images):
-    from coat_model.inputs import check_images
+    from coat_model.model.inputs import check_images
 
     try:
         assert check_images(images) is images

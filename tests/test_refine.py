@@ -11,13 +11,13 @@ from safetensors.torch import load_file
 from coat_model import COAT, COATConfig
 from coat_model.bench.quality import gt_matches
 from coat_model.io import grow, load
-from coat_model.losses import cycle_loss
-from coat_model.matching import (
+from coat_model.model.matching import (
     Match, coordinate_grid, cycle_error, refine_match, untokens, window_correlation, window_correlation_reference,
 )
-from coat_model.pairs import identity_flow
-from coat_model.train import make_dataset
-from coat_model.trainer import TrainConfig, Trainer
+from coat_model.train.cli import make_dataset
+from coat_model.train.losses import cycle_loss
+from coat_model.train.pairs import identity_flow
+from coat_model.train.trainer import TrainConfig, Trainer
 
 DATA = Path(__file__).resolve().parent / "data"
 
@@ -96,7 +96,7 @@ def _pixels(alignment):
     """The per-pixel flow the warped style was sampled at, as a grid_sample grid."""
     b = alignment.warped.shape[0]
     finest = min(alignment.flow)
-    from coat_model.matching import resample_flow
+    from coat_model.model.matching import resample_flow
 
     flow = resample_flow(alignment.flow[finest], finest, 1, alignment.warped.shape[-1], trusted=alignment.mask[finest])
     return flow.permute(0, 2, 3, 1).expand(b, -1, -1, -1)

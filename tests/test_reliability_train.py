@@ -19,7 +19,7 @@ import torch
 from safetensors.torch import load_file
 
 import coat_model
-from coat_model.state import load_state
+from coat_model.train.state import load_state
 
 REPO = Path(__file__).resolve().parents[1]
 STEPS, EVERY = 8, 2
@@ -41,7 +41,7 @@ def torn(tensors, filename, metadata=None):
         os.kill(os.getpid(), signal.SIGKILL)
     return original(tensors, filename, metadata=metadata)
 st.save_file = torn
-from coat_model.train import main
+from coat_model.train.cli import main
 sys.exit(main(sys.argv[1:]))
 """
 

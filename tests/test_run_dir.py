@@ -1,4 +1,4 @@
-"""The run folder (coat_model.run_dir): one layout and one resume rule for coat-train (run.json) and the COAT Train
+"""The run folder (coat_model.train.run_dir): one layout and one resume rule for coat-train (run.json) and the COAT Train
 node (node_run.json); folders written before the class still resume."""
 
 import json
@@ -6,8 +6,8 @@ import json
 import pytest
 import torch
 
-from coat_model.run_dir import CLI_RECORD, NODE_RECORD, RunDirectory
-from coat_model.state import save_state
+from coat_model.train.run_dir import CLI_RECORD, NODE_RECORD, RunDirectory
+from coat_model.train.state import save_state
 
 
 @pytest.mark.parametrize("record", [CLI_RECORD, NODE_RECORD])
@@ -57,7 +57,7 @@ def test_command_line_record_keeps_the_history_of_invocations(tmp_path):
 
 def test_the_command_line_follows_the_rule(tmp_path, monkeypatch):
     """coat-train --resume on a folder without a state starts fresh; with one, it resumes (the rule above)."""
-    from coat_model import train
+    from coat_model.train import cli as train
 
     seen = []
     real = RunDirectory.resumes

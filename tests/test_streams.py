@@ -2,7 +2,7 @@
 
 import torch
 
-from coat_model.streams import uniform, uniform_reference
+from coat_model.train.streams import uniform, uniform_reference
 
 
 def test_uniform_equals_the_python_oracle_for_any_seed():

@@ -174,7 +174,7 @@ def test_cancel_keeps_a_resumable_state_and_requeue_resumes(M, tiny_base, progre
     with pytest.raises(mm.InterruptProcessingException):
         run(M, run_name="cancelled", **args)
     run_dir = folder_paths.get_output_directory() + "/coat_runs/cancelled"
-    from coat_model.state import load_state
+    from coat_model.train.state import load_state
     assert load_state(run_dir + "/train_state.safetensors")["step"] == 1
 
     def comfy_hook(value):  # what main.py's hook does: check the flag inside the progress update
@@ -273,11 +273,11 @@ def test_folder_dropdown_lists_input_subfolders_and_data_roots(M, tmp_path, monk
 
 
 def test_the_node_decides_with_the_run_folder_rule_of_coat_train(M, tiny_base, monkeypatch):
-    """The node's run folder is a coat_model.run_dir.RunDirectory (record node_run.json) and it resumes by the same
+    """The node's run folder is a coat_model.train.run_dir.RunDirectory (record node_run.json) and it resumes by the same
     rule as coat-train --resume: restart asks for no resume, otherwise a saved state is continued."""
     import folder_paths
 
-    from coat_model.run_dir import NODE_RECORD, RunDirectory
+    from coat_model.train.run_dir import NODE_RECORD, RunDirectory
 
     seen = []
     real = RunDirectory.resumes

@@ -9,9 +9,9 @@ from pathlib import Path
 import torch
 
 from coat_model import COATConfig
-from coat_model.pairs import flow_targets, identity_flow
-from coat_model.train import make_dataset
-from coat_model.trainer import TrainConfig, Trainer
+from coat_model.train.cli import make_dataset
+from coat_model.train.pairs import flow_targets, identity_flow
+from coat_model.train.trainer import TrainConfig, Trainer
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -112,7 +112,7 @@ def test_adversarial_training_runs_discriminator_and_r1():
 
 
 def test_progress_eta_counts_only_the_steps_of_this_process(capsys):
-    from coat_model.train import _progress
+    from coat_model.train.cli import _progress
 
     # A run resumed at step 1000 that did 10 steps in 20 s has 90 steps left: 180 s, not 90 * 20 / 1010.
     _progress(1010, 1100, {"loss": 1.0, "images_per_s": 8.0}, 20.0, first_step=1000)
@@ -120,7 +120,7 @@ def test_progress_eta_counts_only_the_steps_of_this_process(capsys):
 
 
 def test_run_record_keeps_the_command_that_began_a_resumed_run(tmp_path):
-    from coat_model.train import _write_run_record
+    from coat_model.train.cli import _write_run_record
 
     path = tmp_path / "run.json"
     _write_run_record(path, 0, {"command": "coat-train --steps 100"})
@@ -137,8 +137,8 @@ def test_run_record_keeps_the_command_that_began_a_resumed_run(tmp_path):
 def test_command_line_overrides_are_typed_and_checked():
     import pytest
 
-    from coat_model.config import parse_overrides
-    from coat_model.train import parse_args
+    from coat_model.model.config import parse_overrides
+    from coat_model.train.cli import parse_args
 
     assert parse_overrides(TrainConfig, ["betas=0.9,0.99", "ccl_detach_keys=true", "ccl-queries=128", "align_mode=hard"]) \
         == {"betas": (0.9, 0.99), "ccl_detach_keys": True, "ccl_queries": 128, "align_mode": "hard"}
@@ -181,7 +181,7 @@ def test_a_worker_dying_mid_handover_falls_back_to_in_process_batches():
 def test_fit_to_time_shortens_the_one_copy_of_the_settings():
     """The step module computes the losses with the trainer's config (one object), so a schedule shortened by
     fit-to-time reaches the curricula (hard negatives, bootstrap) as well as the learning rate."""
-    from coat_model.train import _fit_schedule
+    from coat_model.train.cli import _fit_schedule
 
     trainer = _trainer(steps=1000)
     assert trainer.step_module.config is trainer.config

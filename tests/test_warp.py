@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from coat_model.data import random_color_remap, random_warp, render, sample_appearance, sample_structure
+from coat_model.train.data import random_color_remap, random_warp, render, sample_appearance, sample_structure
 
 
 def _smooth_images(b: int = 4, size: int = 48) -> torch.Tensor:

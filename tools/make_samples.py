@@ -18,7 +18,7 @@ from PIL import Image
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from coat_model.data import faces  # noqa: E402
+from coat_model.train.data import faces  # noqa: E402
 
 
 def main(argv=None) -> int:

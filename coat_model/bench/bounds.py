@@ -24,10 +24,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from ..coords import cells_to_flow, flow_to_cells, identity_flow
-from ..data.faces import sample_pairs
-from ..matching import resample_flow
-from ..metrics import compute_metrics
+from ..model.coords import cells_to_flow, flow_to_cells, identity_flow
+from ..model.matching import resample_flow
+from ..train.data.faces import sample_pairs
+from .metrics import compute_metrics
 from .quality import EVAL_SEED, cell_flow_to_pixels, gt_matches
 
 KEYS = ("paa", "de_part", "psnr", "pck05", "pck10")

@@ -17,8 +17,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from ..data.faces import sample_pairs
 from ..io import load
+from ..train.data.faces import sample_pairs
 from .quality import EVAL_SEED
 
 COLUMNS = ("content", "style", "output", "confidence", "true transfer")

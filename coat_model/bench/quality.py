@@ -32,13 +32,13 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from .. import baselines
-from ..coords import cells_to_flow, cells_to_pixels, flow_to_cells, identity_flow
-from ..data.faces import sample_pairs
 from ..io import load
-from ..matching import Match, resample_flow
-from ..pairs import at_cell_centres
-from ..metrics import compute_metrics
+from ..model.coords import cells_to_flow, cells_to_pixels, flow_to_cells, identity_flow
+from ..model.matching import Match, resample_flow
+from ..train.data.faces import sample_pairs
+from ..train.pairs import at_cell_centres
+from . import baselines
+from .metrics import compute_metrics
 
 KEYS = ("paa", "de_part", "psnr", "pck02", "pck05", "pck10", "conf_precision", "conf_coverage", "bg_l1")
 EVAL_SEED = 987_654_321  # held out: training draws images from other seeds
@@ -48,7 +48,7 @@ def cell_flow_to_pixels(flow: torch.Tensor, scale: int, resolution: int) -> torc
     """Matches of a cell grid (cell-centre convention, [B, 2, h, w]) -> a per-pixel flow [B, 2, R, R] in image
     coordinates (align_corners=True over R pixels): every pixel takes its cell's match, placed at the centre
     of the matched style cell (how the bench scores the network's matches). Interpolated between cells instead:
-    :func:`coat_model.matching.resample_flow` to scale 1."""
+    :func:`coat_model.model.matching.resample_flow` to scale 1."""
     h, w = flow.shape[-2:]
     image = cells_to_flow(cells_to_pixels(flow_to_cells(flow, h, w), scale), resolution, resolution)
     return F.interpolate(image, size=(resolution, resolution), mode="nearest")
@@ -56,7 +56,7 @@ def cell_flow_to_pixels(flow: torch.Tensor, scale: int, resolution: int) -> torc
 
 def gt_matches(flow: torch.Tensor, visible: torch.Tensor, resolution: int, scales) -> dict[int, Match]:
     """Ground-truth matches of every cell at each scale: the true style location of the cell centre (cell-centre
-    convention of :class:`~coat_model.matching.Match`), trusted where the centre pixel is visible in the style.
+    convention of :class:`~coat_model.model.matching.Match`), trusted where the centre pixel is visible in the style.
 
     flow: [B, 2, R, R] content pixel -> style location in [-1, 1] (align_corners=True); visible: [B, 1, R, R] bool.
     """

@@ -43,7 +43,9 @@ import torch.nn.functional as F
 from .isolation import run_isolated as _run_in_fresh_process
 from .rss import peak_rss, reset_peak_rss
 from .timing import count_flops, matmul_peak, time_runs
-from .units import GiB, fmt_bytes as _fmt_bytes, fmt_s as _fmt_s
+from .units import GiB
+from .units import fmt_bytes as _fmt_bytes
+from .units import fmt_s as _fmt_s
 
 BACKENDS = ("xformers", "sdpa", "chunked", "naive")
 OPS = ("soft_match", "attend")
@@ -90,8 +92,8 @@ def quick_settings(**kw) -> Settings:
 
 
 def _align_step(case: dict, device: torch.device):
-    from coat_model.attention import attend
-    from coat_model.matching import soft_match
+    from coat_model.model.attention import attend
+    from coat_model.model.matching import soft_match
 
     s, c, cv, backend = case["size"], case["channels"], case["value_channels"], case["backend"]
     grad = case["mode"] == "fwd+bwd"
@@ -144,11 +146,11 @@ def align_case(case: dict) -> dict:
 def run_isolated(case: dict, timeout: float) -> dict:
     """:func:`align_case` in a fresh process forked from a forkserver that has only imported torch (and the
     matching code)."""
-    return _run_in_fresh_process(align_case, case, timeout, preload=("torch", "coat_model.matching"))
+    return _run_in_fresh_process(align_case, case, timeout, preload=("torch", "coat_model.model.matching"))
 
 
 def _backend_usable(backend: str, device: torch.device) -> bool:
-    from coat_model.attention import xformers_available
+    from coat_model.model.attention import xformers_available
 
     return backend != "xformers" or xformers_available(device.type)
 
@@ -207,14 +209,14 @@ def _describe(row: dict) -> str:
 
 
 def _model_config(preset: str, resolution: int):
-    from coat_model.train import PRESETS
+    from coat_model.train.cli import PRESETS
 
     return PRESETS[preset](resolution=resolution)
 
 
 def bench_transfer(st: Settings, log=print) -> dict:
-    from coat_model.data.faces import FaceDataset
-    from coat_model.model import COAT
+    from coat_model.model.coat import COAT
+    from coat_model.train.data.faces import FaceDataset
 
     device = torch.device(st.device)
     peak = matmul_peak(device)
@@ -262,8 +264,8 @@ def bench_train(st: Settings, log=print) -> dict:
     """Training steps of ``train_preset``: the whole step (pairs built in this process, as ``--workers 0`` trains),
     the model alone on pairs built beforehand, the FLOPs of one step (forward, backward and the optimiser, counted
     by ``FlopCounterMode``) and what share of the same run's matmul rate the step achieves."""
-    from coat_model.train import make_dataset
-    from coat_model.trainer import TrainConfig, Trainer
+    from coat_model.train.cli import make_dataset
+    from coat_model.train.trainer import TrainConfig, Trainer
 
     device = torch.device(st.device)
     peak = matmul_peak(device)

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import torch
 
+from ..train.denormals import flush_denormals
 from . import speed
-from ..denormals import flush_denormals
 from .speed import BACKENDS, OPS, SECTIONS, Settings, bench_align, bench_train, bench_transfer, quick_settings
 from .speed_report import machine_info, render, targets
 from .units import MiB

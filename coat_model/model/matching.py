@@ -10,7 +10,7 @@ Two paths share one output type, :class:`Match`:
   neighbouring matches; optional coarse-to-fine search windows.
 
 Coordinates are in [-1, 1], (x, y) order, ``align_corners=True`` (-1 is the centre of the first cell); the
-conversions live in :mod:`coat_model.coords` (``coordinate_grid`` and ``cell_size`` remain importable from here).
+conversions live in :mod:`coat_model.model.coords` (``coordinate_grid`` and ``cell_size`` remain importable from here).
 """
 
 from __future__ import annotations
@@ -21,8 +21,10 @@ import torch
 import torch.nn.functional as F
 
 from .attention import attend, chunked_argmax
-from .coords import (cell_centres_to_flow, cell_indices, cell_size, cells_to_flow, cells_to_index,
-                     cells_to_pixels, coordinate_grid, flow_to_cells, index_to_cells, pixels_to_cells)
+from .coords import (
+    cell_centres_to_flow, cell_indices, cell_size, cells_to_flow, cells_to_index, cells_to_pixels, coordinate_grid,
+    flow_to_cells, index_to_cells, pixels_to_cells,
+)
 
 
 @dataclass

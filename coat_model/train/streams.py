@@ -55,7 +55,7 @@ def _mix_int(x: int) -> int:
 
 def mix_seed(*values: int) -> int:
     """Mix integers into one 63-bit seed, so nearby seeds give unrelated streams: the seed of every dataset item
-    (:mod:`coat_model.data.faces`), pair and loss stream (:mod:`coat_model.pairs`) of a run.
+    (:mod:`coat_model.train.data.faces`), pair and loss stream (:mod:`coat_model.train.pairs`) of a run.
 
     A splitmix64-style chain over ``values`` (each folded in by xor, then multiplied and shifted with the splitmix64
     constants); the top 63 bits, so the result is a valid ``torch.Generator`` seed and int64.

@@ -1,7 +1,7 @@
 """The style's latents gathered along the matches, one map per decoder layer, untrusted cells filled, and the
 content mask rule (docs/METHOD.md "Alignment", docs/CORRESPONDENCE.md).
 
-:meth:`COAT.align <coat_model.model.COAT.align>` finds matches per scale; turning them into the aligned latent
+:meth:`COAT.align <coat_model.model.coat.COAT.align>` finds matches per scale; turning them into the aligned latent
 map of one layer is a composition of the steps below (``COAT._aligned_map``):
 
 1. **gather** the style's map of the layer along the matches, on the grid of that map (a :class:`Gathered`):
@@ -15,7 +15,7 @@ map of one layer is a composition of the steps below (``COAT._aligned_map``):
      (:func:`pixel_matches`, refined when the alignment refines);
 
 2. :func:`restrict_to_object`: the content mask rule below, on the map's grid;
-3. :func:`fill_gathered`: untrusted cells filled (:func:`coat_model.fill.fill_unconfident`, the style cells hit
+3. :func:`fill_gathered`: untrusted cells filled (:func:`coat_model.model.fill.fill_unconfident`, the style cells hit
    by trusted matches from :func:`style_hits`);
 4. :func:`keep_content_background`: the background goes back to the content's latents.
 
@@ -52,7 +52,7 @@ class Gathered:
     """Style values read along the matches for one latent map, and the matches they were read at.
 
     values: [B, C, h, w] on the grid of the map; match: a :class:`Match` on the same grid (flow, confidence, mask);
-    reach: how far the fill spreads, as a multiple of :data:`coat_model.fill.SIGMA` cells of this grid.
+    reach: how far the fill spreads, as a multiple of :data:`coat_model.model.fill.SIGMA` cells of this grid.
     """
 
     values: torch.Tensor
@@ -125,9 +125,9 @@ def pixel_gather(style_map: torch.Tensor, pixels: Match, reach: int) -> Gathered
 
 def pixel_matches(finest: Match, scale: int, resolution: int) -> Match:
     """The matches of the cells of ``scale`` (the finest matched one) as matches of every pixel of the R x R
-    canvas: the flow interpolated between trusted matches (:func:`coat_model.matching.resample_flow`), the mask
+    canvas: the flow interpolated between trusted matches (:func:`coat_model.model.matching.resample_flow`), the mask
     of the containing cell, the confidence interpolated bilinearly. Refining them is
-    :func:`coat_model.matching.refine_match`."""
+    :func:`coat_model.model.matching.refine_match`."""
     r = resolution
     flow = resample_flow(finest.flow, scale, 1, r, trusted=finest.mask)
     mask = F.interpolate(finest.mask.float(), size=(r, r), mode="nearest") > 0.5
@@ -164,7 +164,7 @@ def style_hits(flow: torch.Tensor, mask: torch.Tensor, size) -> torch.Tensor:
 
 def fill_gathered(gathered: Gathered, *, mode: str, style_map: torch.Tensor, content_map: torch.Tensor,
                   average: torch.Tensor) -> torch.Tensor:
-    """The gathered values where their match is trusted, ``mode``'s fill (:mod:`coat_model.fill`) elsewhere.
+    """The gathered values where their match is trusted, ``mode``'s fill (:mod:`coat_model.model.fill`) elsewhere.
     ``style_map``: the style's own map of the layer (the global mean of the cells trusted matches hit);
     ``content_map``: the content's ("content" fill); ``average``: the average latent [C] ("average" fill)."""
     match = gathered.match

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint_format import atomic_save_file
+from ..checkpoint_format import atomic_save_file
 
 _TENSOR = "__tensor__"
 

@@ -8,13 +8,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..checkpoint_format import save as save_checkpoint
 from .align_options import AlignOptions
-from .checkpoint_format import save as save_checkpoint
 from .config import ALIGN_MODES, FILL_MODES, COATConfig
 from .decoder import Decoder
 from .encoder import Encoder
-from .gather import (Gathered, cell_gather, fill_gathered, keep_content_background, nearest_scale, pixel_gather,
-                     pixel_matches, restrict_to_object, soft_gather, warp_style_image)
+from .gather import (
+    Gathered, cell_gather, fill_gathered, keep_content_background, nearest_scale, pixel_gather, pixel_matches,
+    restrict_to_object, soft_gather, warp_style_image,
+)
 from .inputs import COATInputError, Frame, check_images, pair_batches
 from .matching import Match, hard_match, refine_match, soft_match
 
@@ -62,7 +64,7 @@ class Alignment:
 
     flow[s]: matched style coordinates in [-1, 1], [B, 2, h, w]; confidence[s]: [B, 1, h, w] in [0, 1];
     mask[s]: [B, 1, h, w] bool; maps[l]: aligned style latent of layer l; mode: "hard" or "soft".
-    options: what the alignment ran with (:class:`~coat_model.align_options.AlignOptions`).
+    options: what the alignment ran with (:class:`~coat_model.model.align_options.AlignOptions`).
     refined: the per-pixel matches below the cell (``refine_dim``, ``refine_radius``), [B, 2, R, R] flow on the
     canvas, or None.
     warped: the style image warped along the finest per-pixel matches [B, 3, R, R] in [-1, 1], and trust: where
@@ -247,7 +249,7 @@ class COAT(nn.Module):
     def _assemble(self, content: Latents, style: Latents, matches: dict[int, Match],
                   options: AlignOptions) -> Alignment:
         """The alignment of the matches of every scale: the per-pixel matches, every layer's aligned map and the
-        warped style (coat_model/gather.py)."""
+        warped style (coat_model/model/gather.py)."""
         pixels = self._pixel_matches(content, style, matches, options)
         maps = [self._aligned_map(l, content, style, matches, options, pixels) for l in range(self.config.n_layers)]
         warped = trust = None
@@ -285,7 +287,7 @@ class COAT(nn.Module):
 
     def _gather(self, layer: int, style: Latents, matches: dict[int, Match], options: AlignOptions,
                 pixels: Match | None) -> Gathered:
-        """The style's map of ``layer`` read along the matches, on the grid of that map (coat_model/gather.py)."""
+        """The style's map of ``layer`` read along the matches, on the grid of that map (coat_model/model/gather.py)."""
         s = self.config.layer_scale(layer)
         if s in matches and matches[s].aligned is not None:  # soft path: the attention already aligned it
             return soft_gather(matches[s], self._layers_at(s).index(layer), self.config.w_dim)
@@ -298,7 +300,7 @@ class COAT(nn.Module):
     def _aligned_map(self, layer: int, content: Latents, style: Latents, matches: dict[int, Match],
                      options: AlignOptions, pixels: Match | None = None) -> torch.Tensor:
         """The aligned style latent of ``layer``: gathered, restricted to the content's object, filled where
-        untrusted, the background back to the content's latents (coat_model/gather.py)."""
+        untrusted, the background back to the content's latents (coat_model/model/gather.py)."""
         gathered = self._gather(layer, style, matches, options, pixels)
         gathered.match = restrict_to_object(gathered.match, content.mask)
         content_map = content.maps[layer]

@@ -6,7 +6,7 @@ Examples::
     coat-train --data /path/to/cats --resolution 128 --out runs/cats --resume
     torchrun --nproc_per_node=8 -m coat_model.train --data /data/cars --resolution 256 --batch-size 64 --out runs/cars
 
-A run directory (``coat_model.run_dir``) holds ``coat.safetensors`` (the EMA model, loadable by ``coat_model.load``
+A run directory (``coat_model.train.run_dir``) holds ``coat.safetensors`` (the EMA model, loadable by ``coat_model.load``
 and the ComfyUI loader), ``train_state.safetensors`` (everything ``--resume`` needs), ``metrics.jsonl``,
 ``samples/*.png`` and ``run.json`` (the settings and the history of the run's invocations).
 Checkpoints are written atomically every ``--ckpt-every`` steps, at the end, and on SIGINT/SIGTERM.
@@ -27,9 +27,9 @@ from typing import Callable
 import torch
 import torch.distributed as dist
 
-from .config import COATConfig, parse_overrides
+from ..io import CheckpointError, grow, import_stylegan2, load
+from ..model.config import COATConfig, parse_overrides
 from .denormals import flush_denormals
-from .io import CheckpointError, grow, import_stylegan2, load
 from .run_dir import CLI_RECORD, RunDirectory, write_run_record
 from .trainer import AMP_MODES, TrainConfig, Trainer
 
@@ -155,8 +155,8 @@ def _progress(step: int, total: int, stats: dict, elapsed: float, first_step: in
 @torch.no_grad()
 def write_samples(trainer: Trainer, path: Path, n: int = 4) -> None:
     """A grid of content | style | EMA hybrid | target rows for a fixed set of pairs."""
+    from ..images import save_grid
     from .pairs import build_pairs
-    from .images import save_grid
 
     cfg = trainer.config
     batch = build_pairs(trainer.dataset, trainer.sampler, list(range(n)), cfg.seed, cfg.pair_mix, cfg.colour_remap)
@@ -315,6 +315,3 @@ def _run(args, device, rank: int, world_size: int) -> int:
               + ("" if reason == "done" else f" (continue with --resume --out {out})"), file=sys.stderr)
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())

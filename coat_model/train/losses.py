@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+
 # The same class as torch.autocast, imported by name: comfy-test's SYNTAX lint rejects the spelled-out call (meant
 # for node inference, where comfy.ops manages dtypes); here it only turns autocast off so losses run in fp32.
 from torch.amp import autocast
 
+from ..model.fill import gaussian_blur
 from . import streams
-from .fill import gaussian_blur
 
 # -- reconstruction ------------------------------------------------------------------------------------------------
 
@@ -21,7 +22,7 @@ def ssim(x: torch.Tensor, y: torch.Tensor, sigma: float = 1.5) -> torch.Tensor:
     Always computed in fp32, also under autocast: the variances are small differences of large terms, and in
     bf16 they go negative, which sends SSIM (and the loss) to huge values.
 
-    The window is zero-padded (:func:`coat_model.fill.gaussian_blur`): ``kornia.metrics.ssim`` pads by reflection
+    The window is zero-padded (:func:`coat_model.model.fill.gaussian_blur`): ``kornia.metrics.ssim`` pads by reflection
     (and kornia is not a dependency of the library), but on images zero-padded by the window radius with
     ``padding="valid"`` it gives the same values within 1e-6, checked in tests/test_losses.py.
     """
@@ -134,7 +135,7 @@ def correspondence_nce(
         valid: [B, h*w] bool, the content cells with a known positive.
         n_queries: queries sampled per image (among its valid cells); n_negatives: negatives per query, of which
             a share ``hard_share`` are the most similar cells outside ``exclusion`` cells (L-inf) of the positive.
-        seeds: [B] integer seeds of the images' sampling streams (:mod:`coat_model.streams`; an image then draws
+        seeds: [B] integer seeds of the images' sampling streams (:mod:`coat_model.train.streams`; an image then draws
             the same queries and negatives in any batch, on any device and in any process); ``salt`` tells
             apart the calls of one step (scales, loss terms). None: the global torch RNG.
     Returns: [B] InfoNCE loss per image, the mean over its queries (0 for images without valid cells).
@@ -182,7 +183,7 @@ def _nce(query, key, target, valid, *, n_queries, n_negatives, hard_share, tau, 
 
 def cycle_loss(error: torch.Tensor) -> torch.Tensor:
     """Forward-backward consistency of soft matches per image ([B]): the mean over content cells of
-    log(1 + e), e the cycle error in cells ([B, 1, h, w], :func:`coat_model.matching.cycle_error`). Needs no ground
+    log(1 + e), e the cycle error in cells ([B, 1, h, w], :func:`coat_model.model.matching.cycle_error`). Needs no ground
     truth, so it also trains matches between different instances; 0 for mutually consistent matches, and the
     log keeps cells that cannot match (occlusions, parts the style lacks) from dominating."""
     return torch.log1p(error.float()).flatten(1).mean(1)

@@ -1,8 +1,8 @@
 """The options of one alignment, resolved once against the model's config and recorded exactly as they ran.
 
-:meth:`COAT.align <coat_model.model.COAT.align>` takes overrides (``None`` = the config's default); this module
+:meth:`COAT.align <coat_model.model.coat.COAT.align>` takes overrides (``None`` = the config's default); this module
 turns them into one frozen :class:`AlignOptions` that the matching steps read and :class:`Alignment.options
-<coat_model.model.Alignment>` keeps. A value a path does not use is recorded as ``None`` (the hard path has no
+<coat_model.model.coat.Alignment>` keeps. A value a path does not use is recorded as ``None`` (the hard path has no
 temperature, the soft path no similarity floor, geometric check or coarse-to-fine windows, and only the soft path
 picks an attention backend), and a value a path uses is recorded as used: the hard path filters on
 ``confidence_threshold`` only when the caller asks for it (0.0 otherwise, whatever the config says).

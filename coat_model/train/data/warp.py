@@ -22,7 +22,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from ..coords import pixel_grid
+from ...model.coords import pixel_grid
 
 __all__ = ["random_warp", "random_color_remap"]
 

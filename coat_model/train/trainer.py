@@ -20,24 +20,23 @@ from typing import NamedTuple
 import torch
 import torch.distributed as dist
 from torch import nn
+
 # The same class as torch.autocast. Imported by name because comfy-test's SYNTAX lint rejects the spelled-out
 # call (it means node inference, where comfy.ops should manage dtypes); this is training mixed precision.
 from torch.amp import autocast
 
-from .config import COATConfig
-from .coords import flow_to_index
+from ..model.coat import COAT
+from ..model.config import COATConfig
+from ..model.coords import flow_to_index
 from .denormals import flush_denormals
 from .discriminator import Discriminator
 from .losses import (
     correspondence_nce, cycle_loss, discriminator_loss, generator_adversarial_loss, hardness_schedule,
-    latent_regularisation,
-    r1_penalty, reconstruction_loss,
+    latent_regularisation, r1_penalty, reconstruction_loss,
 )
-from .model import COAT
 from .pairs import GlobalSampler, PairBatch, build_pairs, flow_targets
 from .run_dir import RunDirectory
 from .state import load_state, save_state
-
 
 AMP_MODES = ("auto", "off", "bf16", "fp16")
 

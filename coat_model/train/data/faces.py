@@ -46,7 +46,7 @@ from typing import NamedTuple, Sequence
 
 import torch
 
-from ..coords import pixel_axis
+from ...model.coords import pixel_axis
 from ..streams import mix_seed
 
 __all__ = [

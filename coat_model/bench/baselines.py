@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .coords import pixel_axis
+from ..model.coords import pixel_axis
 from .metrics import lab_to_srgb, srgb_to_lab
 
 __all__ = ["identity", "style_copy", "reinhard", "reinhard_lab", "partwise_reinhard", "bbox_warp", "gt_warp"]

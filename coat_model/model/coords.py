@@ -4,7 +4,7 @@ Three frames describe a position on the model's square canvas of R x R pixels:
 
 - **flow** (normalised): (x, y) in [-1, 1], ``align_corners=True``: -1 is the centre of the first cell (or pixel)
   of an axis, +1 the centre of the last. This is what ``grid_sample(..., align_corners=True)`` reads, what
-  :class:`~coat_model.matching.Match` stores and what every flow tensor of the project holds.
+  :class:`~coat_model.model.matching.Match` stores and what every flow tensor of the project holds.
 - **cells**: (x, y) indices of the cells of one scale s (a grid of R/s cells per side); cell i covers pixels
   [i s, (i + 1) s), fractional values lie between cell centres.
 - **pixels**: (x, y) pixel indices of the canvas (the cells of scale 1); pixel p's centre is at p.

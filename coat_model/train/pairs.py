@@ -18,7 +18,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .coords import cells_to_flow, cells_to_index, cells_to_pixels, containing_cells, flow_to_cells, identity_flow
+from ..model.coords import (
+    cells_to_flow, cells_to_index, cells_to_pixels, containing_cells, flow_to_cells, identity_flow,
+)
 from .data.warp import random_color_remap, random_warp
 from .streams import mix_seed
 
@@ -30,7 +32,7 @@ class PairBatch:
     """content, style: [B, 3, R, R] in [0, 1]; target: [B, 3, R, R] (zeros where there is none);
     has_target: [B] bool; flow: [B, 2, R, R] content pixel -> style location in [-1, 1] (identity for self
     pairs); has_flow: [B] bool; flow_valid: [B, 1, R, R] bool; kinds: per-sample kind; seeds: per-sample seeds of the
-    loss sampling streams (:mod:`coat_model.streams`)."""
+    loss sampling streams (:mod:`coat_model.train.streams`)."""
 
     content: torch.Tensor
     style: torch.Tensor

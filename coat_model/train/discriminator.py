@@ -5,9 +5,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .config import COATConfig
-from .encoder import ConvAct, ResBlock
-from .layers import EqualLinear
+from ..model.config import COATConfig
+from ..model.encoder import ConvAct, ResBlock
+from ..model.layers import EqualLinear
 
 
 class Discriminator(nn.Module):
