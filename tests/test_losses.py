@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from coat_model.model.fill import gaussian_blur
 from coat_model.train.losses import (
     correspondence_nce, discriminator_loss, generator_adversarial_loss, hardness_schedule, latent_regularisation,
-    mean_ssim_over_scales, r1_penalty, reconstruction_loss, select_negatives, ssim,
+    mean_ssim_over_scales, outside_window, r1_penalty, reconstruction_loss, select_negatives, ssim,
 )
 
 
@@ -67,6 +67,19 @@ def test_negatives_never_inside_the_exclusion_zone(hard_share):
     if hard_share == 1.0:  # all picks are the hardest candidates
         hardest = logits.masked_fill(~far, -1e9).topk(12, dim=1).indices
         assert torch.equal(index.sort(1).values, hardest.sort(1).values)
+
+
+@pytest.mark.parametrize("h,w,radius", [(7, 7, 2), (5, 9, 1), (6, 4, 0), (3, 8, 3)])
+def test_exclusion_window_equals_per_cell_distances(h, w, radius):
+    """The per-axis window of the contrastive loss equals the L-inf distance of every cell to the centre (the
+    oracle, built over the whole grid), centres on the edges and corners included."""
+    centre = torch.cat([torch.tensor([0, w - 1, h * w - w, h * w - 1]), torch.randint(h * w, (2, 12)).flatten()])
+    centre = centre.view(4, -1)  # any leading shape: [B, Q]
+    ky, kx = torch.arange(h * w) // w, torch.arange(h * w) % w
+    oracle = ((ky - ky[centre][..., None]).abs() > radius) | ((kx - kx[centre][..., None]).abs() > radius)
+    far = outside_window(centre, h, w, radius)
+    assert far.shape == (*centre.shape, h * w) and torch.equal(far, oracle)
+    assert (~far).sum(-1).max() <= (2 * radius + 1) ** 2 and not far.gather(-1, centre[..., None]).any()
 
 
 def test_hardness_curriculum_ramps_linearly():

@@ -165,9 +165,7 @@ def _nce(query, key, target, valid, *, n_queries, n_negatives, hard_share, tau, 
     k = F.normalize((key.detach() if detach_keys else key).flatten(2), dim=1)  # [B, C, Ns]
     logits = torch.einsum("bcq,bcn->bqn", q, k) / tau  # [B, Q, Ns]
     pos = torch.gather(target, 1, cells)  # [B, Q]
-    ky = torch.div(torch.arange(hs * ws, device=device), ws, rounding_mode="floor")
-    kx = torch.arange(hs * ws, device=device) % ws
-    far = ((ky - ky[pos][..., None]).abs() > exclusion) | ((kx - kx[pos][..., None]).abs() > exclusion)
+    far = outside_window(pos, hs, ws, exclusion)
     noise = None
     if min(int(round(hard_share * n_negatives)), hs * ws) < n_negatives:  # select_negatives needs random picks
         # Random negatives: one uniform per style cell, shifted on the circle by one uniform per query, so every
@@ -179,6 +177,17 @@ def _nce(query, key, target, valid, *, n_queries, n_negatives, hard_share, tau, 
     all_logits = torch.cat([logits.gather(2, pos[..., None]), logits.gather(2, negatives)], dim=2)
     per_query = torch.logsumexp(all_logits, dim=2) - all_logits[..., 0]
     return (per_query * weight).sum(1) / weight.sum(1).clamp_min(1.0) * (weight.sum(1) > 0)
+
+
+def outside_window(centre: torch.Tensor, h: int, w: int, radius: int) -> torch.Tensor:
+    """[..., h*w] bool: the cells of an h x w grid more than ``radius`` cells (L-inf) from ``centre`` ([...] flat
+    cell indices). Built per axis ([..., h] and [..., w]) and combined once, never as per-cell coordinate
+    differences over the whole grid."""
+    ys = torch.arange(h, device=centre.device)
+    xs = torch.arange(w, device=centre.device)
+    near_y = (ys - torch.div(centre, w, rounding_mode="floor")[..., None]).abs() <= radius  # [..., h]
+    near_x = (xs - (centre % w)[..., None]).abs() <= radius  # [..., w]
+    return ~(near_y[..., :, None] & near_x[..., None, :]).flatten(-2)
 
 
 def cycle_loss(error: torch.Tensor) -> torch.Tensor:
