@@ -106,7 +106,7 @@ def select_negatives(
     index = torch.cat(chosen, dim=1)
     # Fall back to a valid candidate where a row ran out of them (topk then returned masked entries).
     valid = torch.gather(candidates, 1, index)
-    first = candidates.float().argmax(dim=1, keepdim=True).expand_as(index)
+    first = candidates.max(dim=1, keepdim=True).indices.expand_as(index)  # the first candidate (0 in an empty row)
     return torch.where(valid, index, first)
 
 
@@ -163,7 +163,7 @@ def _nce(query, key, target, valid, *, n_queries, n_negatives, hard_share, tau, 
     cells, weight = top.indices, (top.values >= 0).float()  # [B, Q]
     q = torch.gather(F.normalize(query.flatten(2), dim=1), 2, cells[:, None].expand(-1, query.shape[1], -1))
     k = F.normalize((key.detach() if detach_keys else key).flatten(2), dim=1)  # [B, C, Ns]
-    logits = torch.einsum("bcq,bcn->bqn", q, k) / tau  # [B, Q, Ns]
+    logits = torch.einsum("bcq,bcn->bqn", q, k).div_(tau)  # [B, Q, Ns], in place: the product needs q and k only
     pos = torch.gather(target, 1, cells)  # [B, Q]
     far = outside_window(pos, hs, ws, exclusion)
     noise = None
