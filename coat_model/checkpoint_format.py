@@ -124,7 +124,7 @@ def _umask() -> int:
 
 
 def save(model, path, metadata: dict[str, str] | None = None) -> None:
-    """Atomically write ``model`` (a :class:`~coat_model.model.coat.COAT`: its ``state_dict`` and ``config``) to ``path``
+    """Atomically write ``model`` (a :class:`~coat_model.COAT`: its ``state_dict`` and ``config``) to ``path``
     (temporary file + rename)."""
     path = Path(path)
     if path.suffix != ".safetensors":

@@ -1,5 +1,5 @@
-"""COAT Train's run folder, ``<output>/coat_runs/<run_name>/``: the layout of ``coat_model.train.run_dir`` (the same files
-and the same resume rule as ``coat-train``) with ``node_run.json`` as its record, the check that a resumed run keeps
+"""COAT Train's run folder, ``<output>/coat_runs/<run_name>/``: the layout of ``coat_model.train.run_dir`` (the same
+files and the same resume rule as ``coat-train``) with ``node_run.json`` as its record, the check that a resumed run keeps
 its settings, and ``losses.jsonl`` (the loss of every step, for the curve)."""
 
 from __future__ import annotations

@@ -192,9 +192,9 @@ def outside_window(centre: torch.Tensor, h: int, w: int, radius: int) -> torch.T
 
 def cycle_loss(error: torch.Tensor) -> torch.Tensor:
     """Forward-backward consistency of soft matches per image ([B]): the mean over content cells of
-    log(1 + e), e the cycle error in cells ([B, 1, h, w], :func:`coat_model.model.matching.cycle_error`). Needs no ground
-    truth, so it also trains matches between different instances; 0 for mutually consistent matches, and the
-    log keeps cells that cannot match (occlusions, parts the style lacks) from dominating."""
+    log(1 + e), e the cycle error in cells ([B, 1, h, w], :func:`coat_model.model.matching.cycle_error`). Needs
+    no ground truth, so it also trains matches between different instances; 0 for mutually consistent matches, and
+    the log keeps cells that cannot match (occlusions, parts the style lacks) from dominating."""
     return torch.log1p(error.float()).flatten(1).mean(1)
 
 
