@@ -20,6 +20,8 @@ each, so a killed run still leaves what it measured:
   transfer  ``COAT.transfer`` latency at 256 px (default preset), batch 1 and 8, hard and soft alignment
   train     training images/s with AMP (bf16 where supported) at 128 px (small preset): the model step alone on a
             cached batch, and with pairs built by DataLoader workers
+  pairs     pairs drawn on the CPU and built on the device: equal to the CPU build, no host sync while building
+            (``set_sync_debug_mode("error")``), build times, and the syncs one training step still makes
   loss      200 steps of the small preset at 64 px on procedural faces: the loss must go down (first / last 10)
 
 ``--smoke`` shrinks every size and step count so the whole script runs on a CPU in under a minute (the test).
@@ -328,10 +330,64 @@ def train(ck: Check) -> dict:
         return round(n * batch / (time.perf_counter() - t), 2)
 
     t = time.perf_counter()
-    cached = trainer.pairs(trainer.step)
+    cached = trainer.pairs(trainer.step, d)
     out["data_s_per_batch_one_process"] = round(time.perf_counter() - t, 3)
     out["images_per_s_model_only"] = rate(steps, cached)  # the model step alone: one batch of pairs, reused
     out["images_per_s_with_data"] = rate(steps)  # the trainer's own batches, built by its DataLoader workers
+    return out
+
+
+def pairs(ck: Check) -> dict:
+    """Pairs drawn on the CPU and built on the device: equal to the CPU build, with no host sync while building (CUDA:
+    under ``set_sync_debug_mode("error")``), the build time on both, and the host syncs one training step still
+    makes (counted as warnings under ``set_sync_debug_mode("warn")``)."""
+    from coat_model.bench.timing import sync
+
+    d = ck.device
+    preset, res, batch = ("tiny", 32, 4) if ck.smoke else ("small", 128, 32)
+    trainer = _trainer(ck, preset, res, batch, 1000, 0)
+    cfg = trainer.config
+    trainer.config = cfg.__class__(**{**cfg.__dict__, "palette_share": 0.5, "blur_share": 0.3})
+    recipes = trainer.recipes(0)
+    on_cpu = [r.build("cpu") for r in recipes]
+    cuda = d.type == "cuda"
+    if cuda:
+        torch.cuda.set_sync_debug_mode("error")
+    try:
+        built = [r.build(d) for r in recipes]
+        sync(d)
+    finally:
+        if cuda:
+            torch.cuda.set_sync_debug_mode(0)
+    out = {"preset": preset, "resolution": res, "batch": batch, "sync_free_build": cuda}
+    for name in ("content", "style", "target", "flow"):
+        out[f"max_abs_{name}"] = max(float((getattr(a, name).cpu() - getattr(b, name)).abs().max())
+                                     for a, b in zip(built, on_cpu))
+    out["valid_mismatch"] = sum(int((a.flow_valid.cpu() != b.flow_valid).sum()) for a, b in zip(built, on_cpu))
+    t = time.perf_counter()
+    recipes = trainer.recipes(1)
+    out["draw_s"] = round(time.perf_counter() - t, 4)
+    for where in ("cpu", d):
+        [r.build(where) for r in recipes]
+        sync(d)
+        t = time.perf_counter()
+        [r.build(where) for r in recipes]
+        sync(d)
+        out[f"build_s_{torch.device(where).type}"] = round(time.perf_counter() - t, 4)
+    if cuda:
+        batches = [r.build(d) for r in recipes]
+        trainer.train_step(batches)  # warm-up
+        sync(d)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            torch.cuda.set_sync_debug_mode("warn")
+            try:
+                trainer.train_step(batches)
+            finally:
+                torch.cuda.set_sync_debug_mode(0)
+        syncs = [str(w.message).splitlines()[0] for w in caught if "synchroniz" in str(w.message).lower()]
+        out["train_step_syncs"] = len(syncs)
+        out["train_step_sync_sites"] = sorted(set(syncs))[:10]
     return out
 
 
@@ -386,6 +442,10 @@ def _short(name: str, r: dict) -> str:
     if name == "train":
         return (f"{r['resolution']} px {r['amp']}: {r['images_per_s_model_only']} img/s model, "
                 f"{r['images_per_s_with_data']} img/s with data ({r['workers']} workers)")
+    if name == "pairs":
+        return (f"{r['resolution']} px b{r['batch']}: build cpu {r['build_s_cpu']}s / {r.get('build_s_cuda', '-')}s, "
+                f"max diff {max(r['max_abs_content'], r['max_abs_flow']):.1g}, sync-free {r['sync_free_build']}, "
+                f"step syncs {r.get('train_step_syncs', '-')}")
     if name == "loss":
         return (f"{r['steps_done']} steps: {r['loss_first']:.3f} -> {r['loss_last']:.3f} "
                 f"({'down' if r['went_down'] else 'NOT down'})")
@@ -403,10 +463,10 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     ck = Check(args)
     for name, fn in (("env", env), ("xformers", xformers_check), ("sdpa", sdpa_kernel), ("parity", parity),
-                     ("align", align), ("transfer", transfer), ("train", train), ("loss", loss)):
+                     ("align", align), ("transfer", transfer), ("train", train), ("pairs", pairs), ("loss", loss)):
         ck.section(name, lambda fn=fn: fn(ck))
     lines = [f"{'section':<9} {'ok':<3} {'s':>6}  result"]
-    for name in ("env", "xformers", "sdpa", "parity", "align", "transfer", "train", "loss"):
+    for name in ("env", "xformers", "sdpa", "parity", "align", "transfer", "train", "pairs", "loss"):
         r = ck.result[name]
         try:
             text = _short(name, r)

@@ -205,3 +205,23 @@ def test_a_large_batch_renders_as_its_pieces_do():
         torch.testing.assert_close(whole[lo:hi], part, rtol=0, atol=1e-6)
         assert torch.equal(labels[lo:hi], part_labels)
         torch.testing.assert_close(local[lo:hi], part_local, rtol=0, atol=1e-6)
+
+
+def test_rendering_without_part_windows_gives_the_same_pixels():
+    """Off the CPU, render() evaluates every part over the whole frame (the windows would be read back to the host):
+    the same images, labels and local coordinates, bit for bit."""
+    s, a = sample_structure(9, 4, "hard"), sample_appearance(9, 4)
+    windowed = render(s, a, 40, chunk=4, windowed=True)
+    whole = render(s, a, 40, windowed=False)
+    for x, y in zip(windowed, whole):
+        assert torch.equal(x, y)
+
+
+def test_a_face_draw_holds_parameters_and_renders_like_the_dataset():
+    ds = FaceDataset(size=32, length=100, seed=2)
+    draw = ds.draw([3, 7, 7])
+    assert draw.size == 32 and len(draw.structure) == 3
+    numbers = sum(t.numel() for part in (draw.structure, draw.appearance) for t in vars(part).values())
+    assert numbers < 3 * 500  # a few hundred numbers per face, not pixels (3 x 32 x 32 each)
+    images = draw.render("cpu")
+    assert torch.equal(images, ds.batch([3, 7, 7])) and torch.equal(images[1], images[2])

@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-SECTIONS = ("env", "xformers", "sdpa", "parity", "align", "transfer", "train", "loss")
+SECTIONS = ("env", "xformers", "sdpa", "parity", "align", "transfer", "train", "pairs", "loss")
 
 
 def test_gpu_check_smoke(tmp_path):
@@ -24,5 +24,7 @@ def test_gpu_check_smoke(tmp_path):
     errors = result["parity"]["errors"]
     assert errors["fp32 sdpa"]["flow"] < 1e-3 and errors["fp32 chunked"]["flow"] < 1e-3
     assert any("ms" in row for row in result["align"]["rows"])
+    pairs = result["pairs"]  # built where drawn: equal
+    assert pairs["max_abs_content"] == 0 and pairs["max_abs_flow"] == 0 and pairs["valid_mismatch"] == 0
     assert result["loss"]["steps_done"] > 0 and result["loss"]["all_finite"]
     assert proc.stdout.strip().splitlines()[-1].startswith("loss")  # the table comes last

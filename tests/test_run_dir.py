@@ -75,3 +75,13 @@ def test_the_command_line_follows_the_rule(tmp_path, monkeypatch):
         with pytest.raises(Stop):
             train.main(["--out", str(tmp_path), "--preset", "tiny", "--device", "cpu", *resume])
     assert seen == [(CLI_RECORD, False), (CLI_RECORD, True)]
+
+
+def test_set_on_a_resumed_run_is_refused_not_ignored(tmp_path, capsys):
+    from coat_model.train import cli as train
+
+    (tmp_path / "train_state.safetensors").write_bytes(b"a state")  # only its presence is read before the check
+    code = train.main(["--out", str(tmp_path), "--preset", "tiny", "--device", "cpu", "--resume", "--set", "lr=0.1"])
+    err = capsys.readouterr().err
+    assert code == 2 and "--set changes the settings of a new run" in err and "--init" in err
+    assert (tmp_path / "train_state.safetensors").read_bytes() == b"a state"

@@ -67,6 +67,24 @@ def test_background_workers_give_the_same_batches():
         assert torch.equal(x, y)
 
 
+def test_pairs_are_drawn_ahead_and_built_where_asked():
+    """Trainer.recipes is what batch workers make (the draws; procedural images as parameters); building them gives
+    the trainer's batches, the same on every call."""
+    import pickle
+
+    from coat_model.train.data.faces import FaceDraw
+
+    t = _trainer(steps=3, palette_share=0.5, blur_share=0.5)
+    recipes = t.recipes(1)
+    assert isinstance(recipes[0].images, FaceDraw) and len(pickle.dumps(recipes)) < 200_000
+    built, again = recipes[0].build("cpu"), t.pairs(1)[0]
+    for name in ("content", "style", "target", "flow", "flow_valid", "has_target"):
+        assert torch.equal(getattr(built, name), getattr(again, name))
+    assert built.kinds == again.kinds and built.seeds == again.seeds
+    same = [i for i, k in enumerate(built.kinds) if k != "random"]
+    assert not torch.equal(built.content[same], built.target[same])  # the appearance change happened
+
+
 def _run(out, nproc):
     args = ["-m", "coat_model.train", "--preset", "tiny", "--steps", "3", "--batch-size", "4", "--out", str(out),
             "--log-every", "1", "--threads", "1", "--sample-every", "0", "--seed", "5"]
@@ -160,6 +178,13 @@ def test_train_states_from_before_ccl_detach_keys_keep_the_stop_gradient():
     del legacy["ccl_detach_keys"]
     assert TrainConfig.from_json(json.dumps(legacy)).ccl_detach_keys is True
     assert TrainConfig().ccl_detach_keys is False
+
+
+def test_train_states_from_before_the_appearance_augmentations_keep_their_pairs():
+    legacy = json.loads(TrainConfig().to_json())
+    del legacy["palette_share"], legacy["blur_share"]
+    restored = TrainConfig.from_json(json.dumps(legacy))
+    assert restored.palette_share == 0.0 and restored.blur_share == 0.0
 
 
 def test_a_worker_dying_mid_handover_falls_back_to_in_process_batches():

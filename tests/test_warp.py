@@ -1,10 +1,12 @@
-"""Random warps with exact flow, and random colour remaps."""
+"""Random warps with exact flow, random colour remaps, colour lattices and blurs."""
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 from coat_model.train.data import random_color_remap, random_warp, render, sample_appearance, sample_structure
+from coat_model.train.data.warp import random_blur, random_palette
+from coat_model.train.pairs import appearance_change
 
 
 def _smooth_images(b: int = 4, size: int = 48) -> torch.Tensor:
@@ -108,8 +110,65 @@ def test_color_remap_changes_part_colours_strongly():
     assert (torch.stack(moved) > 0.1).float().mean() > 0.6
 
 
+def _own_streams(n: int, seed: int = 0) -> list[torch.Generator]:
+    return [torch.Generator().manual_seed(seed + i) for i in range(n)]
+
+
+def test_palette_keeps_equal_colours_equal_and_recolours_parts_independently():
+    images, labels, _ = _faces(8)
+    images[:, :, :12, :12] = images[:, :, 18:30, 18:30]  # a patch shown twice
+    out = random_palette(images, _own_streams(8))
+    assert out.shape == images.shape and out.min() >= 0 and out.max() <= 1
+    assert torch.equal(out, random_palette(images, _own_streams(8)))
+    # a function of the pixel's colour alone: equal colours stay equal
+    assert torch.allclose(out[:, :, :12, :12], out[:, :, 18:30, 18:30], atol=1e-6)
+    # not one affine colour map (that is random_color_remap): a least-squares affine fit leaves a residual
+    residuals = []
+    for src, dst in zip(images, out):
+        x = torch.cat([src.flatten(1), torch.ones(1, src[0].numel())]).T.double()
+        y = dst.flatten(1).T.double()
+        residuals.append((x @ torch.linalg.lstsq(x, y).solution - y).abs().mean())
+    assert min(residuals) > 0.02
+    # it uses the whole range, and each image of a batch gets what it would get alone
+    assert (out.amax((1, 2, 3)) - out.amin((1, 2, 3)) > 0.99).all()
+    assert torch.allclose(out[3:4], random_palette(images[3:4], _own_streams(1, seed=3)), atol=1e-6)
+
+
+def test_blur_keeps_flat_images_and_means_and_smooths_texture():
+    flat = torch.full((3, 3, 32, 32), 0.25)
+    assert torch.allclose(random_blur(flat, _own_streams(3)), flat, atol=1e-6)
+    noise = torch.rand(6, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    out = random_blur(noise, _own_streams(6), max_sigma=0.03)
+    assert out.shape == noise.shape
+    assert torch.allclose(out.mean((1, 2, 3)), noise.mean((1, 2, 3)), atol=0.01)
+    smoothing = out.std((1, 2, 3)) / noise.std((1, 2, 3))
+    assert (smoothing < 0.95).sum() >= 4 and (smoothing <= 1 + 1e-5).all()  # sigma is uniform in [0, 1.9 px]
+    assert torch.allclose(out[2:3], random_blur(noise[2:3], _own_streams(1, seed=2), max_sigma=0.03), atol=1e-6)
+
+
+def test_appearance_change_with_no_extra_share_is_the_colour_remap_of_older_runs():
+    images, _, _ = _faces(4)
+    plain = appearance_change(images, _own_streams(4), True, 0.0, 0.0)
+    assert torch.equal(plain, random_color_remap(images, _own_streams(4)))
+    assert torch.equal(appearance_change(images, _own_streams(4), False, 0.0, 0.0), images)
+    every = appearance_change(images, _own_streams(4), True, 1.0, 0.0)
+    assert torch.allclose(every, random_palette(images, [_draw_after_remap(g) for g in _own_streams(4)]), atol=1e-6)
+    some = appearance_change(images, _own_streams(4), True, 0.5, 0.5)
+    assert torch.equal(some, appearance_change(images, _own_streams(4), True, 0.5, 0.5))
+    assert not torch.equal(some, plain)
+
+
+def _draw_after_remap(g: torch.Generator) -> torch.Generator:
+    """The stream as appearance_change leaves it for the lattice: after the remap's draws and the pick."""
+    random_color_remap(torch.zeros(1, 3, 2, 2), [g])
+    torch.rand((), generator=g)
+    return g
+
+
 def test_bad_shapes_raise():
     with pytest.raises(ValueError, match=r"\[B, C, H, W\]"):
         random_warp(torch.zeros(3, 8, 8))
     with pytest.raises(ValueError, match=r"\[B, 3, H, W\]"):
         random_color_remap(torch.zeros(1, 4, 8, 8))
+    with pytest.raises(ValueError, match=r"\[B, 3, H, W\]"):
+        random_palette(torch.zeros(1, 1, 8, 8))

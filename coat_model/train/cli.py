@@ -159,7 +159,8 @@ def write_samples(trainer: Trainer, path: Path, n: int = 4) -> None:
     from .pairs import build_pairs
 
     cfg = trainer.config
-    batch = build_pairs(trainer.dataset, trainer.sampler, list(range(n)), cfg.seed, cfg.pair_mix, cfg.colour_remap)
+    batch = build_pairs(trainer.dataset, trainer.sampler, list(range(n)), cfg.seed, cfg.pair_mix, cfg.colour_remap,
+                        cfg.palette_share, cfg.blur_share)
     model = trainer.ema
     batch = batch.to(trainer.device)
     content, style = model.encode(batch.content), model.encode(batch.style)
@@ -256,6 +257,11 @@ def _run(args, device, rank: int, world_size: int) -> int:
     out: Path = args.out
     run = RunDirectory(out, CLI_RECORD)
     resume = run.resumes(args.resume)
+    if resume and args.train_overrides:  # they would be ignored: a resumed run keeps its own settings
+        print(f"coat-train: --set changes the settings of a new run, and {out} resumes with its own (see its "
+              f"run.json). To train on with other settings, start a new run from its model: --init {run.model} "
+              f"--out NEW_FOLDER --set ...", file=sys.stderr)
+        return 2
     train_cfg = TrainConfig(
         steps=args.steps, batch_size=args.batch_size, accumulate=args.accumulate, lr=args.lr, seed=args.seed,
         adv_weight=args.adv_weight, ccl_hybrid_weight=args.ccl_hybrid_weight, amp=args.amp,

@@ -3,10 +3,15 @@
 Every sample of a global batch has its own random stream, seeded by ``(seed, global position)``: a batch split
 over any number of processes holds exactly the same pairs, and a resumed run continues the same sequence.
 
+Making a batch is two steps: :func:`draw_pairs` makes every random number on the CPU (procedural images stay
+parameters; files are decoded), which batch workers do ahead of the step, and :meth:`PairRecipe.build` makes the
+pixels on the model's device with batched tensor ops and no host synchronisation (rendering, warps, flows,
+validity, appearance changes). On a CPU trainer the workers do both.
+
 Pair kinds, chosen per global position with fixed proportions:
-- ``warp``: style = a random geometric warp of the image (ground-truth flow), content = a random colour remap of
-  the image, target = the image. The only way to rebuild the target's colours is through the correspondence.
-- ``self``: style = the image, content = its colour remap, target = the image.
+- ``warp``: style = a random geometric warp of the image (ground-truth flow), content = a random appearance change
+  of the image, target = the image. The only way to rebuild the target's colours is through the correspondence.
+- ``self``: style = the image, content = its appearance change, target = the image.
 - ``random``: content and style are different images; no target (CCL on confident matches, regularisation,
   adversarial loss).
 """
@@ -14,6 +19,7 @@ Pair kinds, chosen per global position with fixed proportions:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -21,10 +27,14 @@ import torch.nn.functional as F
 from ..model.coords import (
     cells_to_flow, cells_to_index, cells_to_pixels, containing_cells, flow_to_cells, identity_flow,
 )
-from .data.warp import random_color_remap, random_warp
+from .data.warp import (
+    WarpDraw, apply_blur, apply_color_remap, apply_palette, apply_warp, draw_blur, draw_color_remap, draw_palette,
+    draw_warp,
+)
 from .streams import mix_seed
 
 KINDS = ("warp", "self", "random")
+BLUR_MAX_SIGMA = 0.02  # the largest blur of a content, as a fraction of the width (pairs.appearance_change)
 
 
 @dataclass
@@ -73,44 +83,150 @@ class GlobalSampler:
         return int(self._perm[offset])
 
 
-def build_pairs(dataset, sampler: GlobalSampler, positions: list[int], seed: int,
-                mix: tuple[float, float, float], colour_remap: bool = True) -> PairBatch:
-    """The pairs at the given global positions (a rank's slice of a global batch).
+class Rendered(NamedTuple):
+    """Images already made on the CPU (an image folder's decoded files): moved to the device as they are."""
 
-    Rendering, colour remaps and warps run batched; every random draw of a sample comes from its own stream.
+    images: torch.Tensor  # [N, 3, R, R]
+
+    @property
+    def size(self) -> int:
+        return self.images.shape[-1]
+
+    def render(self, device=None) -> torch.Tensor:
+        return self.images.to(device or "cpu", non_blocking=True)
+
+
+class AppearanceDraw(NamedTuple):
+    """The random draws of :func:`appearance_change` for a batch (CPU tensors; ``None``: that change is off)."""
+
+    remap: tuple[torch.Tensor, torch.Tensor] | None   # (K [B, 3, 3], o [B, 3]) of the global colour remap
+    palette: tuple[torch.Tensor, torch.Tensor] | None  # (picked [B] bool, lattices [B, 3, L, L, L])
+    blur: tuple[torch.Tensor, torch.Tensor] | None     # (picked [B] bool, sigma [B] pixels)
+
+
+def draw_appearance(generators: list[torch.Generator], width: int, colour_remap: bool = True,
+                    palette_share: float = 0.0, blur_share: float = 0.0) -> AppearanceDraw:
+    """What :func:`appearance_change` draws, per sample from its own generator (the same draws whatever the other
+    samples pick; with both shares 0, exactly the colour remap's draws, as runs from before these shares had)."""
+    n = len(generators)
+    pick = lambda share: torch.stack([torch.rand((), generator=g) < share for g in generators])  # noqa: E731
+    remap = draw_color_remap(generators, n) if colour_remap else None
+    palette = (pick(palette_share), draw_palette(generators, n)) if palette_share > 0 else None
+    blur = (pick(blur_share), draw_blur(generators, n, width, BLUR_MAX_SIGMA)) if blur_share > 0 else None
+    return AppearanceDraw(remap, palette, blur)
+
+
+def apply_appearance(images: torch.Tensor, draw: AppearanceDraw) -> torch.Tensor:
+    """The appearance change of ``draw`` made where ``images`` are, with tensor ops only."""
+    out = images if draw.remap is None else apply_color_remap(images, *draw.remap)
+    if draw.palette is not None:
+        picked, lattices = draw.palette
+        picked = picked.to(images.device, non_blocking=True)[:, None, None, None]
+        out = torch.where(picked, apply_palette(images, lattices), out)
+    if draw.blur is not None:
+        picked, sigma = draw.blur
+        picked = picked.to(images.device, non_blocking=True)[:, None, None, None]
+        out = torch.where(picked, apply_blur(out, sigma, BLUR_MAX_SIGMA), out)
+    return out
+
+
+def appearance_change(images: torch.Tensor, generators: list[torch.Generator], colour_remap: bool = True,
+                      palette_share: float = 0.0, blur_share: float = 0.0) -> torch.Tensor:
+    """A same-image pair's content: the image under a random global colour remap (``colour_remap``), then for a
+    ``palette_share`` of the samples a random colour lattice instead (parts recoloured independently), then for a
+    ``blur_share`` a random blur (textures stop matching). What differs between two instances of a category, in
+    generic form: the descriptors learn to match parts, not colours or texture patterns.
+    (:func:`draw_appearance` then :func:`apply_appearance`.)
     """
-    n = len(positions)
-    images = _batch(dataset, [sampler(p) for p in positions])
-    size = images.shape[-1]
+    draw = draw_appearance(generators, images.shape[-1], colour_remap, palette_share, blur_share)
+    return apply_appearance(images, draw)
+
+
+@dataclass
+class PairRecipe:
+    """Everything random about the pairs at some global positions, drawn on the CPU by :func:`draw_pairs` (batch
+    workers do it ahead of the step); :meth:`build` makes their pixels on the model's device with batched tensor
+    ops and no host synchronisation: rendering, warps, flows, validity and appearance changes."""
+
+    images: object               # .render(device) -> [N, 3, R, R] and .size (R): each position's own image
+    styles: object | None        # .render(device): the other image of each random pair
+    kinds: list[str]
+    seeds: list[int]
+    rows: dict[str, torch.Tensor]  # "random", "same", "warp": row indices (long)
+    look: AppearanceDraw | None  # the same-image rows' appearance change
+    warp: WarpDraw | None        # the warp rows' warps
+
+    def build(self, device=None) -> PairBatch:
+        device = torch.device(device or "cpu")
+        images = self.images.render(device)
+        n, size = images.shape[0], images.shape[-1]
+        rows = {k: v.to(device, non_blocking=True) for k, v in self.rows.items()}
+        content, style, target = images.clone(), images.clone(), torch.zeros_like(images)
+        flow = identity_flow(size, device).repeat(n, 1, 1, 1)
+        valid = torch.ones(n, 1, size, size, dtype=torch.bool, device=device)
+        if self.styles is not None:  # another image of the dataset as the style
+            style[rows["random"]] = self.styles.render(device)
+        if self.look is not None:
+            same = images[rows["same"]]
+            target[rows["same"]] = same
+            content[rows["same"]] = apply_appearance(same, self.look)
+        if self.warp is not None:
+            warped, warp_flow, warp_valid = apply_warp(images[rows["warp"]], self.warp)
+            style[rows["warp"]], flow[rows["warp"]] = warped, warp_flow
+            valid[rows["warp"]] = warp_valid.view(-1, 1, size, size)
+        has = torch.tensor([k != "random" for k in self.kinds]).to(device, non_blocking=True)
+        return PairBatch(
+            content=content.clamp(0, 1), style=style.clamp(0, 1), target=target, has_target=has, flow=flow,
+            has_flow=has.clone(), flow_valid=valid, kinds=self.kinds, seeds=self.seeds,
+        )
+
+
+def draw_pairs(dataset, sampler: GlobalSampler, positions: list[int], seed: int, mix: tuple[float, float, float],
+               colour_remap: bool = True, palette_share: float = 0.0, blur_share: float = 0.0) -> PairRecipe:
+    """The random part of the pairs at the given global positions (a rank's slice of a global batch), on the CPU.
+
+    Every random draw of a sample comes from its own stream (``(seed, position)``), in a fixed order: the other
+    image of a random pair, the appearance change, the warp.
+    """
     gens = [torch.Generator().manual_seed(mix_seed(seed, p, 7)) for p in positions]
     kinds = [pair_kind(p, mix) for p in positions]
-    rand = [i for i, k in enumerate(kinds) if k == "random"]
-    same = [i for i, k in enumerate(kinds) if k != "random"]
-    warp = [i for i, k in enumerate(kinds) if k == "warp"]
-    content, style, target = images.clone(), images.clone(), torch.zeros_like(images)
-    flow = identity_flow(size).repeat(n, 1, 1, 1)
-    valid = torch.ones(n, 1, size, size, dtype=torch.bool)
-    if rand:  # another image of the dataset as the style
-        jumps = [1 + int(torch.randint(1 << 30, (1,), generator=gens[i])) for i in rand]
-        style[rand] = _batch(dataset, [sampler(positions[i] + j) for i, j in zip(rand, jumps)])
-    if same:
-        target[same] = images[same]
-        if colour_remap:
-            content[same] = random_color_remap(images[same], [gens[i] for i in same])
-    if warp:
-        warped, warp_flow, warp_valid = random_warp(images[warp], [gens[i] for i in warp])
-        style[warp], flow[warp], valid[warp] = warped, warp_flow, warp_valid.bool().view(-1, 1, size, size)
-    has = torch.tensor([k != "random" for k in kinds])
-    return PairBatch(
-        content=content.clamp(0, 1), style=style.clamp(0, 1), target=target, has_target=has, flow=flow,
-        has_flow=has.clone(), flow_valid=valid, kinds=kinds, seeds=[mix_seed(seed, p, 8) for p in positions],
-    )
+    rows = {"random": [i for i, k in enumerate(kinds) if k == "random"],
+            "same": [i for i, k in enumerate(kinds) if k != "random"],
+            "warp": [i for i, k in enumerate(kinds) if k == "warp"]}
+    images = _draw(dataset, [sampler(p) for p in positions])
+    styles = look = warp = None
+    if rows["random"]:
+        jumps = [1 + int(torch.randint(1 << 30, (1,), generator=gens[i])) for i in rows["random"]]
+        styles = _draw(dataset, [sampler(positions[i] + j) for i, j in zip(rows["random"], jumps)])
+    if rows["same"]:
+        look = draw_appearance([gens[i] for i in rows["same"]], images.size, colour_remap, palette_share,
+                               blur_share)
+    if rows["warp"]:
+        warp = draw_warp([gens[i] for i in rows["warp"]], len(rows["warp"]))
+    return PairRecipe(images, styles, kinds, [mix_seed(seed, p, 8) for p in positions],
+                      {k: torch.tensor(v, dtype=torch.long) for k, v in rows.items()}, look, warp)
 
 
-def _batch(dataset, indices: list[int]) -> torch.Tensor:
+def build_pairs(dataset, sampler: GlobalSampler, positions: list[int], seed: int,
+                mix: tuple[float, float, float], colour_remap: bool = True, palette_share: float = 0.0,
+                blur_share: float = 0.0, device=None) -> PairBatch:
+    """The pairs at the given global positions, made on ``device`` (:func:`draw_pairs` then
+    :meth:`PairRecipe.build`).
+
+    The content of a same-image pair (``warp``, ``self``) is the image with its appearance changed
+    (:func:`appearance_change`).
+    """
+    return draw_pairs(dataset, sampler, positions, seed, mix, colour_remap, palette_share, blur_share).build(device)
+
+
+def _draw(dataset, indices: list[int]):
+    """The dataset's items as something to render later: its own draw (procedural data renders on the device), or
+    its images made now (files are decoded on the CPU, by the batch workers when there are some)."""
+    if hasattr(dataset, "draw"):
+        return dataset.draw(indices)
     if hasattr(dataset, "batch"):
-        return dataset.batch(indices)
-    return torch.stack([dataset[i] for i in indices])
+        return Rendered(dataset.batch(indices))
+    return Rendered(torch.stack([dataset[i] for i in indices]))
 
 
 def flow_targets(flow: torch.Tensor, valid: torch.Tensor, resolution: int, scale: int, style_cells: tuple[int, int]):

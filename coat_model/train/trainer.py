@@ -34,7 +34,7 @@ from .losses import (
     correspondence_nce, cycle_loss, discriminator_loss, generator_adversarial_loss, hardness_schedule,
     latent_regularisation, r1_penalty, reconstruction_loss,
 )
-from .pairs import GlobalSampler, PairBatch, build_pairs, flow_targets
+from .pairs import GlobalSampler, PairBatch, PairRecipe, draw_pairs, flow_targets
 from .run_dir import RunDirectory
 from .state import load_state, save_state
 
@@ -55,6 +55,9 @@ class TrainConfig:
     seed: int = 0
     pair_mix: tuple[float, float, float] = (0.5, 0.25, 0.25)  # warp, self, random
     colour_remap: bool = True
+    palette_share: float = 0.0               # share of same-image pairs whose content is recoloured by a random
+                                             # colour lattice (parts independently; pairs.appearance_change)
+    blur_share: float = 0.0                  # share of same-image pairs whose content is blurred (textures differ)
     rec_weight: float = 1.0
     ssim_weight: float = 0.5
     reg_weight: float = 0.005
@@ -91,6 +94,8 @@ class TrainConfig:
         data = {k: tuple(v) if isinstance(v, list) else v for k, v in json.loads(text).items()}
         data.setdefault("ccl_detach_keys", True)  # runs from before the field stopped gradients at the keys
         data.setdefault("cycle_weight", 0.0)  # runs from before the cycle term
+        data.setdefault("palette_share", 0.0)  # runs from before the appearance augmentations
+        data.setdefault("blur_share", 0.0)
         return cls(**data)
 
     def __post_init__(self):
@@ -208,10 +213,13 @@ def _init_worker(_worker_id: int) -> None:
 
 
 class _StepPairs(torch.utils.data.Dataset):
-    """Item i = the micro-batches of step ``start + i`` (for a DataLoader that prepares them ahead)."""
+    """Item i = the micro-batches of step ``start + i`` (for a DataLoader that prepares them ahead): drawn (the
+    trainer's device builds them) or, for a CPU trainer, built."""
 
     def __init__(self, trainer: "Trainer", start: int):
-        self.make, self.start, self.steps = trainer.pairs, start, trainer.config.steps
+        # On a CPU the workers build the pairs too (the cores that train would do it otherwise).
+        self.make = trainer.pairs if trainer.device.type == "cpu" else trainer.recipes
+        self.start, self.steps = start, trainer.config.steps
 
     def __len__(self) -> int:
         return self.steps - self.start
@@ -320,18 +328,27 @@ class Trainer:
         self.step += 1
         return totals
 
-    def pairs(self, step: int) -> list[PairBatch]:
-        """This rank's micro-batches of ``step`` (CPU work: rendering, warps, colour remaps)."""
+    def recipes(self, step: int) -> list[PairRecipe]:
+        """The random part of this rank's micro-batches of ``step``, drawn on the CPU (what batch workers do)."""
         cfg = self.config
-        return [build_pairs(self.dataset, self.sampler, self.positions(step, m), cfg.seed, cfg.pair_mix, cfg.colour_remap)
+        return [draw_pairs(self.dataset, self.sampler, self.positions(step, m), cfg.seed, cfg.pair_mix,
+                           cfg.colour_remap, cfg.palette_share, cfg.blur_share)
                 for m in range(cfg.accumulate)]
+
+    def pairs(self, step: int, device=None) -> list[PairBatch]:
+        """This rank's micro-batches of ``step``, built on ``device`` (default: the CPU)."""
+        return [recipe.build(device) for recipe in self.recipes(step)]
 
     _pairs = pairs  # the former name
 
     def _next_batches(self) -> list[PairBatch]:
-        """Batches of the current step, prepared ahead by ``workers`` background processes when asked."""
+        """Batches of the current step: drawn ahead by ``workers`` background processes when asked, built on the
+        model's device (rendering, warps and appearance changes run there)."""
+        return [item if isinstance(item, PairBatch) else item.build(self.device) for item in self._next_recipes()]
+
+    def _next_recipes(self) -> list[PairRecipe | PairBatch]:
         if self.workers == 0:
-            return self.pairs(self.step)
+            return self.recipes(self.step)
         if self._loader is None or self._loader_step != self.step:
             steps = _StepPairs(self, self.step)
             self._loader = iter(torch.utils.data.DataLoader(
@@ -347,7 +364,7 @@ class Trainer:
         except (RuntimeError, StopIteration, EOFError, ConnectionError) as error:
             print(f"batch workers stopped ({error}); preparing batches in this process", file=sys.stderr)
             self.workers, self._loader = 0, None
-            return self.pairs(self.step)
+            return self.recipes(self.step)
 
     def _global_counts(self, step: int, micro: int) -> dict[str, int]:
         from .pairs import pair_kind

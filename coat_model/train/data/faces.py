@@ -52,7 +52,7 @@ from ..streams import mix_seed
 __all__ = [
     "LABELS", "INSTANCES", "NUM_LABELS", "Structure", "Appearance", "FacePairs",
     "sample_structure", "sample_appearance", "render", "true_transfer", "true_correspondence",
-    "sample_pairs", "FaceDataset", "make_generator",
+    "sample_pairs", "FaceDataset", "FaceDraw", "make_generator",
 ]
 
 LABELS: tuple[str, ...] = (
@@ -119,7 +119,7 @@ class _TensorBatch:
         return replace(self, **{f.name: fn(getattr(self, f.name)) for f in fields(self)})
 
     def to(self, device) -> "_TensorBatch":
-        return self._map(lambda t: t.to(device))
+        return self._map(lambda t: t.to(device, non_blocking=True))
 
     def index(self, idx) -> "_TensorBatch":
         """Sub-batch by an int, slice, index list or bool mask (an int keeps the batch axis)."""
@@ -413,7 +413,7 @@ def _taper_factor(taper: torch.Tensor, uy: torch.Tensor) -> torch.Tensor:
 
 def _local_coords(s: Structure, i: int, x: torch.Tensor, y: torch.Tensor):
     """Local coordinates (u_x, u_y) [B, H, W] of image points x, y (broadcastable to [B, H, W]) in instance i."""
-    inv = torch.linalg.inv(s.matrix[:, i])
+    inv = torch.linalg.inv_ex(s.matrix[:, i]).inverse  # never singular (scales >= 0.1); no error check: no sync
     dx, dy = x - _b(s.offset[:, i, 0]), y - _b(s.offset[:, i, 1])
     wx = _b(inv[:, 0, 0]) * dx + _b(inv[:, 0, 1]) * dy
     wy = _b(inv[:, 1, 0]) * dx + _b(inv[:, 1, 1]) * dy
@@ -570,15 +570,16 @@ class _Raster:
     image: torch.Tensor | None      # [B, 3, H, W] when an appearance was given
 
 
-def _rasterise(s: Structure, size: int, a: Appearance | None = None) -> _Raster:
-    """Painter's algorithm over the instances, each evaluated only inside its bounding window."""
+def _rasterise(s: Structure, size: int, a: Appearance | None = None, windowed: bool = True) -> _Raster:
+    """Painter's algorithm over the instances, each evaluated only inside its bounding window (``windowed``; the
+    windows are read back to the host, so off the CPU every instance is evaluated over the whole frame instead)."""
     b, device = len(s), s.matrix.device
     x, y = _pixel_grid(size, device)
     top = torch.zeros(b, size, size, dtype=torch.long, device=device)
     local = torch.stack([x.expand(b, size, size), y.expand(b, size, size)], 1).clone()
     image = None if a is None else _background(a, x, y)
     for i in range(len(INSTANCES)):
-        window = _window(s, i, size)
+        window = _window(s, i, size) if windowed else (slice(None), slice(None))
         if window is None:
             continue
         rows, cols = window
@@ -592,21 +593,27 @@ def _rasterise(s: Structure, size: int, a: Appearance | None = None) -> _Raster:
     return _Raster(top, local, image)
 
 
-def render(structure: Structure, appearance: Appearance, size: int, chunk: int = 16):
-    """Render faces.
+def render(structure: Structure, appearance: Appearance, size: int, chunk: int = 16, windowed: bool | None = None):
+    """Render faces where their parameters are (``structure.to(device)``).
 
     Returns ``(images [B, 3, size, size] float in [0, 1], labels [B, size, size] int64 (see LABELS),
     local_coords [B, 2, size, size])``: the local coordinates of the front-most part at each pixel centre
     (background: the image coordinates). Faces are processed ``chunk`` at a time: every part is evaluated
-    in the union of its bounding boxes over the chunk, so small chunks keep those windows tight.
+    in the union of its bounding boxes over the chunk, so small chunks keep those windows tight. ``windowed``
+    (default: on the CPU only) chooses those windows; without them (one chunk, every part over the whole frame)
+    nothing is read back to the host, which is what a GPU wants. Both give the same images.
     """
     if len(structure) != len(appearance):
         raise ValueError(f"structure has {len(structure)} faces but appearance has {len(appearance)}")
+    if windowed is None:
+        windowed = structure.matrix.device.type == "cpu"
+    chunk = chunk if windowed else max(1, len(structure))
+    to_label = _TOP_TO_LABEL.to(structure.matrix.device, non_blocking=True)
     images, labels, local = [], [], []
     for i in range(0, len(structure), chunk):
-        r = _rasterise(structure.index(slice(i, i + chunk)), size, appearance.index(slice(i, i + chunk)))
+        r = _rasterise(structure.index(slice(i, i + chunk)), size, appearance.index(slice(i, i + chunk)), windowed)
         images.append(r.image.clamp(0.0, 1.0))
-        labels.append(_TOP_TO_LABEL.to(r.top.device)[r.top])
+        labels.append(to_label[r.top])
         local.append(r.local)
     return torch.cat(images), torch.cat(labels), torch.cat(local)
 
@@ -692,6 +699,19 @@ def sample_pairs(n: int, seed: int = 0, size: int = 64, split: str = "easy") -> 
                      style_labels, flow, visible, s_c, s_s, a_c, a_s)
 
 
+class FaceDraw(NamedTuple):
+    """Drawn faces, not yet rendered: what batch workers hand to the device that renders them."""
+
+    structure: Structure
+    appearance: Appearance
+    size: int
+
+    def render(self, device=None) -> torch.Tensor:
+        """Images [N, 3, size, size] in [0, 1], rendered on ``device`` (default: the CPU)."""
+        device = torch.device(device or "cpu")
+        return render(self.structure.to(device), self.appearance.to(device), self.size)[0]
+
+
 class FaceDataset(torch.utils.data.Dataset):
     """Map-style dataset of single face images; item ``i`` is fully determined by ``(seed, i)``.
 
@@ -715,11 +735,14 @@ class FaceDataset(torch.utils.data.Dataset):
         return (sample_structure(1, mix_seed(self.seed, index, 0), self.split),
                 sample_appearance(1, mix_seed(self.seed, index, 1)))
 
+    def draw(self, indices: Sequence[int]) -> "FaceDraw":
+        """The parameters of the given items (CPU, a few hundred numbers per face), to render where wanted."""
+        params = [self.parameters(int(i)) for i in indices]
+        return FaceDraw(Structure.cat([p[0] for p in params]), Appearance.cat([p[1] for p in params]), self.size)
+
     def batch(self, indices: Sequence[int]) -> torch.Tensor:
         """Images [N, 3, size, size] of the given items, rendered in one call."""
-        params = [self.parameters(int(i)) for i in indices]
-        return render(Structure.cat([p[0] for p in params]), Appearance.cat([p[1] for p in params]),
-                      self.size)[0]
+        return self.draw(indices).render()
 
     def __getitem__(self, index: int) -> torch.Tensor:
         return self.batch([index])[0]

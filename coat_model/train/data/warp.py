@@ -1,4 +1,9 @@
-"""Random geometric warps with exact flow, and random colour remaps, for self-supervised "warp pairs".
+"""Random geometric warps with exact flow, and random appearance changes, for self-supervised "warp pairs".
+
+Each augmentation comes in two halves: ``draw_*`` makes its random numbers on the CPU (a few per image, from one
+stream per image) and ``apply_*`` turns them into pixels with tensor ops wherever the images are, without a host
+synchronisation; ``random_*`` is both at once. Batch workers draw, the model's device applies
+(:mod:`coat_model.train.pairs`).
 
 A warp is defined by its *backward* map ``psi``: warped pixel ``q`` shows original position ``psi(q)``::
 
@@ -18,13 +23,17 @@ default ranges (offsets are bounded, uniform in ``[-tps_jitter, tps_jitter]``). 
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 
 from ...model.coords import pixel_grid
 
-__all__ = ["random_warp", "random_color_remap"]
+__all__ = [
+    "random_warp", "random_color_remap", "random_palette", "random_blur", "WarpDraw", "draw_warp", "apply_warp",
+    "draw_color_remap", "apply_color_remap", "draw_palette", "apply_palette", "draw_blur", "apply_blur",
+]
 
 
 def _generator(generator):
@@ -58,39 +67,47 @@ def _affine(points: torch.Tensor, matrix: torch.Tensor, offset: torch.Tensor) ->
     return torch.einsum("bij,bhwj->bhwi", matrix, points) + offset[:, None, None]
 
 
-def random_warp(
-    images: torch.Tensor,               # [B, C, H, W]
-    generator: torch.Generator | list[torch.Generator] | int | None = None,
+class WarpDraw(NamedTuple):
+    """The random draws of :func:`random_warp` for a batch (CPU tensors; :func:`apply_warp` moves them)."""
+
+    matrix: torch.Tensor    # [B, 2, 2] M = R(-theta) / s
+    offset: torch.Tensor    # [B, 2] c = -M t
+    coarse: torch.Tensor    # [B, 2, g, g] displacement lattice
+    forward: torch.Tensor   # [B, 2, 2] M^-1
+
+
+def draw_warp(
+    generator: torch.Generator | list[torch.Generator] | int | None,
+    batch: int,
     rotation: float = 20.0,             # max |rotation|, degrees
     scale: tuple[float, float] = (0.8, 1.2),   # range of the zoom factor
     translate: float = 0.1,             # max |shift| per axis, in [-1, 1] units (0.1 = 5% of the width)
     tps_jitter: float = 0.1,            # max |offset| of the smooth displacement lattice, [-1, 1] units
     grid: int = 4,                      # displacement lattice size
-    padding_mode: str = "reflection",   # how the warped image is filled where it shows outside the original
-    iterations: int = 30,               # fixed-point steps for the inverse
-):
-    """Warp each image by its own random affine + smooth displacement.
-
-    Returns ``(warped [B, C, H, W], flow [B, 2, H, W], valid [B, 1, H, W] bool)``: for every pixel of the
-    ORIGINAL image, ``flow`` is its (x, y) location in the warped image in [-1, 1] (``align_corners=True``),
-    and ``valid`` marks the pixels that land inside the warped image. Sampling ``warped`` at ``flow``
-    (``grid_sample(warped, flow.permute(0, 2, 3, 1))``) gives back the original where valid.
-    """
-    if images.dim() != 4:
-        raise ValueError(f"images must be [B, C, H, W], got shape {tuple(images.shape)}")
+) -> WarpDraw:
+    """The random part of a warp of ``batch`` images, drawn on the CPU (a few numbers per image)."""
     g = _generator(generator)
-    b, _, h, w = images.shape
-    dev, dtype = images.device, images.dtype
-    theta = torch.deg2rad(_uniform(g, b, -rotation, rotation))
-    zoom = _uniform(g, b, *scale)
-    shift = _uniform(g, (b, 2), -translate, translate)
-    coarse = _uniform(g, (b, 2, grid, grid), -tps_jitter, tps_jitter)
+    theta = torch.deg2rad(_uniform(g, batch, -rotation, rotation))
+    zoom = _uniform(g, batch, *scale)
+    shift = _uniform(g, (batch, 2), -translate, translate)
+    coarse = _uniform(g, (batch, 2, grid, grid), -tps_jitter, tps_jitter)
     cos, sin = torch.cos(theta), torch.sin(theta)
     forward = torch.stack([torch.stack([cos, -sin], -1), torch.stack([sin, cos], -1)], -2) * zoom[:, None, None]
     matrix = torch.linalg.inv(forward)                          # M = R(-theta) / s
     offset = -(matrix @ shift[..., None])[..., 0]               # c = -M t
-    matrix, offset, coarse, forward = (t.to(dev, dtype) for t in (matrix, offset, coarse, forward))
+    return WarpDraw(matrix, offset, coarse, forward)
 
+
+def apply_warp(
+    images: torch.Tensor,               # [B, C, H, W], on any device
+    draw: WarpDraw,
+    padding_mode: str = "reflection",   # how the warped image is filled where it shows outside the original
+    iterations: int = 30,               # fixed-point steps for the inverse
+):
+    """The warp of :func:`random_warp` for given draws, where ``images`` are (tensor ops only, no host sync)."""
+    b, _, h, w = images.shape
+    dev, dtype = images.device, images.dtype
+    matrix, offset, coarse, forward = (t.to(dev, dtype, non_blocking=True) for t in draw)
     base = _identity_grid(b, h, w, dev).to(dtype)
     psi = _affine(base, matrix, offset) + _displacement(coarse, base)
     warped = F.grid_sample(images, psi, mode="bilinear", padding_mode=padding_mode, align_corners=True)
@@ -104,6 +121,31 @@ def random_warp(
     return warped, flow, valid
 
 
+def random_warp(
+    images: torch.Tensor,               # [B, C, H, W]
+    generator: torch.Generator | list[torch.Generator] | int | None = None,
+    rotation: float = 20.0,
+    scale: tuple[float, float] = (0.8, 1.2),
+    translate: float = 0.1,
+    tps_jitter: float = 0.1,
+    grid: int = 4,
+    padding_mode: str = "reflection",
+    iterations: int = 30,
+):
+    """Warp each image by its own random affine + smooth displacement (:func:`draw_warp` then :func:`apply_warp`;
+    the arguments are theirs).
+
+    Returns ``(warped [B, C, H, W], flow [B, 2, H, W], valid [B, 1, H, W] bool)``: for every pixel of the
+    ORIGINAL image, ``flow`` is its (x, y) location in the warped image in [-1, 1] (``align_corners=True``),
+    and ``valid`` marks the pixels that land inside the warped image. Sampling ``warped`` at ``flow``
+    (``grid_sample(warped, flow.permute(0, 2, 3, 1))``) gives back the original where valid.
+    """
+    if images.dim() != 4:
+        raise ValueError(f"images must be [B, C, H, W], got shape {tuple(images.shape)}")
+    draw = draw_warp(generator, images.shape[0], rotation, scale, translate, tps_jitter, grid)
+    return apply_warp(images, draw, padding_mode, iterations)
+
+
 def _hue_rotation(angle: torch.Tensor) -> torch.Tensor:
     """Rotations [B, 3, 3] of RGB about the grey axis (Rodrigues' formula)."""
     k = torch.tensor([[0.0, -1.0, 1.0], [1.0, 0.0, -1.0], [-1.0, 1.0, 0.0]]) / math.sqrt(3.0)
@@ -112,38 +154,117 @@ def _hue_rotation(angle: torch.Tensor) -> torch.Tensor:
     return eye + torch.sin(a) * k + (1.0 - torch.cos(a)) * (k @ k)
 
 
-def random_color_remap(
-    images: torch.Tensor,               # [B, 3, H, W] in [0, 1]
-    generator: torch.Generator | list[torch.Generator] | int | None = None,
+def draw_color_remap(
+    generator: torch.Generator | list[torch.Generator] | int | None,
+    batch: int,
     saturation: tuple[float, float] = (0.6, 1.4),
     mixing: float = 0.25,               # max |off-identity entry| of the random channel-mixing matrix
     gain: tuple[float, float] = (0.7, 1.3),
     offset: float = 0.1,
     invert: float = 0.2,                # probability of also inverting the image (1 - x)
-) -> torch.Tensor:
-    """Random per-image colour transform that changes part colours but not structure.
-
-    Each image gets one affine colour map ``x -> K x + o``: a hue rotation by a uniform angle, a saturation
-    change, a random channel mix, a per-channel gain and offset, and sometimes an inversion. To stay in
-    [0, 1] without clipping (which would merge colours), the result is rescaled per image by one more affine
-    map only when it leaves [0, 1]. So equal colours stay equal and distinct colours stay distinct.
-    """
-    if images.dim() != 4 or images.shape[1] != 3:
-        raise ValueError(f"images must be [B, 3, H, W], got shape {tuple(images.shape)}")
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The affine colour maps ``x -> K x + o`` of :func:`random_color_remap`: ``(K [B, 3, 3], o [B, 3])`` (CPU)."""
     g = _generator(generator)
-    b = images.shape[0]
-    sat = _uniform(g, b, *saturation)[:, None, None]
+    sat = _uniform(g, batch, *saturation)[:, None, None]
     grey = torch.full((3, 3), 1.0 / 3.0)
     k = (1.0 - sat) * grey + sat * torch.eye(3)
-    k = _hue_rotation(_uniform(g, b, 0.0, 2 * math.pi)) @ k
-    k = (torch.eye(3) + _uniform(g, (b, 3, 3), -mixing, mixing)) @ k
-    k = _uniform(g, (b, 3, 1), *gain) * k
-    o = _uniform(g, (b, 3), -offset, offset)
-    flip = _uniform(g, b, 0.0, 1.0) < invert
+    k = _hue_rotation(_uniform(g, batch, 0.0, 2 * math.pi)) @ k
+    k = (torch.eye(3) + _uniform(g, (batch, 3, 3), -mixing, mixing)) @ k
+    k = _uniform(g, (batch, 3, 1), *gain) * k
+    o = _uniform(g, (batch, 3), -offset, offset)
+    flip = _uniform(g, batch, 0.0, 1.0) < invert
     k = torch.where(flip[:, None, None], -k, k)
     o = torch.where(flip[:, None], 1.0 - o, o)
-    k, o = k.to(images), o.to(images)
+    return k, o
+
+
+def apply_color_remap(images: torch.Tensor, k: torch.Tensor, o: torch.Tensor) -> torch.Tensor:
+    """``K x + o`` per image, rescaled into [0, 1] only where it leaves it (equal colours stay equal)."""
+    k, o = k.to(images, non_blocking=True), o.to(images, non_blocking=True)
     out = torch.einsum("bij,bjhw->bihw", k, images) + o[:, :, None, None]
     lo = out.amin((1, 2, 3), keepdim=True).clamp(max=0.0)
     hi = out.amax((1, 2, 3), keepdim=True).clamp(min=1.0)
     return ((out - lo) / (hi - lo)).clamp(0.0, 1.0)    # the clamp only removes rounding error
+
+
+def random_color_remap(
+    images: torch.Tensor,               # [B, 3, H, W] in [0, 1]
+    generator: torch.Generator | list[torch.Generator] | int | None = None,
+    **ranges,
+) -> torch.Tensor:
+    """Random per-image colour transform that changes part colours but not structure.
+
+    Each image gets one affine colour map ``x -> K x + o``: a hue rotation by a uniform angle, a saturation
+    change, a random channel mix, a per-channel gain and offset, and sometimes an inversion (``ranges``: those
+    of :func:`draw_color_remap`). To stay in [0, 1] without clipping (which would merge colours), the result is
+    rescaled per image by one more affine map only when it leaves [0, 1]. So equal colours stay equal and
+    distinct colours stay distinct.
+    """
+    if images.dim() != 4 or images.shape[1] != 3:
+        raise ValueError(f"images must be [B, 3, H, W], got shape {tuple(images.shape)}")
+    return apply_color_remap(images, *draw_color_remap(generator, images.shape[0], **ranges))
+
+
+def draw_palette(generator, batch: int, lattice: int = 3) -> torch.Tensor:
+    """The colour lattices of :func:`random_palette`: [B, 3, lattice, lattice, lattice] uniform in [0, 1] (CPU)."""
+    return _uniform(_generator(generator), (batch, 3, lattice, lattice, lattice), 0.0, 1.0)
+
+
+def apply_palette(images: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+    """Each pixel's colour looked up trilinearly in its image's lattice, then stretched to fill [0, 1]."""
+    b, _, h, w = images.shape
+    table = table.to(images, non_blocking=True)  # [B, 3, D=blue, H=green, W=red]
+    where = (images.clamp(0, 1) * 2 - 1).permute(0, 2, 3, 1).reshape(b, 1, h, w, 3)  # (x, y, z) = (r, g, b)
+    out = F.grid_sample(table, where, mode="bilinear", padding_mode="border", align_corners=True).view(b, 3, h, w)
+    lo, hi = out.amin((1, 2, 3), keepdim=True), out.amax((1, 2, 3), keepdim=True)
+    return (out - lo) / (hi - lo).clamp(min=1e-6)  # interpolating random colours flattens contrast: stretch it back
+
+
+def random_palette(
+    images: torch.Tensor,               # [B, 3, H, W] in [0, 1]
+    generator: torch.Generator | list[torch.Generator] | int | None = None,
+    lattice: int = 3,                   # nodes per axis of the colour lattice
+) -> torch.Tensor:
+    """Random per-image recolouring by a coarse colour lookup table: every node of a ``lattice^3`` grid over the
+    RGB cube gets a uniform random colour, and each pixel takes the trilinear interpolation of its colour's cell.
+
+    Unlike :func:`random_color_remap` (one affine map for the whole image, which keeps every colour relation), the
+    colours of distant regions of the cube change independently, as the parts of two different instances of a
+    category do: the matching descriptors cannot rely on how one part's colour relates to another's. Nearby
+    colours stay nearby (the map is continuous), so shading and edges survive; the result is stretched to fill
+    [0, 1]. Nothing here knows the category.
+    """
+    if images.dim() != 4 or images.shape[1] != 3:
+        raise ValueError(f"images must be [B, 3, H, W], got shape {tuple(images.shape)}")
+    return apply_palette(images, draw_palette(generator, images.shape[0], lattice))
+
+
+def draw_blur(generator, batch: int, width: int, max_sigma: float = 0.02) -> torch.Tensor:
+    """The Gaussian sigmas of :func:`random_blur` in pixels: [B] uniform in [0, max_sigma * width] (CPU)."""
+    return _uniform(_generator(generator), batch, 0.0, max_sigma * width)
+
+
+def apply_blur(images: torch.Tensor, sigma: torch.Tensor, max_sigma: float = 0.02) -> torch.Tensor:
+    """Each image blurred by its own Gaussian (separable, reflection padding); the kernel's radius follows from
+    ``max_sigma`` (a fraction of the width), never from the drawn sigmas, so nothing waits for the device."""
+    b, c, h, w = images.shape
+    sigma = sigma.to(images, non_blocking=True)
+    radius = max(1, math.ceil(3 * max_sigma * w))
+    x = torch.arange(-radius, radius + 1, device=images.device, dtype=images.dtype)
+    kernel = torch.exp(-0.5 * (x / sigma.clamp(min=1e-3)[:, None]) ** 2)
+    kernel = (kernel / kernel.sum(1, keepdim=True)).repeat_interleave(c, 0)  # [B*C, K]
+    flat = images.reshape(1, b * c, h, w)
+    flat = F.conv2d(F.pad(flat, (radius, radius, 0, 0), mode="reflect"), kernel[:, None, None, :], groups=b * c)
+    flat = F.conv2d(F.pad(flat, (0, 0, radius, radius), mode="reflect"), kernel[:, None, :, None], groups=b * c)
+    return flat.view(b, c, h, w)
+
+
+def random_blur(
+    images: torch.Tensor,               # [B, C, H, W]
+    generator: torch.Generator | list[torch.Generator] | int | None = None,
+    max_sigma: float = 0.02,            # largest Gaussian sigma, as a fraction of the width
+) -> torch.Tensor:
+    """Each image blurred by a Gaussian of its own uniform random sigma in ``[0, max_sigma * W]`` pixels (separable,
+    reflection padding; sigma 0 leaves the image as it is): fine texture stops being a cue for matching, so the
+    descriptors have to rely on shapes and parts, which differ less between instances than textures do."""
+    return apply_blur(images, draw_blur(generator, images.shape[0], images.shape[-1], max_sigma), max_sigma)
