@@ -5,15 +5,17 @@ import json
 import pytest
 import torch
 
-from coat_model.bench.quality import KEYS, cell_flow_to_pixels, coat_outputs, evaluate, gt_matches, main
+from coat_model.bench.metrics import pck
+from coat_model.bench.quality import EVAL_SEED, KEYS, cell_flow_to_pixels, coat_outputs, evaluate, gt_matches, main
 from coat_model.model.coat import COAT
 from coat_model.model.config import COATConfig
 from coat_model.model.matching import coordinate_grid, resample_flow, untokens
+from coat_model.train.data.faces import sample_pairs
 from coat_model.train.pairs import identity_flow
 
 METHODS = ("coat", "coat_global", "coat_flow_warp", "coat_gt_matches", "coat_autoencode", "identity", "style_copy",
            "reinhard", "bbox_warp", "partwise_reinhard", "gt_warp")
-MATCHED = ("coat", "coat_flow_warp", "gt_warp")  # the methods that have a flow to score
+MATCHED = ("coat", "coat_flow_warp", "gt_warp", "style_copy")  # the methods that have a flow to score
 
 
 @pytest.fixture(scope="module")
@@ -48,6 +50,12 @@ def test_every_method_reports_every_metric_with_nulls_where_it_does_not_apply(ti
     assert results["identity"]["bg_l1"] == 0.0 and results["style_copy"]["bg_l1"] > 0.0
     assert results["gt_warp"]["paa"] > results["identity"]["paa"]
     assert results["partwise_reinhard"]["de_part"] < results["reinhard"]["de_part"]
+    # The style copy's matches are every pixel to itself: its PCK is the identity flow's.
+    expected = 0.0
+    for start, n in ((0, 4), (4, 2)):  # evaluate's batches
+        pairs = sample_pairs(n, seed=EVAL_SEED + start, size=32, split="easy")
+        expected += n / 6 * pck(identity_flow(32).expand(n, -1, -1, -1), pairs.flow, pairs.visible, 0.05)
+    assert results["style_copy"]["pck05"] == pytest.approx(expected, abs=1e-6)
     # The flow-warp ablation scores the very matches the network made.
     assert results["coat_flow_warp"]["pck10"] == results["coat"]["pck10"]
 

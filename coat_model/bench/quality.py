@@ -15,8 +15,9 @@ Methods, all in one run on the same held-out pairs:
   oracle: what perfect matching would give this network);
 - ``coat_autoencode``: the network rebuilding the true transfer itself from its own latents (every cell matched to
   itself): no transfer at all, the fidelity ceiling of its encoder and decoder at this resolution;
-- zero-training baselines: ``identity``, ``style_copy``, ``reinhard`` (global colour transfer), ``bbox_warp``
-  (the style's object box resampled onto the content's);
+- zero-training baselines: ``identity``, ``style_copy`` (its matches, scored by PCK, are every pixel to itself: what
+  matching has to beat on roughly aligned objects), ``reinhard`` (global colour transfer), ``bbox_warp`` (the style's
+  object box resampled onto the content's);
 - oracles with ground truth: ``partwise_reinhard`` (Reinhard per true part) and ``gt_warp`` (the style sampled at
   the true correspondence).
 """
@@ -117,7 +118,8 @@ def evaluate(model, n_pairs: int = 200, split: str = "easy", batch_size: int = 2
                                pairs.target.to(device))
         labels = pairs.content_labels
         methods["identity"] = dict(output=baselines.identity(pairs.content, pairs.style))
-        methods["style_copy"] = dict(output=baselines.style_copy(pairs.content, pairs.style))
+        methods["style_copy"] = dict(output=baselines.style_copy(pairs.content, pairs.style),  # every pixel to itself
+                                     pred_flow=identity_flow(r).expand(n, -1, -1, -1))
         methods["reinhard"] = dict(output=baselines.reinhard(pairs.content, pairs.style, (labels != 0)[:, None],
                                                              (pairs.style_labels != 0)[:, None]))
         methods["bbox_warp"] = dict(output=baselines.bbox_warp(pairs.content, pairs.style, labels, pairs.style_labels))
