@@ -55,9 +55,10 @@ class TrainConfig:
     seed: int = 0
     pair_mix: tuple[float, float, float] = (0.5, 0.25, 0.25)  # warp, self, random
     colour_remap: bool = True
-    palette_share: float = 0.0               # share of same-image pairs whose content is recoloured by a random
+    palette_share: float = 0.5               # share of same-image pairs whose content is recoloured by a random
                                              # colour lattice (parts independently; pairs.appearance_change)
-    blur_share: float = 0.0                  # share of same-image pairs whose content is blurred (textures differ)
+    blur_share: float = 0.3                  # share of same-image pairs whose content is blurred (textures differ);
+                                             # both: matches across instances (BENCHMARKS, Quality, stage F)
     rec_weight: float = 1.0
     ssim_weight: float = 0.5
     reg_weight: float = 0.005
