@@ -345,9 +345,7 @@ def pairs(ck: Check) -> dict:
 
     d = ck.device
     preset, res, batch = ("tiny", 32, 4) if ck.smoke else ("small", 128, 32)
-    trainer = _trainer(ck, preset, res, batch, 1000, 0)
-    cfg = trainer.config
-    trainer.config = cfg.__class__(**{**cfg.__dict__, "palette_share": 0.5, "blur_share": 0.3})
+    trainer = _trainer(ck, preset, res, batch, 1000, 0)  # the default pairs: appearance changes included
     recipes = trainer.recipes(0)
     on_cpu = [r.build("cpu") for r in recipes]
     cuda = d.type == "cuda"

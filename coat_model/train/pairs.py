@@ -34,7 +34,6 @@ from .data.warp import (
 from .streams import mix_seed
 
 KINDS = ("warp", "self", "random")
-BLUR_MAX_SIGMA = 0.02  # the largest blur of a content, as a fraction of the width (pairs.appearance_change)
 
 
 @dataclass
@@ -112,7 +111,7 @@ def draw_appearance(generators: list[torch.Generator], width: int, colour_remap:
     pick = lambda share: torch.stack([torch.rand((), generator=g) < share for g in generators])  # noqa: E731
     remap = draw_color_remap(generators, n) if colour_remap else None
     palette = (pick(palette_share), draw_palette(generators, n)) if palette_share > 0 else None
-    blur = (pick(blur_share), draw_blur(generators, n, width, BLUR_MAX_SIGMA)) if blur_share > 0 else None
+    blur = (pick(blur_share), draw_blur(generators, n, width)) if blur_share > 0 else None
     return AppearanceDraw(remap, palette, blur)
 
 
@@ -126,7 +125,7 @@ def apply_appearance(images: torch.Tensor, draw: AppearanceDraw) -> torch.Tensor
     if draw.blur is not None:
         picked, sigma = draw.blur
         picked = picked.to(images.device, non_blocking=True)[:, None, None, None]
-        out = torch.where(picked, apply_blur(out, sigma, BLUR_MAX_SIGMA), out)
+        out = torch.where(picked, apply_blur(out, sigma), out)
     return out
 
 

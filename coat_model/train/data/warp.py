@@ -36,6 +36,9 @@ __all__ = [
 ]
 
 
+BLUR_MAX_SIGMA = 0.02  # the largest random blur, as a fraction of the width
+
+
 def _generator(generator):
     if isinstance(generator, int):
         return torch.Generator().manual_seed(generator)
@@ -124,16 +127,12 @@ def apply_warp(
 def random_warp(
     images: torch.Tensor,               # [B, C, H, W]
     generator: torch.Generator | list[torch.Generator] | int | None = None,
-    rotation: float = 20.0,
-    scale: tuple[float, float] = (0.8, 1.2),
-    translate: float = 0.1,
-    tps_jitter: float = 0.1,
-    grid: int = 4,
     padding_mode: str = "reflection",
     iterations: int = 30,
+    **ranges,
 ):
-    """Warp each image by its own random affine + smooth displacement (:func:`draw_warp` then :func:`apply_warp`;
-    the arguments are theirs).
+    """Warp each image by its own random affine + smooth displacement (:func:`draw_warp` with ``ranges``, then
+    :func:`apply_warp` with ``padding_mode`` and ``iterations``).
 
     Returns ``(warped [B, C, H, W], flow [B, 2, H, W], valid [B, 1, H, W] bool)``: for every pixel of the
     ORIGINAL image, ``flow`` is its (x, y) location in the warped image in [-1, 1] (``align_corners=True``),
@@ -142,8 +141,7 @@ def random_warp(
     """
     if images.dim() != 4:
         raise ValueError(f"images must be [B, C, H, W], got shape {tuple(images.shape)}")
-    draw = draw_warp(generator, images.shape[0], rotation, scale, translate, tps_jitter, grid)
-    return apply_warp(images, draw, padding_mode, iterations)
+    return apply_warp(images, draw_warp(generator, images.shape[0], **ranges), padding_mode, iterations)
 
 
 def _hue_rotation(angle: torch.Tensor) -> torch.Tensor:
@@ -239,12 +237,12 @@ def random_palette(
     return apply_palette(images, draw_palette(generator, images.shape[0], lattice))
 
 
-def draw_blur(generator, batch: int, width: int, max_sigma: float = 0.02) -> torch.Tensor:
+def draw_blur(generator, batch: int, width: int, max_sigma: float = BLUR_MAX_SIGMA) -> torch.Tensor:
     """The Gaussian sigmas of :func:`random_blur` in pixels: [B] uniform in [0, max_sigma * width] (CPU)."""
     return _uniform(_generator(generator), batch, 0.0, max_sigma * width)
 
 
-def apply_blur(images: torch.Tensor, sigma: torch.Tensor, max_sigma: float = 0.02) -> torch.Tensor:
+def apply_blur(images: torch.Tensor, sigma: torch.Tensor, max_sigma: float = BLUR_MAX_SIGMA) -> torch.Tensor:
     """Each image blurred by its own Gaussian (separable, reflection padding); the kernel's radius follows from
     ``max_sigma`` (a fraction of the width), never from the drawn sigmas, so nothing waits for the device."""
     b, c, h, w = images.shape
@@ -262,7 +260,7 @@ def apply_blur(images: torch.Tensor, sigma: torch.Tensor, max_sigma: float = 0.0
 def random_blur(
     images: torch.Tensor,               # [B, C, H, W]
     generator: torch.Generator | list[torch.Generator] | int | None = None,
-    max_sigma: float = 0.02,            # largest Gaussian sigma, as a fraction of the width
+    max_sigma: float = BLUR_MAX_SIGMA,  # largest Gaussian sigma, as a fraction of the width
 ) -> torch.Tensor:
     """Each image blurred by a Gaussian of its own uniform random sigma in ``[0, max_sigma * W]`` pixels (separable,
     reflection padding; sigma 0 leaves the image as it is): fine texture stops being a cue for matching, so the
