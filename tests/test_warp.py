@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from coat_model.train.data import random_color_remap, random_warp, render, sample_appearance, sample_structure
-from coat_model.train.data.warp import random_blur, random_palette
+from coat_model.train.data.warp import draw_warp, random_blur, random_palette
 from coat_model.train.pairs import appearance_change
 
 
@@ -43,6 +43,26 @@ def test_flow_round_trip_reproduces_the_original():
     faces = _faces()[0]
     warped, flow, valid = random_warp(faces, 3)
     assert (_unwarp(warped, flow) - faces).abs().amax(1, keepdim=True)[valid].mean() < 0.03
+
+
+def test_warp_strength_scales_the_same_draws():
+    """Strength 1 is the default warp; strength s draws the same numbers and stretches every range by s (the zoom's
+    bounds to the power s), so a stronger warp of one stream is the same warp, larger."""
+    base = draw_warp(torch.Generator().manual_seed(5), 64)
+    assert all(torch.equal(a, b) for a, b in zip(base, draw_warp(torch.Generator().manual_seed(5), 64, strength=1.0)))
+    strong = draw_warp(torch.Generator().manual_seed(5), 64, strength=2.0)
+
+    def angle_zoom(forward):  # forward = zoom * R(theta)
+        return torch.atan2(forward[:, 1, 0], forward[:, 0, 0]), torch.linalg.det(forward).sqrt()
+
+    (theta1, zoom1), (theta2, zoom2) = angle_zoom(base.forward), angle_zoom(strong.forward)
+    assert torch.allclose(theta2, 2 * theta1, atol=1e-5) and theta2.abs().max() > torch.deg2rad(torch.tensor(20.0))
+    assert torch.allclose(strong.coarse, 2 * base.coarse)
+    u = (zoom1 - 0.8) / 0.4                                      # where each zoom fell in [0.8, 1.2]
+    assert torch.allclose(zoom2, 0.64 + u * (1.44 - 0.64), atol=1e-5)
+    shift1 = -(base.forward @ base.offset[..., None])[..., 0]    # t = -M^-1 c
+    shift2 = -(strong.forward @ strong.offset[..., None])[..., 0]
+    assert torch.allclose(shift2, 2 * shift1, atol=1e-5)
 
 
 def _identity_flow(b: int, size: int) -> torch.Tensor:

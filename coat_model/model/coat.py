@@ -115,13 +115,14 @@ class COAT(nn.Module):
         return self.w_avg.device
 
     # -- encode ------------------------------------------------------------------------------------------------
-    def encode(self, images: torch.Tensor, mask: torch.Tensor | None = None) -> Latents:
+    def encode(self, images: torch.Tensor, mask: torch.Tensor | None = None, *, check_values: bool = True) -> Latents:
         """Images [B, 3, H, W] in [0, 1] (any size; letterboxed to R) -> :class:`Latents`.
 
         ``mask`` [B, 1, H, W] or [B, H, W] (1 = object) marks the object: background content cells keep
-        their own latents when aligning.
+        their own latents when aligning. ``check_values=False`` skips the scan for NaN and out-of-range values (it
+        reads them on the host: the trainer, whose pair builder makes the images, skips it; shapes are checked).
         """
-        check_images(images)
+        check_images(images, values=check_values)
         frame = Frame.fit(images.shape[-2], images.shape[-1], self.config.resolution)
         dtype = next(self.parameters()).dtype
         x = frame.to_canvas(images.to(self.device, dtype)) * 2 - 1

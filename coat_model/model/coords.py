@@ -73,11 +73,12 @@ def cell_size(h: int, w: int) -> torch.Tensor:
     return torch.tensor([2.0 / max(w - 1, 1), 2.0 / max(h - 1, 1)])
 
 
-def _axes(t: torch.Tensor, dim: int, x, y) -> torch.Tensor:
-    """A tensor holding ``x`` and ``y`` along ``dim`` of ``t``, broadcastable against it."""
-    shape = [1] * t.dim()
-    shape[dim] = 2
-    return torch.tensor([x, y], device=t.device, dtype=t.dtype).view(shape)
+def per_axis(op, t: torch.Tensor, x: float, y: float, dim: int = 1) -> torch.Tensor:
+    """``op(t, x)`` on the x component (index 0 along ``dim``) and ``op(t, y)`` on the y component: Python numbers,
+    so no constant tensor is copied to the device (on CUDA such a copy waits for the queue)."""
+    if x == y:
+        return op(t, x)
+    return torch.cat([op(t.narrow(dim, 0, 1), x), op(t.narrow(dim, 1, 1), y)], dim)
 
 
 def flow_to_cells(flow: torch.Tensor, h: int, w: int, dim: int = 1) -> torch.Tensor:
@@ -85,7 +86,7 @@ def flow_to_cells(flow: torch.Tensor, h: int, w: int, dim: int = 1) -> torch.Ten
     cell along an axis maps everything to 0 there."""
     if h == w:
         return (flow + 1) / 2 * (w - 1)
-    return (flow + 1) / 2 * _axes(flow, dim, w - 1, h - 1)
+    return per_axis(torch.mul, (flow + 1) / 2, w - 1, h - 1, dim)
 
 
 def cells_to_flow(cells: torch.Tensor, h: int, w: int, dim: int = 1) -> torch.Tensor:
@@ -101,12 +102,10 @@ def cell_centres_to_flow(cells: torch.Tensor, h: int, w: int, dim: int = 1) -> t
     """Whole (x, y) cells of an h x w grid -> the flow of their centres: ``cells * cell_size - 1`` (the hard
     matcher's form; within an ulp of :func:`cells_to_flow`). An axis of a single cell gives 0, as in
     :func:`coordinate_grid`."""
-    size = cell_size(h, w).to(cells.device)
-    shape = [1] * cells.dim()
-    shape[dim] = 2
-    flow = cells * size.view(shape) - 1.0
+    sx, sy = (float(v) for v in cell_size(h, w))  # float32 values, as the product always used
+    flow = per_axis(torch.mul, cells, sx, sy, dim) - 1.0
     if w == 1 or h == 1:
-        flow = flow.clamp(-1, 1) * torch.tensor([w > 1, h > 1], device=cells.device).view(shape)
+        flow = per_axis(torch.mul, flow.clamp(-1, 1), float(w > 1), float(h > 1), dim)
     return flow
 
 

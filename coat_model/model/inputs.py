@@ -13,8 +13,9 @@ class COATInputError(ValueError):
     """Bad input to a COAT call; the message names the problem and the fix."""
 
 
-def check_images(images, name: str = "images") -> torch.Tensor:
-    """Validate an image batch [B, 3, H, W] float in [0, 1]; returns it unchanged."""
+def check_images(images, name: str = "images", values: bool = True) -> torch.Tensor:
+    """Validate an image batch [B, 3, H, W] float in [0, 1]; returns it unchanged. ``values=False`` checks the
+    shape and dtype only (the value scan reads the extremes on the host: a wait for the device)."""
     if not isinstance(images, torch.Tensor):
         raise COATInputError(f"{name} must be a torch.Tensor [B, 3, H, W], got {type(images).__name__}")
     if images.dim() == 3:
@@ -33,6 +34,8 @@ def check_images(images, name: str = "images") -> torch.Tensor:
         raise COATInputError(f"{name} must have 3 channels, got {channels} ({hint})")
     if not images.dtype.is_floating_point:
         raise COATInputError(f"{name} must be float in [0, 1], got {images.dtype}: divide uint8 images by 255")
+    if not values:
+        return images
     lo, hi = (v.item() for v in torch.aminmax(images))  # one pass, no copy: NaN and Inf show in the extremes
     if not (math.isfinite(lo) and math.isfinite(hi)):
         raise COATInputError(f"{name} contains NaN or Inf values; check the node or file that produced them")

@@ -159,8 +159,7 @@ def write_samples(trainer: Trainer, path: Path, n: int = 4) -> None:
     from .pairs import build_pairs
 
     cfg = trainer.config
-    batch = build_pairs(trainer.dataset, trainer.sampler, list(range(n)), cfg.seed, cfg.pair_mix, cfg.colour_remap,
-                        cfg.palette_share, cfg.blur_share)
+    batch = build_pairs(trainer.dataset, trainer.sampler, list(range(n)), cfg.seed, **cfg.pair_options())
     model = trainer.ema
     batch = batch.to(trainer.device)
     content, style = model.encode(batch.content), model.encode(batch.style)

@@ -62,8 +62,12 @@ class PairBatch:
 def pair_kind(position: int, mix: tuple[float, float, float]) -> str:
     """Deterministic kind of a global position: a low-discrepancy sequence with the given proportions."""
     u = (position * 0.6180339887498949) % 1.0
-    edges = torch.tensor(mix, dtype=torch.float64).cumsum(0) / sum(mix)
-    return KINDS[int((u >= edges[:-1]).sum())]
+    total, edge = sum(mix), 0.0
+    for kind, share in zip(KINDS, mix[:-1]):  # plain floats: the step never makes a tensor to count rows
+        edge += share
+        if u < edge / total:
+            return kind
+    return KINDS[-1]
 
 
 class GlobalSampler:
@@ -181,7 +185,8 @@ class PairRecipe:
 
 
 def draw_pairs(dataset, sampler: GlobalSampler, positions: list[int], seed: int, mix: tuple[float, float, float],
-               colour_remap: bool = True, palette_share: float = 0.0, blur_share: float = 0.0) -> PairRecipe:
+               colour_remap: bool = True, palette_share: float = 0.0, blur_share: float = 0.0,
+               warp_strength: float = 1.0) -> PairRecipe:
     """The random part of the pairs at the given global positions (a rank's slice of a global batch), on the CPU.
 
     Every random draw of a sample comes from its own stream (``(seed, position)``), in a fixed order: the other
@@ -201,21 +206,22 @@ def draw_pairs(dataset, sampler: GlobalSampler, positions: list[int], seed: int,
         look = draw_appearance([gens[i] for i in rows["same"]], images.size, colour_remap, palette_share,
                                blur_share)
     if rows["warp"]:
-        warp = draw_warp([gens[i] for i in rows["warp"]], len(rows["warp"]))
+        warp = draw_warp([gens[i] for i in rows["warp"]], len(rows["warp"]), strength=warp_strength)
     return PairRecipe(images, styles, kinds, [mix_seed(seed, p, 8) for p in positions],
                       {k: torch.tensor(v, dtype=torch.long) for k, v in rows.items()}, look, warp)
 
 
 def build_pairs(dataset, sampler: GlobalSampler, positions: list[int], seed: int,
                 mix: tuple[float, float, float], colour_remap: bool = True, palette_share: float = 0.0,
-                blur_share: float = 0.0, device=None) -> PairBatch:
+                blur_share: float = 0.0, warp_strength: float = 1.0, device=None) -> PairBatch:
     """The pairs at the given global positions, made on ``device`` (:func:`draw_pairs` then
     :meth:`PairRecipe.build`).
 
     The content of a same-image pair (``warp``, ``self``) is the image with its appearance changed
     (:func:`appearance_change`).
     """
-    return draw_pairs(dataset, sampler, positions, seed, mix, colour_remap, palette_share, blur_share).build(device)
+    return draw_pairs(dataset, sampler, positions, seed, mix, colour_remap, palette_share, blur_share,
+                      warp_strength).build(device)
 
 
 def _draw(dataset, indices: list[int]):

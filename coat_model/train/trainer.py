@@ -37,6 +37,7 @@ from .losses import (
 from .pairs import GlobalSampler, PairBatch, PairRecipe, draw_pairs, flow_targets
 from .run_dir import RunDirectory
 from .state import load_state, save_state
+from .step_stats import StepStats
 
 AMP_MODES = ("auto", "off", "bf16", "fp16")
 
@@ -59,6 +60,8 @@ class TrainConfig:
                                              # colour lattice (parts independently; pairs.appearance_change)
     blur_share: float = 0.3                  # share of same-image pairs whose content is blurred (textures differ);
                                              # both: matches across instances (BENCHMARKS, Quality, stage F)
+    warp_strength: float = 1.0               # warp pairs: 1 = rotation +-20 deg, zoom 0.8-1.2, shift +-5 %, lattice
+                                             # jitter 0.1; s multiplies each (the zoom's bounds to the power s)
     rec_weight: float = 1.0
     ssim_weight: float = 0.5
     reg_weight: float = 0.005
@@ -81,6 +84,11 @@ class TrainConfig:
     freeze_decoder: bool = False             # pretrained-generator mode: train the encoder only
     amp: str = "auto"                        # auto (bf16 on CUDA), off, bf16, fp16
     align_mode: str = "soft"
+
+    def pair_options(self) -> dict:
+        """The pair builder's settings (:func:`~coat_model.train.pairs.draw_pairs`' keywords)."""
+        return dict(mix=self.pair_mix, colour_remap=self.colour_remap, palette_share=self.palette_share,
+                    blur_share=self.blur_share, warp_strength=self.warp_strength)
 
     def loss_weights(self) -> dict[str, float]:
         return dict(rec=self.rec_weight, reg=self.reg_weight, ccl=self.ccl_weight,
@@ -140,8 +148,8 @@ class TrainingStep(nn.Module):
         cfg, model = self.config, self.model
         mcfg = model.config
         r = mcfg.resolution
-        content = model.encode(batch.content)
-        style = model.encode(batch.style)
+        content = model.encode(batch.content, check_values=False)  # the pair builder's own images: no host read
+        style = model.encode(batch.style, check_values=False)
         alignment = model.align(content, style, mode=cfg.align_mode)
         maps = model.mix_latents(content, alignment)
         hybrid = (model.synthesize(maps, alignment) + 1) / 2  # [B, 3, R, R], unclamped for the gradient
@@ -159,7 +167,7 @@ class TrainingStep(nn.Module):
         ccl_real, ccl_hybrid = 0.0, 0.0
         kw = dict(n_queries=cfg.ccl_queries, n_negatives=cfg.ccl_negatives, hard_share=hard_share, tau=cfg.ccl_tau,
                   detach_keys=cfg.ccl_detach_keys)
-        seeds = torch.tensor(batch.seeds, dtype=torch.long)
+        seeds = torch.tensor(batch.seeds, dtype=torch.long).to(batch.content.device, non_blocking=True)  # once, unwaited
         for i, s in enumerate(mcfg.scales):
             ks = style.descriptors[s]
             target, ok = flow_targets(batch.flow, batch.flow_valid, r, s, ks.shape[-2:])
@@ -303,13 +311,14 @@ class Trainer:
         local = len(whole) // self.world_size
         return list(whole[self.rank * local : (self.rank + 1) * local])
 
-    def train_step(self, batches: list[PairBatch] | None = None) -> dict[str, float]:
+    def train_step(self, batches: list[PairBatch] | None = None) -> StepStats:
         """One optimiser step on ``batches`` (this rank's micro-batches; default: the step's own pairs, see
-        :meth:`pairs`); returns the step's losses and stats."""
+        :meth:`pairs`); returns the step's losses and stats, still on the device (:class:`StepStats`: the step
+        never waits for the device; the first read copies them all)."""
         cfg = self.config
         self._set_lr()
         self.opt.zero_grad(set_to_none=True)
-        totals: dict[str, float] = {}
+        totals: dict[str, torch.Tensor] = {}
         for micro, batch in enumerate(self._next_batches() if batches is None else batches):
             batch = batch.to(self.device)
             counts = self._global_counts(self.step, micro)
@@ -317,23 +326,21 @@ class Trainer:
                 result: StepResult = self.step_runner(batch, self.step, counts, discriminator=self.disc)
             self.scaler.scale(result.loss * self.world_size).backward()  # DDP averages over ranks; the loss is a global sum
             for k, v in result.stats.items():
-                totals[k] = totals.get(k, 0.0) + float(v) / (cfg.accumulate if k == "coverage" else 1)
+                totals[k] = totals.get(k, 0.0) + v.float() / (cfg.accumulate if k == "coverage" else 1)
             if self.disc is not None:
                 totals.update(self._disc_step(batch, result.fake))
         self.scaler.step(self.opt)
         self.scaler.update()
         self._update_averages(result.layer_means)  # the last micro-batch's latents
         totals = self._reduce(totals)
-        totals["loss"] = sum(totals.get(k, 0.0) * w for k, w in cfg.loss_weights().items())
-        totals["lr"] = self.opt.param_groups[0]["lr"]
+        totals["loss"] = sum(totals[k] * w for k, w in cfg.loss_weights().items() if k in totals)
         self.step += 1
-        return totals
+        return StepStats(totals, lr=self.opt.param_groups[0]["lr"])
 
     def recipes(self, step: int) -> list[PairRecipe]:
         """The random part of this rank's micro-batches of ``step``, drawn on the CPU (what batch workers do)."""
         cfg = self.config
-        return [draw_pairs(self.dataset, self.sampler, self.positions(step, m), cfg.seed, cfg.pair_mix,
-                           cfg.colour_remap, cfg.palette_share, cfg.blur_share)
+        return [draw_pairs(self.dataset, self.sampler, self.positions(step, m), cfg.seed, **cfg.pair_options())
                 for m in range(cfg.accumulate)]
 
     def pairs(self, step: int, device=None) -> list[PairBatch]:
@@ -374,19 +381,19 @@ class Trainer:
         kinds = [pair_kind(p, cfg.pair_mix) for p in self.micro_batch(step, micro)]
         return {"all": len(kinds) * cfg.accumulate, "target": sum(k != "random" for k in kinds) * cfg.accumulate}
 
-    def _disc_step(self, batch: PairBatch, hybrid: torch.Tensor) -> dict[str, float]:
+    def _disc_step(self, batch: PairBatch, hybrid: torch.Tensor) -> dict[str, torch.Tensor]:
         """One discriminator step: the batch's styles are the real images, ``hybrid`` ([0, 1]) the fakes."""
         cfg = self.config
         fake = hybrid * 2 - 1
         real = batch.style * 2 - 1
         self.opt_d.zero_grad(set_to_none=True)
         d_loss = discriminator_loss(self.disc_runner(real), self.disc_runner(fake))
-        out = {"d": float(d_loss.detach())}
+        out = {"d": d_loss.detach()}
         if self.step % cfg.r1_every == 0:
             real = real.detach().requires_grad_(True)
             r1 = r1_penalty(self.disc_runner(real), real)
             d_loss = d_loss + cfg.r1_gamma / 2 * r1 * cfg.r1_every
-            out["r1"] = float(r1.detach())
+            out["r1"] = r1.detach()
         d_loss.backward()
         self.opt_d.step()
         return out
@@ -418,14 +425,15 @@ class Trainer:
         for b_ema, b in zip(self.ema.buffers(), m.buffers()):
             b_ema.copy_(b)
 
-    def _reduce(self, totals: dict[str, float]) -> dict[str, float]:
+    def _reduce(self, totals: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Sums over ranks (means for the per-rank shares), on the device: no rank waits for its host."""
         if self.world_size == 1:
             return totals
-        keys = sorted(totals)
-        t = torch.tensor([totals[k] for k in keys], dtype=torch.float64, device=self.device)
+        keys = sorted(totals)  # every rank has the same keys, in this order
+        t = torch.stack([totals[k].float().reshape(()) for k in keys])
         dist.all_reduce(t)
         per_rank_mean = {"coverage", "d", "r1"}
-        return {k: float(v) / (self.world_size if k in per_rank_mean else 1) for k, v in zip(keys, t.tolist())}
+        return {k: v / self.world_size if k in per_rank_mean else v for k, v in zip(keys, t.unbind())}
 
     # -- persistence ------------------------------------------------------------------------------------------------
     def state(self) -> dict:

@@ -87,13 +87,15 @@ def draw_warp(
     translate: float = 0.1,             # max |shift| per axis, in [-1, 1] units (0.1 = 5% of the width)
     tps_jitter: float = 0.1,            # max |offset| of the smooth displacement lattice, [-1, 1] units
     grid: int = 4,                      # displacement lattice size
+    strength: float = 1.0,              # multiplies rotation, shift and jitter, and the zoom's exponent (0.8**s ...)
 ) -> WarpDraw:
-    """The random part of a warp of ``batch`` images, drawn on the CPU (a few numbers per image)."""
+    """The random part of a warp of ``batch`` images, drawn on the CPU (a few numbers per image). The same draws
+    for every ``strength`` (a stronger warp of the same stream is the same warp, larger)."""
     g = _generator(generator)
-    theta = torch.deg2rad(_uniform(g, batch, -rotation, rotation))
-    zoom = _uniform(g, batch, *scale)
-    shift = _uniform(g, (batch, 2), -translate, translate)
-    coarse = _uniform(g, (batch, 2, grid, grid), -tps_jitter, tps_jitter)
+    theta = torch.deg2rad(_uniform(g, batch, -rotation * strength, rotation * strength))
+    zoom = _uniform(g, batch, scale[0] ** strength, scale[1] ** strength)
+    shift = _uniform(g, (batch, 2), -translate * strength, translate * strength)
+    coarse = _uniform(g, (batch, 2, grid, grid), -tps_jitter * strength, tps_jitter * strength)
     cos, sin = torch.cos(theta), torch.sin(theta)
     forward = torch.stack([torch.stack([cos, -sin], -1), torch.stack([sin, cos], -1)], -2) * zoom[:, None, None]
     matrix = torch.linalg.inv(forward)                          # M = R(-theta) / s
