@@ -64,3 +64,25 @@ def test_update_markdown_appends(tmp_path):
     md.write_text("# B\n")
     update_markdown(md, {"gpu": "table"})
     assert md.read_text().endswith("<!-- bench:gpu -->\ntable\n<!-- /bench:gpu -->\n")
+
+
+def test_compile_section_compiles_in_place_and_renders():
+    """``compile_hot_paths`` wraps the encoder's pyramid and the decoder without renaming a parameter (a compiled
+    model loads and saves as before; compiling happens at the first call, which the bench times)."""
+    import torch
+
+    from coat_model import COATConfig
+    from coat_model.bench.compiled import compile_hot_paths, render_compile
+    from coat_model.model.coat import COAT
+
+    model = COAT(COATConfig.tiny())
+    keys = list(model.state_dict())
+    compile_hot_paths(model)
+    assert list(model.state_dict()) == keys
+    assert "pyramid" in vars(model.encoder)  # a compiled wrapper on the instance, shadowing the method
+    assert model.decoder._compiled_call_impl is not None
+    assert isinstance(model.decoder, torch.nn.Module) and type(model.decoder).__name__ == "Decoder"
+    row = dict(case="transfer", preset="tiny", resolution=32, batch=1, eager_s=0.2, compile_s=12.0, compiled_s=0.1,
+               runs=3, speedup=2.0, max_abs_diff=1e-6)
+    table = render_compile({"compile": {"rows": [row]}}, "_header_")
+    assert table.splitlines()[0] == "_header_" and "| transfer | tiny | 32 | 1 | 0.200 | 0.100 | 2.00x | 12.0 | 1e-06 |" in table

@@ -16,6 +16,7 @@ import torch
 
 from ..train.denormals import flush_denormals
 from . import speed
+from .compiled import bench_compile
 from .speed import BACKENDS, OPS, SECTIONS, Settings, bench_align, bench_train, bench_transfer, quick_settings
 from .speed_report import machine_info, render, targets
 from .units import MiB
@@ -43,7 +44,8 @@ def parse_args(argv):
     p.add_argument("--quick", action="store_true", help="fewer cases and repeats (about 3 minutes on 2 cores)")
     p.add_argument("--update-md", metavar="PATH", help="rewrite the marked tables of this markdown file")
     g = p.add_argument_group("overrides")
-    g.add_argument("--sections", type=_names(SECTIONS))
+    g.add_argument("--sections", type=_names(SECTIONS + ("compile",)),
+                   help=f"default {','.join(SECTIONS)}; 'compile' (torch.compile against eager) only when named")
     g.add_argument("--sizes", type=_ints, help="feature-map sides, e.g. 32,64,128,256")
     g.add_argument("--backends", type=_names(BACKENDS))
     g.add_argument("--ops", type=_names(OPS))
@@ -96,6 +98,8 @@ def main(argv=None) -> int:
         result["transfer"] = bench_transfer(st)
     if "train" in st.sections:
         result["train"] = bench_train(st)
+    if "compile" in st.sections:
+        result["compile"] = bench_compile(st)
     result["targets"] = targets(result)
     meta["seconds"] = time.perf_counter() - start
     meta["loadavg_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None

@@ -194,6 +194,10 @@ def render(result: dict) -> dict[str, str]:
     for name, fn in (("align", render_align), ("transfer", render_transfer), ("train", render_train)):
         if result.get(name):
             out[f"{name}-{dev}"] = fn(result)
+    if result.get("compile"):
+        from .compiled import render_compile
+
+        out[f"compile-{dev}"] = render_compile(result, _header(result))
     if all(result.get(name) for name in SECTIONS):  # the targets need every section of one run
         out[f"targets-{dev}"] = render_targets(result)
     return out
