@@ -9,6 +9,7 @@ import platform
 
 import torch
 
+from .compiled import render_compile
 from .speed import LL_FACTOR, MODES, SECTIONS
 from .units import fmt_bytes as _fmt_bytes, fmt_s as _fmt_s
 
@@ -195,8 +196,6 @@ def render(result: dict) -> dict[str, str]:
         if result.get(name):
             out[f"{name}-{dev}"] = fn(result)
     if result.get("compile"):
-        from .compiled import render_compile
-
         out[f"compile-{dev}"] = render_compile(result, _header(result))
     if all(result.get(name) for name in SECTIONS):  # the targets need every section of one run
         out[f"targets-{dev}"] = render_targets(result)

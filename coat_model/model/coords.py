@@ -73,6 +73,12 @@ def cell_size(h: int, w: int) -> torch.Tensor:
     return torch.tensor([2.0 / max(w - 1, 1), 2.0 / max(h - 1, 1)])
 
 
+def cell_steps(h: int, w: int) -> tuple[float, float]:
+    """:func:`cell_size` as Python numbers (its float32 values), for :func:`per_axis`."""
+    sx, sy = cell_size(h, w).tolist()
+    return sx, sy
+
+
 def per_axis(op, t: torch.Tensor, x: float, y: float, dim: int = 1) -> torch.Tensor:
     """``op(t, x)`` on the x component (index 0 along ``dim``) and ``op(t, y)`` on the y component: Python numbers,
     so no constant tensor is copied to the device (on CUDA such a copy waits for the queue)."""
@@ -102,8 +108,7 @@ def cell_centres_to_flow(cells: torch.Tensor, h: int, w: int, dim: int = 1) -> t
     """Whole (x, y) cells of an h x w grid -> the flow of their centres: ``cells * cell_size - 1`` (the hard
     matcher's form; within an ulp of :func:`cells_to_flow`). An axis of a single cell gives 0, as in
     :func:`coordinate_grid`."""
-    sx, sy = (float(v) for v in cell_size(h, w))  # float32 values, as the product always used
-    flow = per_axis(torch.mul, cells, sx, sy, dim) - 1.0
+    flow = per_axis(torch.mul, cells, *cell_steps(h, w), dim) - 1.0
     if w == 1 or h == 1:
         flow = per_axis(torch.mul, flow.clamp(-1, 1), float(w > 1), float(h > 1), dim)
     return flow

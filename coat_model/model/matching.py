@@ -22,8 +22,8 @@ import torch.nn.functional as F
 
 from .attention import attend, chunked_argmax
 from .coords import (
-    cell_centres_to_flow, cell_indices, cell_size, cells_to_flow, cells_to_index, cells_to_pixels, coordinate_grid,
-    flow_to_cells, index_to_cells, per_axis, pixels_to_cells,
+    cell_centres_to_flow, cell_indices, cell_size, cell_steps, cells_to_flow, cells_to_index, cells_to_pixels,
+    coordinate_grid, flow_to_cells, index_to_cells, per_axis, pixels_to_cells,
 )
 
 
@@ -137,7 +137,7 @@ def cycle_error(flow: torch.Tensor, back_map: torch.Tensor) -> torch.Tensor:
     h, w = flow.shape[-2:]
     back = sample_at(back_map, flow)
     grid = untokens(coordinate_grid(h, w, flow.device, back.dtype)[None], h, w)
-    return per_axis(torch.div, back - grid, 2.0 / max(w - 1, 1), 2.0 / max(h - 1, 1)).norm(dim=1, keepdim=True)
+    return per_axis(torch.div, back - grid, *cell_steps(h, w)).norm(dim=1, keepdim=True)
 
 
 # -- hard path -------------------------------------------------------------------------------------------------

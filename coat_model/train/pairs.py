@@ -212,16 +212,14 @@ def draw_pairs(dataset, sampler: GlobalSampler, positions: list[int], seed: int,
 
 
 def build_pairs(dataset, sampler: GlobalSampler, positions: list[int], seed: int,
-                mix: tuple[float, float, float], colour_remap: bool = True, palette_share: float = 0.0,
-                blur_share: float = 0.0, warp_strength: float = 1.0, device=None) -> PairBatch:
-    """The pairs at the given global positions, made on ``device`` (:func:`draw_pairs` then
+                mix: tuple[float, float, float], device=None, **options) -> PairBatch:
+    """The pairs at the given global positions, made on ``device`` (:func:`draw_pairs` with ``options``, then
     :meth:`PairRecipe.build`).
 
     The content of a same-image pair (``warp``, ``self``) is the image with its appearance changed
     (:func:`appearance_change`).
     """
-    return draw_pairs(dataset, sampler, positions, seed, mix, colour_remap, palette_share, blur_share,
-                      warp_strength).build(device)
+    return draw_pairs(dataset, sampler, positions, seed, mix, **options).build(device)
 
 
 def _draw(dataset, indices: list[int]):
