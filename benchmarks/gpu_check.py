@@ -340,7 +340,7 @@ def train(ck: Check) -> dict:
 def pairs(ck: Check) -> dict:
     """Pairs drawn on the CPU and built on the device: equal to the CPU build, with no host sync while building (CUDA:
     under ``set_sync_debug_mode("error")``), the build time on both, and the host syncs one training step still
-    makes (counted as warnings under ``set_sync_debug_mode("warn")``)."""
+    makes (counted as warnings under ``set_sync_debug_mode("warn")``, then a step under ``"error"``)."""
     from coat_model.bench.timing import sync
 
     d = ck.device
@@ -386,6 +386,14 @@ def pairs(ck: Check) -> dict:
         syncs = [str(w.message).splitlines()[0] for w in caught if "synchroniz" in str(w.message).lower()]
         out["train_step_syncs"] = len(syncs)
         out["train_step_sync_sites"] = sorted(set(syncs))[:10]
+        torch.cuda.set_sync_debug_mode("error")  # what tests/test_step_syncs.py asserts on CUDA, at this size
+        try:
+            trainer.train_step([r.build(d) for r in trainer.recipes(trainer.step)])
+            out["train_step_under_sync_error"] = "ok"
+        except RuntimeError as e:
+            out["train_step_under_sync_error"] = str(e).splitlines()[0][:300]
+        finally:
+            torch.cuda.set_sync_debug_mode(0)
     return out
 
 

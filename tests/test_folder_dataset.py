@@ -158,3 +158,60 @@ def test_images_to_dataset_rejects_bad_layouts():
         images_to_dataset(torch.rand(0, 3, 8, 8))
     with pytest.raises(ValueError, match=r"\[N, C, H, W\]"):
         images_to_dataset(torch.rand(3, 8, 8))
+
+
+def _mixed_folder(tmp_path):
+    """Files of three sizes and kinds: 8-bit RGB (two sizes), grayscale, RGBA on white, a 16-bit PNG."""
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        _save(tmp_path / f"rgb_a{i}.png", rng.integers(0, 256, (40, 56, 3), dtype=np.uint8))
+    _save(tmp_path / "rgb_b.jpg", rng.integers(0, 256, (30, 30, 3), dtype=np.uint8))
+    Image.fromarray(rng.integers(0, 256, (20, 24), dtype=np.uint8), "L").save(tmp_path / "grey.png")
+    Image.fromarray(rng.integers(0, 256, (24, 24, 4), dtype=np.uint8), "RGBA").save(tmp_path / "cutout.png")
+    Image.fromarray(rng.integers(0, 65535, (18, 18), dtype=np.uint16)).save(tmp_path / "deep.png")
+    return ImageFolderDataset(tmp_path, 16, flip=True)
+
+
+def test_drawn_files_are_decoded_small_and_made_on_the_device_as_items_are(tmp_path):
+    """``draw`` decodes 8-bit files as uint8 at their own size (what workers hand over); ``render`` converts,
+    crops, resizes and flips them where asked, equal to the per-item path, with the given flips."""
+    ds = _mixed_folder(tmp_path)
+    indices = list(range(len(ds)))
+    flips = [i % 2 == 1 for i in indices]
+    drawn = ds.draw(indices, flips)
+    kinds = {p.name: img.dtype for p, img in zip(ds.files, drawn.images)}
+    assert kinds["rgb_a0.png"] == kinds["grey.png"] == kinds["rgb_b.jpg"] == torch.uint8
+    assert kinds["cutout.png"] == kinds["deep.png"] == torch.float32  # composited on white / 16-bit: kept exact
+    made = drawn.render("cpu")
+    assert made.shape == (len(ds), 3, 16, 16) and made.dtype == torch.float32
+    plain = ImageFolderDataset(tmp_path, 16, flip=False)
+    for i in indices:
+        expected = plain[i].flip(-1) if flips[i] else plain[i]
+        assert torch.equal(made[i], expected), ds.files[i].name
+    assert torch.equal(plain.draw(indices, flips).render(), torch.stack([plain[i] for i in indices]))  # no flips
+
+
+def test_in_memory_images_draw_the_same_way(tmp_path):
+    batch = torch.rand(5, 3, 20, 28)
+    ds = images_to_dataset(batch, size=12)
+    made = ds.draw([4, 0, 2], [True, False, False]).render()
+    plain = images_to_dataset(batch, size=12, flip=False)
+    assert torch.equal(made, torch.stack([plain[4].flip(-1), plain[0], plain[2]]))
+
+
+def test_folder_pairs_do_not_depend_on_how_positions_are_split(tmp_path):
+    """Flip bits come from each position's own stream: a batch built whole equals its halves built apart (two
+    ranks, or two workers), for an image folder as for procedural faces, and the flips do happen."""
+    from coat_model.train.cli import make_dataset
+    from coat_model.train.pairs import GlobalSampler, draw_pairs
+
+    for dataset in (_mixed_folder(tmp_path), make_dataset("procedural:faces", 64, seed=2)):  # faces: windowed
+        sampler, positions = GlobalSampler(len(dataset), 4), list(range(40, 56))
+        options = dict(mix=(0.5, 0.25, 0.25), palette_share=0.5, blur_share=0.3)
+        whole = draw_pairs(dataset, sampler, positions, 4, **options).build()
+        halves = [draw_pairs(dataset, sampler, part, 4, **options).build() for part in (positions[:8], positions[8:])]
+        for name in ("content", "style", "target", "flow", "flow_valid"):
+            assert torch.equal(getattr(whole, name), torch.cat([getattr(h, name) for h in halves])), name
+        assert whole.kinds == halves[0].kinds + halves[1].kinds
+    drawn = draw_pairs(_mixed_folder(tmp_path), GlobalSampler(7, 4), positions, 4, **options).images
+    assert 0 < sum(drawn.flips) < len(positions)

@@ -81,3 +81,42 @@ def test_step_stats_equal_the_step_modules_terms():
     assert {k: stats[k] for k in expected} == pytest.approx(expected, rel=1e-6)
     weights = trainer.config.loss_weights()
     assert stats["loss"] == pytest.approx(sum(expected[k] * w for k, w in weights.items() if k in expected), rel=1e-6)
+
+
+def test_pairs_built_the_way_a_gpu_builds_them_read_nothing_back(monkeypatch):
+    """The device build path (faces rendered without their CPU-only part windows, warps, appearance changes,
+    flows, validity) makes no host read: what a CUDA trainer runs before every step, checked on the CPU."""
+    import functools
+
+    from coat_model.train.data import faces
+
+    trainer = Trainer(COATConfig.tiny(), TrainConfig(steps=10, batch_size=8, seed=3),
+                      make_dataset("procedural:faces", 32, seed=3))
+    recipes = trainer.recipes(0)
+    assert {"warp", "self", "random"} <= {k for r in recipes for k in r.kinds}
+    windowed = [r.build("cpu") for r in recipes]
+    monkeypatch.setattr(faces, "render", functools.partial(faces.render, windowed=False))
+    with HostReads() as mode:
+        built = [r.build("cpu") for r in recipes]
+    assert mode.reads == []
+    for a, b in zip(built, windowed):  # the same pairs as the windowed CPU build
+        assert torch.equal(a.content, b.content) and torch.equal(a.style, b.style) and torch.equal(a.flow, b.flow)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA: torch.cuda.set_sync_debug_mode")
+def test_cuda_steps_run_under_sync_debug_error():
+    """On CUDA, building the pairs and a whole training step (forward, backward, optimiser, EMA) run under
+    ``torch.cuda.set_sync_debug_mode("error")``: any host synchronisation raises."""
+    trainer = Trainer(COATConfig.tiny(refine_dim=8, refine_radius=2, pixel_latents=True, warp_style=True),
+                      TrainConfig(steps=10, batch_size=8, seed=3, bootstrap=0.0),
+                      make_dataset("procedural:faces", 32, seed=3), device=torch.device("cuda"))
+    trainer.train_step()  # the first step: optimiser state and kernels appear
+    recipes = trainer.recipes(trainer.step)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        stats = trainer.train_step([r.build("cuda") for r in recipes])
+        stats_again = trainer.train_step([r.build("cuda") for r in trainer.recipes(trainer.step)])
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    assert all(map(torch.isfinite, map(torch.tensor, (stats["loss"], stats_again["loss"]))))

@@ -81,6 +81,18 @@ def settings_from_args(args) -> Settings:
     return quick_settings(**overrides) if args.quick else Settings(**overrides)
 
 
+def _write(path: str, result: dict, meta: dict, start: float) -> None:
+    """``result`` with its targets and the time so far, written atomically to ``path``."""
+    result["targets"] = targets(result)
+    meta["seconds"] = time.perf_counter() - start
+    meta["loadavg_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_text(json.dumps(result, indent=1))
+    tmp.replace(out)
+
+
 def main(argv=None) -> int:
     flush_denormals()  # as coat-train does: training steps are timed as users run them
     args = parse_args(sys.argv[1:] if argv is None else argv)
@@ -92,19 +104,12 @@ def main(argv=None) -> int:
         sys.argv[1:] if argv is None else argv))
     result = {"meta": meta, "settings": dataclasses.asdict(st)}
     start = time.perf_counter()
-    if "align" in st.sections:
-        result["align"] = bench_align(st)
-    if "transfer" in st.sections:
-        result["transfer"] = bench_transfer(st)
-    if "train" in st.sections:
-        result["train"] = bench_train(st)
-    if "compile" in st.sections:
-        result["compile"] = bench_compile(st)
-    result["targets"] = targets(result)
-    meta["seconds"] = time.perf_counter() - start
-    meta["loadavg_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps(result, indent=1))
+    sections = {"align": bench_align, "transfer": bench_transfer, "train": bench_train, "compile": bench_compile}
+    for name, bench in sections.items():
+        if name in st.sections:
+            result[name] = bench(st)
+            _write(args.json, result, meta, start)  # after each section: a time-boxed run keeps what it measured
+    _write(args.json, result, meta, start)
     tables = render(result)
     print("\n\n".join(f"## {name}\n{text}" for name, text in tables.items()))
     print(f"\nwrote {args.json} ({meta['seconds']:.0f} s)")

@@ -186,27 +186,30 @@ class PairRecipe:
 
 def draw_pairs(dataset, sampler: GlobalSampler, positions: list[int], seed: int, mix: tuple[float, float, float],
                colour_remap: bool = True, palette_share: float = 0.0, blur_share: float = 0.0,
-               warp_strength: float = 1.0) -> PairRecipe:
+               warp_strength: float = 1.0, local_warp: float = 0.0) -> PairRecipe:
     """The random part of the pairs at the given global positions (a rank's slice of a global batch), on the CPU.
 
     Every random draw of a sample comes from its own stream (``(seed, position)``), in a fixed order: the other
-    image of a random pair, the appearance change, the warp.
+    image of a random pair, the appearance change, the warp (a flipping image set's flip bits come from streams
+    of their own).
     """
     gens = [torch.Generator().manual_seed(mix_seed(seed, p, 7)) for p in positions]
     kinds = [pair_kind(p, mix) for p in positions]
     rows = {"random": [i for i, k in enumerate(kinds) if k == "random"],
             "same": [i for i, k in enumerate(kinds) if k != "random"],
             "warp": [i for i, k in enumerate(kinds) if k == "warp"]}
-    images = _draw(dataset, [sampler(p) for p in positions])
+    images = _draw(dataset, [sampler(p) for p in positions], _Flips(seed, positions, 9))
     styles = look = warp = None
     if rows["random"]:
         jumps = [1 + int(torch.randint(1 << 30, (1,), generator=gens[i])) for i in rows["random"]]
-        styles = _draw(dataset, [sampler(positions[i] + j) for i, j in zip(rows["random"], jumps)])
+        styles = _draw(dataset, [sampler(positions[i] + j) for i, j in zip(rows["random"], jumps)],
+                       _Flips(seed, [positions[i] for i in rows["random"]], 10))
     if rows["same"]:
         look = draw_appearance([gens[i] for i in rows["same"]], images.size, colour_remap, palette_share,
                                blur_share)
     if rows["warp"]:
-        warp = draw_warp([gens[i] for i in rows["warp"]], len(rows["warp"]), strength=warp_strength)
+        warp = draw_warp([gens[i] for i in rows["warp"]], len(rows["warp"]), strength=warp_strength,
+                          local=local_warp)
     return PairRecipe(images, styles, kinds, [mix_seed(seed, p, 8) for p in positions],
                       {k: torch.tensor(v, dtype=torch.long) for k, v in rows.items()}, look, warp)
 
@@ -222,11 +225,25 @@ def build_pairs(dataset, sampler: GlobalSampler, positions: list[int], seed: int
     return draw_pairs(dataset, sampler, positions, seed, mix, **options).build(device)
 
 
-def _draw(dataset, indices: list[int]):
-    """The dataset's items as something to render later: its own draw (procedural data renders on the device), or
-    its images made now (files are decoded on the CPU, by the batch workers when there are some)."""
+class _Flips(NamedTuple):
+    """Where a flipping dataset's flip bits come from: a stream per position apart from the pair's other draws
+    (datasets without flips keep every other draw), so the bits do not depend on the batch a position is in."""
+
+    seed: int
+    positions: list[int]
+    salt: int
+
+    def bits(self) -> list[bool]:
+        return [bool(torch.randint(2, (1,), generator=torch.Generator().manual_seed(mix_seed(self.seed, p, self.salt))))
+                for p in self.positions]
+
+
+def _draw(dataset, indices: list[int], flips: _Flips):
+    """The dataset's items as something to render later on the device: its own draw (procedural data renders
+    there; files are decoded here, by the batch workers when there are some, and resized and flipped there), or,
+    for a dataset with neither ``draw`` nor ``batch``, its images made now."""
     if hasattr(dataset, "draw"):
-        return dataset.draw(indices)
+        return dataset.draw(indices, flips.bits()) if getattr(dataset, "flip", False) else dataset.draw(indices)
     if hasattr(dataset, "batch"):
         return Rendered(dataset.batch(indices))
     return Rendered(torch.stack([dataset[i] for i in indices]))

@@ -62,6 +62,8 @@ class TrainConfig:
                                              # both: matches across instances (BENCHMARKS, Quality, stage F)
     warp_strength: float = 1.0               # warp pairs: 1 = rotation +-20 deg, zoom 0.8-1.2, shift +-5 %, lattice
                                              # jitter 0.1; s multiplies each (the zoom's bounds to the power s)
+    local_warp: float = 0.0                  # warp pairs: > 0 adds part-sized motion, offsets up to this on an 8 x 8
+                                             # lattice (data/warp.py draw_warp's ``local``; 0.04 = 2 % of the width)
     rec_weight: float = 1.0
     ssim_weight: float = 0.5
     reg_weight: float = 0.005
@@ -88,7 +90,8 @@ class TrainConfig:
     def pair_options(self) -> dict:
         """The pair builder's settings (:func:`~coat_model.train.pairs.draw_pairs`' keywords)."""
         return dict(mix=self.pair_mix, colour_remap=self.colour_remap, palette_share=self.palette_share,
-                    blur_share=self.blur_share, warp_strength=self.warp_strength)
+                    blur_share=self.blur_share, warp_strength=self.warp_strength,
+                    local_warp=self.local_warp)
 
     def loss_weights(self) -> dict[str, float]:
         return dict(rec=self.rec_weight, reg=self.reg_weight, ccl=self.ccl_weight,

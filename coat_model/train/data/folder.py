@@ -1,8 +1,15 @@
 """Training images from a folder on disk or from an in-memory batch.
 
-Both datasets return float tensors [3, size, size] in [0, 1]: centre-cropped to a square, resized with
-anti-aliasing, and randomly flipped left-right when ``flip=True`` (using torch's global RNG, which a
-``DataLoader`` seeds per worker).
+Both datasets give float images [3, size, size] in [0, 1]: centre-cropped to a square, resized with
+anti-aliasing, and flipped left-right when ``flip=True``. Two ways in:
+
+* ``dataset.draw(indices, flips)`` (what the trainer uses): the files decoded on the CPU (by the batch workers)
+  into :class:`Decoded` images, 8-bit files as uint8 tensors at their own size; :meth:`Decoded.render` moves them
+  to the model's device and crops, resizes and flips them there, one call per distinct source size. The flips are
+  given (the pair builder draws them from each position's own stream), so the pairs do not depend on the number
+  of workers or processes;
+* ``dataset[i]``: one image made on the CPU, flipped with torch's global RNG (which a ``DataLoader`` seeds per
+  worker).
 
 Any PIL-readable file counts, whatever its size or mode:
 
@@ -25,13 +32,15 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageOps
 
-__all__ = ["IMAGE_EXTENSIONS", "ImageFolderDataset", "TensorImageDataset", "images_to_dataset", "load_image"]
+__all__ = ["IMAGE_EXTENSIONS", "Decoded", "ImageFolderDataset", "TensorImageDataset", "images_to_dataset",
+           "load_image"]
 
 IMAGE_EXTENSIONS: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".gif")
 
 
-def _to_rgb_array(img: Image.Image) -> np.ndarray:
-    """Any PIL image -> float32 array [H, W, 3] in [0, 1] (see module docstring for the rules)."""
+def _to_rgb_array(img: Image.Image, keep_8bit: bool = False) -> np.ndarray:
+    """Any PIL image -> float32 array [H, W, 3] in [0, 1] (see module docstring for the rules); with ``keep_8bit``,
+    an 8-bit image without transparency stays a uint8 array [H, W, 3] (0-255): a quarter of the bytes to move."""
     mode = img.mode
     if mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
         grey = np.asarray(img, dtype=np.float64)
@@ -47,33 +56,73 @@ def _to_rgb_array(img: Image.Image) -> np.ndarray:
         rgba = np.asarray(img.convert("RGBA"), dtype=np.float32) / 255.0
         alpha = rgba[..., 3:]
         return rgba[..., :3] * alpha + (1.0 - alpha)
-    return np.asarray(img.convert("RGB"), dtype=np.float32) / 255.0
+    rgb = np.array(img.convert("RGB"))  # a writable copy
+    return rgb if keep_8bit else rgb.astype(np.float32) / np.float32(255.0)
 
 
-def load_image(path: str | os.PathLike) -> torch.Tensor:
-    """Read one image file as a float tensor [3, H, W] in [0, 1] (raises on unreadable files)."""
+def load_image(path: str | os.PathLike, keep_8bit: bool = False) -> torch.Tensor:
+    """Read one image file as a float tensor [3, H, W] in [0, 1] (raises on unreadable files); ``keep_8bit``: an
+    8-bit image without transparency as a uint8 tensor (0-255) instead."""
     with Image.open(path) as img:
         img = ImageOps.exif_transpose(img)
         img.load()
-        array = _to_rgb_array(img)
+        array = _to_rgb_array(img, keep_8bit)
     return torch.from_numpy(np.ascontiguousarray(array)).permute(2, 0, 1)
+
+
+def to_unit_float(image: torch.Tensor) -> torch.Tensor:
+    """uint8 (0-255) -> float32 in [0, 1], exactly as :func:`load_image` converts; float images pass through."""
+    return image.float() / 255.0 if image.dtype == torch.uint8 else image.float()
 
 
 def _square_resize(image: torch.Tensor, size: int) -> torch.Tensor:
     """Centre-crop [C, H, W] to a square and resize to [C, size, size] (anti-aliased bilinear)."""
-    _, h, w = image.shape
+    return _square_resize_batch(image[None], size)[0]
+
+
+def _square_resize_batch(images: torch.Tensor, size: int) -> torch.Tensor:
+    """Centre-crop [N, C, H, W] to squares and resize to [N, C, size, size] (anti-aliased bilinear)."""
+    h, w = images.shape[-2:]
     side = min(h, w)
     top, left = (h - side) // 2, (w - side) // 2
-    square = image[:, top:top + side, left:left + side]
+    square = images[..., top:top + side, left:left + side]
     if side == size:
         return square.contiguous()
-    out = F.interpolate(square[None], size=(size, size), mode="bilinear", align_corners=False,
-                        antialias=side > size)
-    return out[0].clamp(0.0, 1.0)
+    out = F.interpolate(square, size=(size, size), mode="bilinear", align_corners=False, antialias=side > size)
+    return out.clamp(0.0, 1.0)
 
 
 def _maybe_flip(image: torch.Tensor, flip: bool) -> torch.Tensor:
     return image.flip(-1) if flip and torch.rand(()) < 0.5 else image
+
+
+class Decoded:
+    """Images decoded on the CPU at their own sizes (uint8 where the file was 8-bit, float32 in [0, 1] otherwise),
+    with a flip bit each; :meth:`render` makes them training images on a device."""
+
+    def __init__(self, images: list[torch.Tensor], flips: list[bool], size: int):
+        if len(images) != len(flips):
+            raise ValueError(f"{len(images)} images but {len(flips)} flip bits")
+        self.images, self.flips, self.size = images, [bool(f) for f in flips], int(size)
+
+    def render(self, device=None) -> torch.Tensor:
+        """[N, 3, size, size] float in [0, 1] on ``device``: moved there as decoded, then converted, centre-cropped,
+        resized and flipped there, one batched call per distinct (dtype, height, width)."""
+        device = torch.device(device or "cpu")
+        out = torch.empty(len(self.images), 3, self.size, self.size, device=device)
+        groups: dict[tuple, list[int]] = {}
+        for i, image in enumerate(self.images):
+            groups.setdefault((image.dtype, *image.shape[-2:]), []).append(i)
+        for rows in groups.values():
+            batch = torch.stack([self.images[i] for i in rows]).to(device, non_blocking=True)
+            h, w = batch.shape[-2:]
+            side = min(h, w)
+            top, left = (h - side) // 2, (w - side) // 2
+            made = _square_resize_batch(to_unit_float(batch[..., top:top + side, left:left + side]), self.size)
+            flip = torch.tensor([self.flips[i] for i in rows]).to(device, non_blocking=True)
+            made = torch.where(flip.view(-1, 1, 1, 1), made.flip(-1), made)
+            out.index_copy_(0, torch.tensor(rows).to(device, non_blocking=True), made)
+        return out
 
 
 class ImageFolderDataset(torch.utils.data.Dataset):
@@ -113,17 +162,24 @@ class ImageFolderDataset(torch.utils.data.Dataset):
         return len(self.files)
 
     def __getitem__(self, index: int) -> torch.Tensor:
+        return _maybe_flip(_square_resize(self._decode(index), self.size), self.flip)
+
+    def draw(self, indices, flips=None) -> Decoded:
+        """The files of ``indices`` decoded (8-bit ones as uint8), to be made on the device by
+        :meth:`Decoded.render`; ``flips``: one bit per index (ignored when the dataset does not flip)."""
+        flips = [False] * len(indices) if flips is None or not self.flip else list(flips)
+        return Decoded([self._decode(int(i), keep_8bit=True) for i in indices], flips, self.size)
+
+    def _decode(self, index: int, keep_8bit: bool = False) -> torch.Tensor:
         for attempt in range(len(self.files)):
             path = self.files[(index + attempt) % len(self.files)]
             try:
-                image = load_image(path)
+                return load_image(path, keep_8bit)
             except Exception as error:      # a file that passed the header check but does not decode
                 if not self._warned_decode:
                     warnings.warn(f"could not decode {str(path)!r} ({error}); using the next image instead",
                                   stacklevel=2)
                     self._warned_decode = True
-                continue
-            return _maybe_flip(_square_resize(image, self.size), self.flip)
         raise ValueError(f"none of the {len(self.files)} images in {str(self.root)!r} could be decoded")
 
 
@@ -165,6 +221,12 @@ class TensorImageDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int) -> torch.Tensor:
         return _maybe_flip(_square_resize(self.images[index], self.size), self.flip)
+
+    def draw(self, indices, flips=None) -> Decoded:
+        """The images of ``indices`` as :class:`Decoded` (made on the device by :meth:`Decoded.render`);
+        ``flips``: one bit per index (ignored when the dataset does not flip)."""
+        flips = [False] * len(indices) if flips is None or not self.flip else list(flips)
+        return Decoded([self.images[int(i)] for i in indices], flips, self.size)
 
 
 def images_to_dataset(images: torch.Tensor, size: int | None = None, flip: bool = True) -> TensorImageDataset:

@@ -65,6 +65,13 @@ def _displacement(coarse: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
     return d.permute(0, 2, 3, 1)
 
 
+def _identity_lattice(b: int, n: int) -> torch.Tensor:
+    """The nodes [B, n, n, 2] (x, y) of an n x n lattice spanning [-1, 1] (``align_corners=True``)."""
+    t = torch.linspace(-1.0, 1.0, n)
+    gy, gx = torch.meshgrid(t, t, indexing="ij")
+    return torch.stack([gx, gy], -1).expand(b, n, n, 2)
+
+
 def _affine(points: torch.Tensor, matrix: torch.Tensor, offset: torch.Tensor) -> torch.Tensor:
     """points [B, H, W, 2] -> matrix [B, 2, 2] @ points + offset [B, 2]."""
     return torch.einsum("bij,bhwj->bhwi", matrix, points) + offset[:, None, None]
@@ -88,14 +95,26 @@ def draw_warp(
     tps_jitter: float = 0.1,            # max |offset| of the smooth displacement lattice, [-1, 1] units
     grid: int = 4,                      # displacement lattice size
     strength: float = 1.0,              # multiplies rotation, shift and jitter, and the zoom's exponent (0.8**s ...)
+    local: float = 0.0,                 # > 0: max |offset| of a second, finer lattice (local, part-sized motion)
+    local_grid: int = 8,                # that lattice's size
 ) -> WarpDraw:
     """The random part of a warp of ``batch`` images, drawn on the CPU (a few numbers per image). The same draws
-    for every ``strength`` (a stronger warp of the same stream is the same warp, larger)."""
+    for every ``strength`` (a stronger warp of the same stream is the same warp, larger).
+
+    ``local`` adds independent offsets on a ``local_grid`` lattice, drawn after the others (so the global warp is
+    the same draw with or without them): parts move against their neighbours, as between two instances of a
+    category, where the coarse lattice bends the whole object. Both lattices become one ``local_grid`` lattice
+    (the coarse one sampled bicubically at its nodes). The fixed-point inverse needs the field to stay a
+    contraction: ``local`` up to about 0.3 / (local_grid - 1) keeps it one with the default ranges."""
     g = _generator(generator)
     theta = torch.deg2rad(_uniform(g, batch, -rotation * strength, rotation * strength))
     zoom = _uniform(g, batch, scale[0] ** strength, scale[1] ** strength)
     shift = _uniform(g, (batch, 2), -translate * strength, translate * strength)
     coarse = _uniform(g, (batch, 2, grid, grid), -tps_jitter * strength, tps_jitter * strength)
+    if local > 0:
+        fine = _uniform(g, (batch, 2, local_grid, local_grid), -local, local)
+        nodes = _identity_lattice(batch, local_grid)
+        coarse = _displacement(coarse, nodes).permute(0, 3, 1, 2) + fine
     cos, sin = torch.cos(theta), torch.sin(theta)
     forward = torch.stack([torch.stack([cos, -sin], -1), torch.stack([sin, cos], -1)], -2) * zoom[:, None, None]
     matrix = torch.linalg.inv(forward)                          # M = R(-theta) / s
