@@ -78,6 +78,7 @@ class Settings:
     train_res: tuple[int, ...] = (64, 128, 256)
     train_batch: int = 4
     train_preset: str = "small"                  # the preset users train on a CPU (issue 14's targets)
+    train_extra: tuple[tuple[str, int, int], ...] = ()  # more training cases: (preset, px, batch)
     threads: int | None = None                   # torch.set_num_threads (None: torch's default)
 
 
@@ -240,7 +241,7 @@ def bench_transfer(st: Settings, log=print) -> dict:
                     seconds, runs, warmup = time_runs(lambda: model.transfer(content, style), device, st.repeats,
                                                       st.run_budget, min_runs=1)
                     row.update(seconds=seconds, runs=runs, warmup_s=warmup, images_per_s=b / seconds,
-                               floor_ratio=row["floor_s"] / seconds)
+                               floor_ratio=row["floor_s"] / seconds, flops_per_s=flops * b / seconds)
                     last = (flops * b, seconds)
                 rows.append(row)
                 log(f"[transfer] {r} px batch {b}: " + (
@@ -254,31 +255,42 @@ def bench_transfer(st: Settings, log=print) -> dict:
             row["floor_s"] = row["flops"] / peak
             if "seconds" in row:
                 row["floor_ratio"] = row["floor_s"] / row["seconds"]
-    return {"peak_flops": peak, "preset": st.preset, "align_mode": "hard", "rows": rows}
+    peak_bf16 = matmul_peak(device, torch.bfloat16) if device.type == "cuda" else None
+    for row in rows:
+        row["flops_per_image"] = row["flops"] / row["batch"]
+        if peak_bf16 and "seconds" in row:
+            row["bf16_peak_share"] = row["flops_per_s"] / peak_bf16
+    return {"peak_flops": peak, "peak_flops_bf16": peak_bf16, "preset": st.preset, "align_mode": "hard",
+            "rows": rows}
 
 
 # -- (c) training ----------------------------------------------------------------------------------------------
 
 
 def bench_train(st: Settings, log=print) -> dict:
-    """Training steps of ``train_preset``: the whole step (pairs built in this process, as ``--workers 0`` trains),
-    the model alone on pairs built beforehand, the FLOPs of one step (forward, backward and the optimiser, counted
-    by ``FlopCounterMode``) and what share of the same run's matmul rate the step achieves."""
+    """Training steps of ``train_preset`` at each ``train_res`` (then the ``train_extra`` cases): the whole step
+    (pairs built in this process, as ``--workers 0`` trains), the model alone on pairs built beforehand, the FLOPs
+    of one step (forward, backward and the optimiser, counted by ``FlopCounterMode``) and what share of the same
+    run's matmul rate the step achieves (on CUDA also of its bf16 matmul rate, what AMP steps run at)."""
     from coat_model.train.cli import make_dataset
     from coat_model.train.trainer import TrainConfig, Trainer
 
     device = torch.device(st.device)
     peak = matmul_peak(device)
-    log(f"[train] fp32 matmul peak {peak / 1e9:.1f} GFLOP/s")
-    rows, last = [], None  # last = (resolution, seconds per step)
-    for r in st.train_res:
-        row = dict(resolution=r, batch=st.train_batch, preset=st.train_preset)
-        projected = last[1] * (r / last[0]) ** 2 if last else None
+    peak_bf16 = matmul_peak(device, torch.bfloat16) if device.type == "cuda" else None
+    log(f"[train] fp32 matmul peak {peak / 1e9:.1f} GFLOP/s"
+        + (f", bf16 {peak_bf16 / 1e9:.1f} GFLOP/s" if peak_bf16 else ""))
+    cases = [(st.train_preset, r, st.train_batch) for r in st.train_res] + [tuple(c) for c in st.train_extra]
+    rows, last = [], None  # last = (preset, batch, resolution, seconds per step)
+    for preset, r, batch in cases:
+        row = dict(resolution=r, batch=batch, preset=preset)
+        same = last is not None and last[:2] == (preset, batch)
+        projected = last[3] * (r / last[2]) ** 2 if same else None
         if projected is not None and projected > st.case_budget:
             row.update(projected_seconds=projected, skipped=f"projected {projected:.0f} s/step > budget")
-            last = (r, projected)
+            last = (preset, batch, r, projected)
         else:
-            trainer = Trainer(_model_config(st.train_preset, r), TrainConfig(steps=10_000, batch_size=st.train_batch),
+            trainer = Trainer(_model_config(preset, r), TrainConfig(steps=10_000, batch_size=batch),
                               make_dataset("procedural:faces", r), device=device)
             seconds, runs, warmup = time_runs(trainer.train_step, device, max(1, st.repeats // 2), st.run_budget,
                                               min_runs=1)
@@ -288,20 +300,24 @@ def bench_train(st: Settings, log=print) -> dict:
                                       st.run_budget, min_runs=1)
             flops = count_flops(lambda: trainer.train_step(batches))
             amp = str(trainer.amp_dtype).replace("torch.", "") if trainer.amp_dtype else "off"
-            row.update(seconds=seconds, runs=runs, warmup_s=warmup, images_per_s=st.train_batch / seconds,
+            row.update(seconds=seconds, runs=runs, warmup_s=warmup, images_per_s=batch / seconds,
                        data_s=data_s, model_s=model_s, pipeline_share=data_s / (data_s + model_s), amp=amp,
-                       flops=flops, flops_per_s=flops / seconds, peak_share=flops / seconds / peak)
-            last = (r, seconds)
+                       flops=flops, flops_per_image=flops / batch, flops_per_s=flops / seconds,
+                       peak_share=flops / seconds / peak)
+            last = (preset, batch, r, seconds)
             del trainer
         rows.append(row)
-        log(f"[train] {r} px batch {st.train_batch}: " + (
+        log(f"[train] {preset} {r} px batch {batch}: " + (
             f"{_fmt_s(row['seconds'])}/step ({row['runs']} runs), {row['images_per_s']:.2f} img/s, "
             f"{row['flops'] / 1e9:.1f} GFLOP/step, {100 * row['peak_share']:.0f}% of the matmul rate, "
             f"pipeline {100 * row['pipeline_share']:.0f}%, amp {row['amp']}"
             if "seconds" in row else "skipped: " + row["skipped"]))
-    later = matmul_peak(device)  # again after the runs: the load may have changed
-    peak = max(peak, later)
+    peak = max(peak, matmul_peak(device))  # again after the runs: the load may have changed
+    if peak_bf16:
+        peak_bf16 = max(peak_bf16, matmul_peak(device, torch.bfloat16))
     for row in rows:
         if "seconds" in row:
             row["peak_share"] = row["flops_per_s"] / peak
-    return {"peak_flops": peak, "preset": st.train_preset, "rows": rows}
+            if peak_bf16:
+                row["bf16_peak_share"] = row["flops_per_s"] / peak_bf16
+    return {"peak_flops": peak, "peak_flops_bf16": peak_bf16, "preset": st.train_preset, "rows": rows}

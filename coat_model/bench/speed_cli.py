@@ -26,6 +26,19 @@ def _ints(text: str) -> tuple[int, ...]:
     return tuple(int(x) for x in text.split(",") if x)
 
 
+def _cases(text: str) -> tuple[tuple[str, int, int], ...]:
+    out = []
+    for item in (x for x in text.split(",") if x):
+        try:
+            preset, px, batch = item.split(":")
+            out.append((preset, int(px), int(batch)))
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{item!r}: expected preset:px:batch, e.g. default:256:16") from None
+        if preset not in ("tiny", "small", "default"):
+            raise argparse.ArgumentTypeError(f"{item!r}: preset must be tiny, small or default")
+    return tuple(out)
+
+
 def _names(choices):
     def parse(text: str) -> tuple[str, ...]:
         names = tuple(x for x in text.split(",") if x)
@@ -61,6 +74,8 @@ def parse_args(argv):
     g.add_argument("--train-res", type=_ints)
     g.add_argument("--train-batch", type=int)
     g.add_argument("--train-preset", choices=("tiny", "small", "default"), help="the training section's preset")
+    g.add_argument("--train-extra", type=_cases, help="more training cases, preset:px:batch[,...] (CUDA default: "
+                   "default:256:16, issue 14's share of the bf16 peak)")
     g.add_argument("--channels", type=int, help="descriptor channels C of the alignment cases")
     g.add_argument("--value-channels", type=int, help="value channels Cv (+2 coordinates) of the alignment cases")
     g.add_argument("--threads", type=int, help="torch threads (1 gives stable numbers on a busy machine)")
@@ -76,8 +91,10 @@ def settings_from_args(args) -> Settings:
     if args.device.startswith("cuda") and args.memory_bound_mb is None:
         free, _ = torch.cuda.mem_get_info(torch.device(args.device))
         overrides["memory_bound"] = 0.8 * free
-    if args.device.startswith("cuda") and args.train_batch is None:
-        overrides["train_batch"] = 16
+    if args.device.startswith("cuda"):  # issue 14's GPU targets: throughput batches and the default preset at 256 px
+        overrides.setdefault("train_batch", 128)
+        overrides.setdefault("batches", (1, 64))
+        overrides.setdefault("train_extra", (("default", 256, 16),))
     return quick_settings(**overrides) if args.quick else Settings(**overrides)
 
 

@@ -26,8 +26,10 @@ def targets(result: dict) -> list[dict]:
     out = []
     align = result.get("align", [])
 
+    issue = 6
+
     def add(target, measured, ok):
-        out.append(dict(target=target, measured=measured, status="not measured" if ok is None else
+        out.append(dict(target=target, measured=measured, issue=issue, status="not measured" if ok is None else
                         ("pass" if ok else "miss")))
 
     for mode in MODES:
@@ -56,17 +58,44 @@ def targets(result: dict) -> list[dict]:
     add("transfer 256 px batch 1: <= 1.0 s", _fmt_s(row["seconds"]) if done else "-",
         row["seconds"] <= 1.0 if done else None)
     # issue 14 (CPU, one thread): the FLOP floor, the matmul rate of training steps, the pipeline's share
+    issue = 14
     add("transfer 256 px batch 1: <= 1.3x its FLOP floor", f"{1 / row['floor_ratio']:.2f}x" if done else "-",
         1 / row["floor_ratio"] <= 1.3 if done else None)
     train = _train_rows(result)
     for r in (64, 128):
-        t = _find(train, resolution=r)
+        t = _find(train, resolution=r, preset="small")
         done = t and "peak_share" in t
         add(f"training step, {t['preset'] if t else 'small'} preset {r} px: >= 30% of the matmul rate",
             f"{100 * t['peak_share']:.0f}% ({t['flops_per_s'] / 1e9:.1f} GFLOP/s)" if done else "-",
             t["peak_share"] >= 0.30 if done else None)
         add(f"training step {r} px: pipeline <= 10% of the step", f"{100 * t['pipeline_share']:.0f}%" if done else "-",
             t["pipeline_share"] <= 0.10 if done else None)
+    out += gpu_targets(result)
+    return out
+
+
+def gpu_targets(result: dict) -> list[dict]:
+    """Issue 14's GPU targets: measured by a CUDA run (``--device cuda``: batches 1 and 64, training batch 128 and
+    the default preset at 256 px), "not measured" otherwise."""
+    cuda = str(result.get("meta", {}).get("device", "cpu")).startswith("cuda")
+    train, transfer = _train_rows(result), result.get("transfer", {}).get("rows", [])
+    small = _find(train, preset="small", resolution=128) if cuda else None
+    big = _find(train, preset="default", resolution=256) if cuda else None
+    one, many = ((_find(transfer, resolution=256, batch=b) if cuda else None) for b in (1, 64))
+    checks = [
+        ("GPU: small preset 128 px trains at >= 2000 img/s", small, "images_per_s",
+         lambda v: f"{v:.0f} img/s (batch {small['batch']})", lambda v: v >= 2000),
+        ("GPU: default preset 256 px training step at >= 25% of the bf16 peak", big, "bf16_peak_share",
+         lambda v: f"{100 * v:.0f}% (batch {big['batch']}, AMP {big['amp']})", lambda v: v >= 0.25),
+        ("GPU: transfer 256 px batch 1 <= 5 ms", one, "seconds", lambda v: _fmt_s(v), lambda v: v <= 0.005),
+        ("GPU: transfer 256 px batch 64 >= 2000 img/s", many, "images_per_s", lambda v: f"{v:.0f} img/s",
+         lambda v: v >= 2000),
+    ]
+    out = []
+    for target, row, key, show, ok in checks:
+        done = row is not None and key in row
+        out.append(dict(target=target, measured=show(row[key]) if done else "-", issue=14,
+                        status=("pass" if ok(row[key]) else "miss") if done else "not measured"))
     return out
 
 
@@ -150,41 +179,56 @@ def render_align(result: dict) -> str:
 
 def render_transfer(result: dict) -> str:
     t = result["transfer"]
+    bf16 = bool(t.get("peak_flops_bf16"))
     lines = [_header(result), "",
              f"Preset `{t['preset']}` (random weights), hard alignment; floor = FLOPs / fp32 matmul peak "
              f"({t['peak_flops'] / 1e9:.1f} GFLOP/s, the best 2048² matmul before and after the runs).", "",
-             "| px | batch | latency | images/s | GFLOP | floor | floor / latency |", "|---|---|---|---|---|---|---|"]
+             "| px | batch | latency | images/s | GFLOP | GFLOP/img | GFLOP/s | floor | floor / latency |"
+             + (" of bf16 peak |" if bf16 else ""), "|---|---|---|---|---|---|---|---|---|" + ("---|" if bf16 else "")]
     for r in t["rows"]:
+        per_image = r.get("flops_per_image", r["flops"] / r["batch"])
         if "seconds" in r:
+            rate = r.get("flops_per_s", r["flops"] / r["seconds"])
             lines.append(f"| {r['resolution']} | {r['batch']} | {_fmt_s(r['seconds'])} | {r['images_per_s']:.2f} | "
-                         f"{r['flops'] / 1e9:.1f} | {_fmt_s(r['floor_s'])} | {100 * r['floor_ratio']:.0f}% |")
+                         f"{r['flops'] / 1e9:.1f} | {per_image / 1e9:.2f} | {rate / 1e9:.1f} | "
+                         f"{_fmt_s(r['floor_s'])} | {100 * r['floor_ratio']:.0f}% |"
+                         + (f" {100 * r['bf16_peak_share']:.1f}% |" if bf16 else ""))
         else:
             lines.append(f"| {r['resolution']} | {r['batch']} | {r['skipped']} | | {r['flops'] / 1e9:.1f} | "
-                         f"{_fmt_s(r['floor_s'])} | |")
+                         f"{per_image / 1e9:.2f} | | {_fmt_s(r['floor_s'])} | |" + (" |" if bf16 else ""))
     return "\n".join(lines)
 
 
 def render_train(result: dict) -> str:
-    lines = [_header(result), "", "| px | preset | batch | AMP | s/step | images/s | GFLOP/step | GFLOP/s | "
-             "of matmul rate | model s/step | pipeline s/step | pipeline share | first step s |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    bf16 = bool((result.get("train") or {}).get("peak_flops_bf16")) if isinstance(result.get("train"), dict) else False
+    lines = [_header(result), "", "| px | preset | batch | AMP | s/step | images/s | GFLOP/step | GFLOP/img | GFLOP/s | "
+             "of matmul rate |" + (" of bf16 peak |" if bf16 else "") + " model s/step | pipeline s/step | "
+             "pipeline share | first step s |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+             + ("---|" if bf16 else "")]
     for r in _train_rows(result):
         if "seconds" in r and "flops" in r:
             lines.append(f"| {r['resolution']} | {r['preset']} | {r['batch']} | {r['amp']} | {r['seconds']:.2f} | "
-                         f"{r['images_per_s']:.2f} | {r['flops'] / 1e9:.1f} | {r['flops_per_s'] / 1e9:.1f} | "
-                         f"{100 * r['peak_share']:.0f}% | {r['model_s']:.2f} | {r['data_s']:.2f} | "
-                         f"{100 * r['pipeline_share']:.0f}% | {r['warmup_s']:.1f} |")
+                         f"{r['images_per_s']:.2f} | {r['flops'] / 1e9:.1f} | {r['flops'] / r['batch'] / 1e9:.2f} | "
+                         f"{r['flops_per_s'] / 1e9:.1f} | {100 * r['peak_share']:.0f}% |"
+                         + (f" {100 * r['bf16_peak_share']:.1f}% |" if bf16 else "")
+                         + f" {r['model_s']:.2f} | {r['data_s']:.2f} | {100 * r['pipeline_share']:.0f}% | "
+                         f"{r['warmup_s']:.1f} |")
         elif "seconds" in r:  # results written before FLOPs were counted
             lines.append(f"| {r['resolution']} | {r['preset']} | {r['batch']} | {r['amp']} | {r['seconds']:.2f} | "
-                         f"{r['images_per_s']:.2f} | | | | | {r['data_s']:.2f} | | {r['warmup_s']:.1f} |")
+                         f"{r['images_per_s']:.2f} | | | | |" + (" |" if bf16 else "")
+                         + f" | {r['data_s']:.2f} | | {r['warmup_s']:.1f} |")
         else:
-            lines.append(f"| {r['resolution']} | {r['preset']} | {r['batch']} | | {r['skipped']} |" + " |" * 8)
+            lines.append(f"| {r['resolution']} | {r['preset']} | {r['batch']} | | {r['skipped']} |"
+                         + " |" * (9 + bf16))
     return "\n".join(lines)
 
 
-def render_targets(result: dict) -> str:
+def render_targets(result: dict, issue: int | None = None) -> str:
+    """The targets table: all of them, or one issue's (``issue``; targets recorded before they were tagged count
+    as issue 6's)."""
+    rows = [t for t in result["targets"] if issue is None or t.get("issue", 6) == issue]
     lines = [_header(result), "", "| target | measured | status |", "|---|---|---|"]
-    lines += [f"| {t['target']} | {t['measured']} | {t['status']} |" for t in result["targets"]]
+    lines += [f"| {t['target']} | {t['measured']} | {t['status']} |" for t in rows]
     return "\n".join(lines)
 
 
@@ -197,6 +241,8 @@ def render(result: dict) -> dict[str, str]:
             out[f"{name}-{dev}"] = fn(result)
     if result.get("compile"):
         out[f"compile-{dev}"] = render_compile(result, _header(result))
-    if all(result.get(name) for name in SECTIONS):  # the targets need every section of one run
+    if all(result.get(name) for name in SECTIONS):  # issue 6's targets need every section of one run
         out[f"targets-{dev}"] = render_targets(result)
+    if result.get("transfer") and result.get("train"):  # issue 14's: the transfer and training sections
+        out[f"targets14-{dev}"] = render_targets(result, issue=14)
     return out
