@@ -5,6 +5,8 @@
 (a) **Alignment.** ``soft_match`` (what the model's soft path runs: both directions, the cycle call included) and
     raw ``attend`` (one direction) per backend on square feature maps: C=64 random descriptors, Cv=64 value
     channels (+2 coordinate channels, as in the soft path), temperature 0.02; forward and forward+backward.
+    ``hard_match`` (the inference path: argmax both ways, cycle and geometric checks; backend "argmax") and
+    ``hard_match_c2f`` (the same searched around the matches of a half-size map), forward.
 (b) **Transfer.** ``COAT.transfer`` (encode + align (hard, the inference default) + decode) of a randomly
     initialised model, FLOPs counted with ``torch.utils.flop_counter.FlopCounterMode`` and compared with the
     floor FLOPs / peak, where peak is the best large fp32 matmul measured in the same run.
@@ -48,7 +50,8 @@ from .units import fmt_bytes as _fmt_bytes
 from .units import fmt_s as _fmt_s
 
 BACKENDS = ("xformers", "sdpa", "chunked", "naive")
-OPS = ("soft_match", "attend")
+OPS = ("soft_match", "attend", "hard_match", "hard_match_c2f")
+HARD_OPS = ("hard_match", "hard_match_c2f")  # the inference path: forward only, its own search (backend "argmax")
 MODES = ("fwd", "fwd+bwd")
 TEMPERATURE = 0.02
 # Lq x Lk fp32 buffers alive at the peak, in units of Lq*Lk*4 B. Measured on CPU at 128²: naive forward 2.0,
@@ -84,7 +87,7 @@ class Settings:
 
 def quick_settings(**kw) -> Settings:
     """``--quick``: soft_match only, forward+backward up to 64², few repeats (about 3 minutes on 2 cores)."""
-    base = dict(ops=("soft_match",), bwd_max_size=64, repeats=2, run_budget=4.0, align_budget=60.0,
+    base = dict(ops=("soft_match", "hard_match", "hard_match_c2f"), bwd_max_size=64, repeats=2, run_budget=4.0, align_budget=60.0,
                 case_budget=20.0, transfer_res=(128, 256), train_res=(64, 128))
     return Settings(**{**base, **kw})
 
@@ -94,12 +97,18 @@ def quick_settings(**kw) -> Settings:
 
 def _align_step(case: dict, device: torch.device):
     from coat_model.model.attention import attend
-    from coat_model.model.matching import soft_match
+    from coat_model.model.matching import hard_match, soft_match
 
     s, c, cv, backend = case["size"], case["channels"], case["value_channels"], case["backend"]
     grad = case["mode"] == "fwd+bwd"
     torch.manual_seed(0)
-    if case["op"] == "soft_match":
+    if case["op"] in HARD_OPS:  # argmax matches, cycle and geometric checks; _c2f: searched around a coarser match
+        inputs = [torch.randn(1, c, s, s, device=device) for _ in range(2)]
+        prior = hard_match(*(F.avg_pool2d(x, 2) for x in inputs)) if case["op"] == "hard_match_c2f" else None
+
+        def run():
+            return hard_match(*inputs, prior=prior).flow.sum()
+    elif case["op"] == "soft_match":
         inputs = [torch.randn(1, ch, s, s, device=device) for ch in (c, c, cv)]
 
         def run():
@@ -163,8 +172,8 @@ def bench_align(st: Settings, log=print) -> list[dict]:
     for size in st.sizes:
         n = size * size
         for op in st.ops:
-            for mode in MODES:
-                for backend in backends:
+            for mode in (("fwd",) if op in HARD_OPS else MODES):
+                for backend in (["argmax"] if op in HARD_OPS else backends):
                     row = dict(op=op, size=size, L=n, backend=backend, mode=mode)
                     key = (op, backend, mode)
                     factor = LL_FACTOR.get((backend, mode))
