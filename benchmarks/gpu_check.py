@@ -386,7 +386,9 @@ def pairs(ck: Check) -> dict:
         syncs = [str(w.message).splitlines()[0] for w in caught if "synchroniz" in str(w.message).lower()]
         out["train_step_syncs"] = len(syncs)
         out["train_step_sync_sites"] = sorted(set(syncs))[:10]
-        torch.cuda.set_sync_debug_mode("error")  # what tests/test_step_syncs.py asserts on CUDA, at this size
+        # tests/test_step_syncs.py asserts this on CUDA for a tiny model without bootstrapping; here the small preset
+        # at 128 px with the default settings (bootstrapped random pairs included), which may differ
+        torch.cuda.set_sync_debug_mode("error")
         try:
             trainer.train_step([r.build(d) for r in trainer.recipes(trainer.step)])
             out["train_step_under_sync_error"] = "ok"

@@ -22,14 +22,14 @@ if [ $SMOKE = 1 ]; then
 else
   DEV=cuda; TRAIN_MINUTES=${TRAIN_MINUTES:-4.0}
   PRESET="--preset small --resolution ${RESOLUTION:-128} --steps 20000 --batch-size ${BATCH:-128}"
-  PAIRS=200; SPEED="--quick"; CHECK="--xformers-wheel-dir .whl"
+  PAIRS=200; SPEED="--quick --sections transfer,train"; CHECK="--xformers-wheel-dir .whl"
   nvidia-smi -L
 fi
 $PY -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name() if torch.cuda.is_available() else 'cpu')"
 
 start=$(date +%s); DEADLINE=$(( start + ${SESSION_SECONDS:-690} ))
 # Stage caps (s) of what follows training; on CPU (--smoke) they only bound a stuck stage.
-QUALITY_CAP=70; FIGURES_CAP=40; SPEED_CAP=110; CHECK_CAP=110
+QUALITY_CAP=65; FIGURES_CAP=35; SPEED_CAP=135; CHECK_CAP=100
 [ $SMOKE = 1 ] && { QUALITY_CAP=120; FIGURES_CAP=60; SPEED_CAP=150; CHECK_CAP=170; DEADLINE=$(( start + 3600 )); }
 box() {  # $1: a stage's cap, $2: seconds to keep for the stages after it -> the stage's timeout (at least 10 s)
   local t=$(( DEADLINE - $(date +%s) - $2 )); [ $t -gt $1 ] && t=$1; [ $t -lt 10 ] && t=10; echo $t
@@ -39,7 +39,8 @@ AFTER_TRAIN=$(( 2 * QUALITY_CAP + FIGURES_CAP + SPEED_CAP + CHECK_CAP ))
 train() {  # $@: extra trainer flags
   rm -rf "$RUN"
   local init=""; [ -n "${INIT:-}" ] && init="--init $INIT"
-  timeout $(box $(( ${TRAIN_MINUTES%.*} * 60 + 90 )) $AFTER_TRAIN) $PY -m coat_model.train --data procedural:faces $PRESET $init \
+  local whole=${TRAIN_MINUTES%.*}
+  timeout $(box $(( ${whole:-0} * 60 + 90 )) $AFTER_TRAIN) $PY -m coat_model.train --data procedural:faces $PRESET $init \
     --lr 2e-3 --seed 0 --out "$RUN" --max-minutes "$TRAIN_MINUTES" --device $DEV \
     --fit-to-time --ckpt-every 500 --sample-every 0 --log-every 50 ${MODEL_SET-} "$@"
 }

@@ -169,6 +169,7 @@ def _mixed_folder(tmp_path):
     Image.fromarray(rng.integers(0, 256, (20, 24), dtype=np.uint8), "L").save(tmp_path / "grey.png")
     Image.fromarray(rng.integers(0, 256, (24, 24, 4), dtype=np.uint8), "RGBA").save(tmp_path / "cutout.png")
     Image.fromarray(rng.integers(0, 65535, (18, 18), dtype=np.uint16)).save(tmp_path / "deep.png")
+    _save(tmp_path / "large.png", rng.integers(0, 256, (120, 90, 3), dtype=np.uint8))
     return ImageFolderDataset(tmp_path, 16, flip=True)
 
 
@@ -182,6 +183,9 @@ def test_drawn_files_are_decoded_small_and_made_on_the_device_as_items_are(tmp_p
     kinds = {p.name: img.dtype for p, img in zip(ds.files, drawn.images)}
     assert kinds["rgb_a0.png"] == kinds["grey.png"] == kinds["rgb_b.jpg"] == torch.uint8
     assert kinds["cutout.png"] == kinds["deep.png"] == torch.float32  # composited on white / 16-bit: kept exact
+    shapes = {p.name: tuple(img.shape) for p, img in zip(ds.files, drawn.images)}
+    assert shapes["large.png"] == (3, 24, 18) and shapes["rgb_a0.png"] == (3, 20, 28)  # shrunk 5x and 2x, >= 16
+    assert len(drawn.groups) < len(ds)  # same-size images cross as one tensor
     made = drawn.render("cpu")
     assert made.shape == (len(ds), 3, 16, 16) and made.dtype == torch.float32
     plain = ImageFolderDataset(tmp_path, 16, flip=False)

@@ -90,11 +90,14 @@ def test_pairs_built_the_way_a_gpu_builds_them_read_nothing_back(monkeypatch):
 
     from coat_model.train.data import faces
 
-    trainer = Trainer(COATConfig.tiny(), TrainConfig(steps=10, batch_size=8, seed=3),
-                      make_dataset("procedural:faces", 32, seed=3))
+    trainer = Trainer(COATConfig.tiny(resolution=64), TrainConfig(steps=10, batch_size=8, seed=3),
+                      make_dataset("procedural:faces", 64, seed=3))  # 64 px: the CPU renders with part windows
     recipes = trainer.recipes(0)
     assert {"warp", "self", "random"} <= {k for r in recipes for k in r.kinds}
     windowed = [r.build("cpu") for r in recipes]
+    with HostReads() as mode:
+        [r.build("cpu") for r in recipes]
+    assert mode.reads, "the windowed CPU render reads its windows back: the reference path differs"
     monkeypatch.setattr(faces, "render", functools.partial(faces.render, windowed=False))
     with HostReads() as mode:
         built = [r.build("cpu") for r in recipes]

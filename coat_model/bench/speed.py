@@ -86,7 +86,8 @@ class Settings:
 
 
 def quick_settings(**kw) -> Settings:
-    """``--quick``: soft_match only, forward+backward up to 64², few repeats (about 3 minutes on 2 cores)."""
+    """``--quick``: soft_match and the hard path only, forward+backward up to 64², few repeats (about 3 minutes on
+    2 cores)."""
     base = dict(ops=("soft_match", "hard_match", "hard_match_c2f"), bwd_max_size=64, repeats=2, run_budget=4.0, align_budget=60.0,
                 case_budget=20.0, transfer_res=(128, 256), train_res=(64, 128))
     return Settings(**{**base, **kw})

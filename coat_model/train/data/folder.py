@@ -4,7 +4,8 @@ Both datasets give float images [3, size, size] in [0, 1]: centre-cropped to a s
 anti-aliasing, and flipped left-right when ``flip=True``. Two ways in:
 
 * ``dataset.draw(indices, flips)`` (what the trainer uses): the files decoded on the CPU (by the batch workers)
-  into :class:`Decoded` images, 8-bit files as uint8 tensors at their own size; :meth:`Decoded.render` moves them
+  into :class:`Decoded` images, 8-bit files as uint8 tensors, large ones shrunk by an integer factor toward the
+  training size (a box filter; ``dataset[i]`` does the same); :meth:`Decoded.render` moves them
   to the model's device and crops, resizes and flips them there, one call per distinct source size. The flips are
   given (the pair builder draws them from each position's own stream), so the pairs do not depend on the number
   of workers or processes;
@@ -60,18 +61,27 @@ def _to_rgb_array(img: Image.Image, keep_8bit: bool = False) -> np.ndarray:
     return rgb if keep_8bit else rgb.astype(np.float32) / np.float32(255.0)
 
 
-def load_image(path: str | os.PathLike, keep_8bit: bool = False) -> torch.Tensor:
+_REDUCIBLE = ("RGB", "L", "RGBA", "LA", "I", "F")  # the modes PIL's Image.reduce takes
+
+
+def load_image(path: str | os.PathLike, keep_8bit: bool = False, at_least: int | None = None) -> torch.Tensor:
     """Read one image file as a float tensor [3, H, W] in [0, 1] (raises on unreadable files); ``keep_8bit``: an
-    8-bit image without transparency as a uint8 tensor (0-255) instead."""
+    8-bit image without transparency as a uint8 tensor (0-255) instead. ``at_least``: first shrink the image by
+    the largest integer factor (box filter, ``Image.reduce``) that keeps its shorter side at least this long, so that
+    a large photo is not carried at full size to be resized later."""
     with Image.open(path) as img:
         img = ImageOps.exif_transpose(img)
         img.load()
+        factor = min(img.size) // at_least if at_least else 1
+        if factor >= 2 and img.mode in _REDUCIBLE:
+            img = img.reduce(factor)
         array = _to_rgb_array(img, keep_8bit)
     return torch.from_numpy(np.ascontiguousarray(array)).permute(2, 0, 1)
 
 
 def to_unit_float(image: torch.Tensor) -> torch.Tensor:
-    """uint8 (0-255) -> float32 in [0, 1], exactly as :func:`load_image` converts; float images pass through."""
+    """uint8 (0-255) -> float32 in [0, 1] (on the CPU bit for bit as :func:`load_image` converts; a GPU may round
+    the division differently in the last bit); float images pass through."""
     return image.float() / 255.0 if image.dtype == torch.uint8 else image.float()
 
 
@@ -97,24 +107,35 @@ def _maybe_flip(image: torch.Tensor, flip: bool) -> torch.Tensor:
 
 
 class Decoded:
-    """Images decoded on the CPU at their own sizes (uint8 where the file was 8-bit, float32 in [0, 1] otherwise),
+    """Images decoded on the CPU (uint8 where the file was 8-bit, float32 in [0, 1] otherwise), stacked per
+    distinct (dtype, height, width) so that a batch crosses to the device (or between processes) as a few tensors,
     with a flip bit each; :meth:`render` makes them training images on a device."""
 
     def __init__(self, images: list[torch.Tensor], flips: list[bool], size: int):
         if len(images) != len(flips):
             raise ValueError(f"{len(images)} images but {len(flips)} flip bits")
-        self.images, self.flips, self.size = images, [bool(f) for f in flips], int(size)
+        self.flips, self.size, self.count = [bool(f) for f in flips], int(size), len(images)
+        rows: dict[tuple, list[int]] = {}
+        for i, image in enumerate(images):
+            rows.setdefault((image.dtype, *image.shape[-2:]), []).append(i)
+        self.groups = [(r, torch.stack([images[i] for i in r])) for r in rows.values()]
+
+    @property
+    def images(self) -> list[torch.Tensor]:
+        """Each image as decoded, in order."""
+        out = [None] * self.count
+        for rows, batch in self.groups:
+            for k, i in enumerate(rows):
+                out[i] = batch[k]
+        return out
 
     def render(self, device=None) -> torch.Tensor:
         """[N, 3, size, size] float in [0, 1] on ``device``: moved there as decoded, then converted, centre-cropped,
-        resized and flipped there, one batched call per distinct (dtype, height, width)."""
+        resized and flipped there, one batched call per group."""
         device = torch.device(device or "cpu")
-        out = torch.empty(len(self.images), 3, self.size, self.size, device=device)
-        groups: dict[tuple, list[int]] = {}
-        for i, image in enumerate(self.images):
-            groups.setdefault((image.dtype, *image.shape[-2:]), []).append(i)
-        for rows in groups.values():
-            batch = torch.stack([self.images[i] for i in rows]).to(device, non_blocking=True)
+        out = torch.empty(self.count, 3, self.size, self.size, device=device)
+        for rows, batch in self.groups:
+            batch = batch.to(device, non_blocking=True)
             h, w = batch.shape[-2:]
             side = min(h, w)
             top, left = (h - side) // 2, (w - side) // 2
@@ -174,7 +195,7 @@ class ImageFolderDataset(torch.utils.data.Dataset):
         for attempt in range(len(self.files)):
             path = self.files[(index + attempt) % len(self.files)]
             try:
-                return load_image(path, keep_8bit)
+                return load_image(path, keep_8bit, at_least=self.size)
             except Exception as error:      # a file that passed the header check but does not decode
                 if not self._warned_decode:
                     warnings.warn(f"could not decode {str(path)!r} ({error}); using the next image instead",

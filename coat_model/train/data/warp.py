@@ -99,7 +99,8 @@ def draw_warp(
     local_grid: int = 8,                # that lattice's size
 ) -> WarpDraw:
     """The random part of a warp of ``batch`` images, drawn on the CPU (a few numbers per image). The same draws
-    for every ``strength`` (a stronger warp of the same stream is the same warp, larger).
+    for every ``strength`` (a stronger warp of the same stream is the same warp, larger; ``strength`` does not
+    scale ``local``).
 
     ``local`` adds independent offsets on a ``local_grid`` lattice, drawn after the others (so the global warp is
     the same draw with or without them): parts move against their neighbours, as between two instances of a
