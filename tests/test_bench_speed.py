@@ -25,7 +25,7 @@ def test_speed_bench_minimal(tmp_path):
     cmd = [sys.executable, "-m", "coat_model.bench", "speed", "--json", str(out), "--device", "cpu",
            "--sizes", "8,16", "--ops", "soft_match", "--memory-bound-mb", "0.25", "--repeats", "1",
            "--preset", "tiny", "--transfer-res", "32", "--batches", "1,2", "--train-res", "32", "--train-batch", "2", "--train-preset", "tiny",
-           "--train-extra", "small:32:2", "--threads", "1", "--update-md", str(md)]  # one thread: stable on a busy machine
+           "--train-extra", "small:32:2", "--threads", "1", "--profile", "--update-md", str(md)]  # one thread: stable on a busy machine
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     result = json.loads(out.read_text())
@@ -52,6 +52,10 @@ def test_speed_bench_minimal(tmp_path):
     assert train["flops"] > 0 and train["flops_per_s"] == pytest.approx(train["flops"] / train["seconds"])
     assert train["peak_share"] == pytest.approx(train["flops_per_s"] / result["train"]["peak_flops"])
     assert 0 < train["pipeline_share"] < 1 and train["model_s"] > 0 and train["data_s"] > 0
+    for row in [train] + rows:  # --profile: where one call's time goes, the costliest operator first
+        shares = [o["share"] for o in row["profile"]]
+        assert 0 < sum(shares) <= 1 + 1e-9 and shares == sorted(shares, reverse=True) and row["profile"][0]["ms"] > 0
+    assert any("convolution" in o["op"] for o in train["profile"])
     extra = result["train"]["rows"][1]  # --train-extra: another preset and batch in the same run
     assert (extra["preset"], extra["resolution"], extra["batch"]) == ("small", 32, 2)
     assert extra["flops_per_image"] == pytest.approx(extra["flops"] / 2)
@@ -66,6 +70,7 @@ def test_speed_bench_minimal(tmp_path):
     assert "old" not in text and "| soft_match | 16² | naive |" in text
     assert "<!-- bench:transfer-cpu -->" in text and "<!-- bench:targets-cpu -->" in text  # appended
     assert "<!-- bench:targets14-cpu -->" in text and "| GFLOP/img |" in text
+    assert "<!-- bench:profile-cpu -->" in text and "training step, tiny 32 px batch 2 (self time):" in text
 
 
 def test_gpu_targets_are_judged_from_a_cuda_run():

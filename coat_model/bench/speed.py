@@ -44,7 +44,7 @@ import torch.nn.functional as F
 
 from .isolation import run_isolated as _run_in_fresh_process
 from .rss import peak_rss, reset_peak_rss
-from .timing import count_flops, matmul_peak, time_runs
+from .timing import count_flops, matmul_peak, time_runs, top_ops
 from .units import GiB
 from .units import fmt_bytes as _fmt_bytes
 from .units import fmt_s as _fmt_s
@@ -83,6 +83,7 @@ class Settings:
     train_preset: str = "small"                  # the preset users train on a CPU (issue 14's targets)
     train_extra: tuple[tuple[str, int, int], ...] = ()  # more training cases: (preset, px, batch)
     threads: int | None = None                   # torch.set_num_threads (None: torch's default)
+    profile: bool = False                        # record the top operators of one transfer / training step per row
 
 
 def quick_settings(**kw) -> Settings:
@@ -216,6 +217,12 @@ def _describe(row: dict) -> str:
     return f"{head} {'error: ' + row['error'] if 'error' in row else 'skipped: ' + row['skipped']}"
 
 
+def _log_profile(log, head: str, ops: list[dict]) -> None:
+    log(f"{head}: where the time goes (self time, top {len(ops)} operators)")
+    for o in ops:
+        log(f"    {100 * o['share']:5.1f}%  {o['ms']:9.1f} ms  x{o['calls']:<5d} {o['op']}")
+
+
 # -- (b) transfer ----------------------------------------------------------------------------------------------
 
 
@@ -252,6 +259,9 @@ def bench_transfer(st: Settings, log=print) -> dict:
                                                       st.run_budget, min_runs=1)
                     row.update(seconds=seconds, runs=runs, warmup_s=warmup, images_per_s=b / seconds,
                                floor_ratio=row["floor_s"] / seconds, flops_per_s=flops * b / seconds)
+                    if st.profile:
+                        row["profile"] = top_ops(lambda: model.transfer(content, style), device)
+                        _log_profile(log, f"[transfer] {r} px batch {b}", row["profile"])
                     last = (flops * b, seconds)
                 rows.append(row)
                 log(f"[transfer] {r} px batch {b}: " + (
@@ -309,6 +319,9 @@ def bench_train(st: Settings, log=print) -> dict:
             model_s, _, _ = time_runs(lambda: trainer.train_step(batches), device, max(1, st.repeats // 2),
                                       st.run_budget, min_runs=1)
             flops = count_flops(lambda: trainer.train_step(batches))
+            if st.profile:
+                row["profile"] = top_ops(lambda: trainer.train_step(batches), device)
+                _log_profile(log, f"[train] {preset} {r} px batch {batch}", row["profile"])
             amp = str(trainer.amp_dtype).replace("torch.", "") if trainer.amp_dtype else "off"
             row.update(seconds=seconds, runs=runs, warmup_s=warmup, images_per_s=batch / seconds,
                        data_s=data_s, model_s=model_s, pipeline_share=data_s / (data_s + model_s), amp=amp,

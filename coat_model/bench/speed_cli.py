@@ -79,6 +79,8 @@ def parse_args(argv):
     g.add_argument("--channels", type=int, help="descriptor channels C of the alignment cases")
     g.add_argument("--value-channels", type=int, help="value channels Cv (+2 coordinates) of the alignment cases")
     g.add_argument("--threads", type=int, help="torch threads (1 gives stable numbers on a busy machine)")
+    g.add_argument("--profile", action="store_true", help="also record where one transfer / training step of each "
+                   "case spends its time (torch.profiler, the top operators by self time)")
     return p.parse_args(argv)
 
 

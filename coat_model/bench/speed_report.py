@@ -235,6 +235,18 @@ def render_targets(result: dict, issue: int | None = None) -> str:
     return "\n".join(lines)
 
 
+def render_profile(result: dict) -> str:
+    """Where the time of one call of each profiled case goes (``--profile``): the top operators by self time."""
+    lines = [_header(result)]
+    cases = [(f"transfer {r['resolution']} px batch {r['batch']}", r) for r in result.get("transfer", {}).get("rows", [])]
+    cases += [(f"training step, {r['preset']} {r['resolution']} px batch {r['batch']}", r) for r in _train_rows(result)]
+    for name, row in cases:
+        if row.get("profile"):
+            lines += ["", f"{name} (self time):", "", "| operator | share | ms | calls |", "|---|---|---|---|"]
+            lines += [f"| `{o['op']}` | {100 * o['share']:.1f}% | {o['ms']:.1f} | {o['calls']} |" for o in row["profile"]]
+    return "\n".join(lines)
+
+
 def render(result: dict) -> dict[str, str]:
     """Markdown per section name (``<name>-<device type>``)."""
     dev = torch.device(result["meta"]["device"]).type
@@ -244,6 +256,9 @@ def render(result: dict) -> dict[str, str]:
             out[f"{name}-{dev}"] = fn(result)
     if result.get("compile"):
         out[f"compile-{dev}"] = render_compile(result, _header(result))
+    rows = result.get("transfer", {}).get("rows", []) + _train_rows(result)
+    if any(r.get("profile") for r in rows):
+        out[f"profile-{dev}"] = render_profile(result)
     if any("issue" not in t for t in result.get("targets", [])):  # written before targets had an issue: judge again
         result = dict(result, targets=targets(result))
     if all(result.get(name) for name in SECTIONS):  # issue 6's targets need every section of one run

@@ -56,3 +56,21 @@ def count_flops(fn) -> int:
     with counter:
         fn()
     return int(counter.get_total_flops())
+
+
+def top_ops(fn, device, top: int = 12) -> list[dict]:
+    """Where one call of ``fn()`` spends its time: the ``top`` operators by self time (``torch.profiler``, CPU and,
+    on CUDA, device time), each with its share of the total, calls and input shapes of its costliest form."""
+    from torch.profiler import ProfilerActivity, profile
+
+    device = torch.device(device)
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities, record_shapes=True) as prof:
+        fn()
+        sync(device)
+    key = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    events = [e for e in prof.key_averages() if getattr(e, key, 0) > 0]
+    total = sum(getattr(e, key) for e in events) or 1.0
+    events.sort(key=lambda e: -getattr(e, key))
+    return [dict(op=e.key, share=getattr(e, key) / total, ms=getattr(e, key) / 1e3, calls=e.count)
+            for e in events[:top]]
