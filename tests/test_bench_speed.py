@@ -130,5 +130,10 @@ def test_compile_section_compiles_in_place_and_renders():
     assert isinstance(model.decoder, torch.nn.Module) and type(model.decoder).__name__ == "Decoder"
     row = dict(case="transfer", preset="tiny", resolution=32, batch=1, eager_s=0.2, compile_s=12.0, compiled_s=0.1,
                runs=3, speedup=2.0, max_abs_diff=1e-6)
-    table = render_compile({"compile": {"rows": [row]}}, "_header_")
-    assert table.splitlines()[0] == "_header_" and "| transfer | tiny | 32 | 1 | 0.200 | 0.100 | 2.00x | 12.0 | 1e-06 |" in table
+    failed = dict(case="train step", mode="reduce-overhead", error="RuntimeError: no CUDA graphs here")
+    table = render_compile({"compile": {"rows": [row, failed]}}, "_header_")
+    assert table.splitlines()[0] == "_header_"
+    assert "| transfer | default | tiny | 32 | 1 | 0.200 | 0.100 | 2.00x | 12.0 | 1e-06 |" in table  # a row without a mode
+    assert "| train step | reduce-overhead | | | | | failed: RuntimeError: no CUDA graphs here |" in table
+    from coat_model.bench.compiled import modes_for
+    assert modes_for(torch.device("cpu")) == (None,) and "reduce-overhead" in modes_for(torch.device("cuda"))
