@@ -66,3 +66,14 @@ def pytest_collection_modifyitems(config, items):
     and later tests fork (DataLoader workers) and run their own loops; a fork beside those threads can hang."""
     browser = [item for item in items if "browser" in item.module.__name__]
     items[:] = [item for item in items if item not in browser] + browser
+
+
+@pytest.fixture(autouse=True)
+def _denormals_as_the_test_found_them():
+    """A CPU Trainer flushes denormals to zero in its thread (coat_model/train/denormals.py), which is the pytest
+    thread here: put the default back after each test, so that what runs next (hypothesis checks the IEEE default)
+    does not depend on the order of the tests."""
+    import torch
+
+    yield
+    torch.set_flush_denormal(False)
