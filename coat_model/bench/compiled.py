@@ -4,7 +4,8 @@
 
 The encoder's pyramid and the decoder are compiled (``torch.compile``, default mode; on CUDA also
 ``mode="reduce-overhead"``, which replays them as CUDA graphs: fixed shapes, no launch overhead); alignment stays
-eager (its hard path picks chunk sizes from the data). A mode that fails is recorded with its error. Each case times the eager model, then the same model compiled: the first compiled call
+eager (its hard path picks chunk sizes from the data). A mode that fails is recorded with its error. Each case
+times the eager model, then the same model compiled: the first compiled call
 (the compile time a user waits for once per shape), the steady median and the ratio eager / compiled, and how far
 the outputs moved (max |difference| of the transfer's image or of the training step's loss). Not one of the
 default sections: compiling costs minutes on a CPU.
@@ -44,22 +45,15 @@ def _first_and_steady(fn, device, repeats: int, budget: float) -> tuple[float, f
 
 def bench_compile(st, log=print) -> dict:
     """The transfer (``st.preset`` at the first transfer size, batch 1) and a training step (``st.train_preset`` at
-    the first training size, ``st.train_batch``), eager and compiled."""
-    from coat_model.model.coat import COAT
-    from coat_model.train.cli import make_dataset
-    from coat_model.train.data.faces import FaceDataset
-    from coat_model.train.trainer import TrainConfig, Trainer
-
-    from .speed import _model_config
-
+    the first training size, ``st.train_batch``), eager and compiled, in each of :func:`modes_for` the device."""
     device = torch.device(st.device)
     rows = []
     for mode in modes_for(device):
-        for case in (_transfer_case, _train_case):
+        for name, case in (("transfer", _transfer_case), ("train step", _train_case)):
             try:
                 row = case(st, device, mode, log)
             except Exception as e:  # noqa: BLE001 - e.g. a mode the backend cannot run: record it, go on
-                row = dict(case=case.__name__.strip("_").replace("_case", ""), mode=mode or "default",
+                row = dict(case=name, mode=mode or "default",
                            error=f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}")
                 log(f"[compile] {row['case']} ({row['mode']}): {row['error']}")
             rows.append(row)

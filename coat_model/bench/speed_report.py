@@ -60,7 +60,7 @@ def targets(result: dict) -> list[dict]:
     # issue 14 (CPU, one thread): the FLOP floor, the matmul rate of training steps, the pipeline's share; judged
     # on CPU runs only (a CUDA run's AMP steps outrun its fp32 matmul rate)
     issue = 14
-    cpu = not str(result.get("meta", {}).get("device", "cpu")).startswith("cuda")
+    cpu = not _cuda_run(result)
     done = done and cpu
     add("transfer 256 px batch 1: <= 1.3x its FLOP floor", f"{1 / row['floor_ratio']:.2f}x" if done else "-",
         1 / row["floor_ratio"] <= 1.3 if done else None)
@@ -77,10 +77,14 @@ def targets(result: dict) -> list[dict]:
     return out
 
 
+def _cuda_run(result: dict) -> bool:
+    return str(result.get("meta", {}).get("device", "cpu")).startswith("cuda")
+
+
 def gpu_targets(result: dict) -> list[dict]:
     """Issue 14's GPU targets: measured by a CUDA run (``--device cuda``: batches 1 and 64, training batch 128 and
     the default preset at 256 px), "not measured" otherwise."""
-    cuda = str(result.get("meta", {}).get("device", "cpu")).startswith("cuda")
+    cuda = _cuda_run(result)
     train, transfer = _train_rows(result), result.get("transfer", {}).get("rows", [])
     small = _find(train, preset="small", resolution=128) if cuda else None
     big = _find(train, preset="default", resolution=256) if cuda else None

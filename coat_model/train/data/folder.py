@@ -91,11 +91,12 @@ def _square_resize(image: torch.Tensor, size: int) -> torch.Tensor:
 
 
 def _square_resize_batch(images: torch.Tensor, size: int) -> torch.Tensor:
-    """Centre-crop [N, C, H, W] to squares and resize to [N, C, size, size] (anti-aliased bilinear)."""
+    """Centre-crop [N, C, H, W] to squares and resize to float [N, C, size, size] (anti-aliased bilinear); uint8
+    images are converted after the crop (:func:`to_unit_float`)."""
     h, w = images.shape[-2:]
     side = min(h, w)
     top, left = (h - side) // 2, (w - side) // 2
-    square = images[..., top:top + side, left:left + side]
+    square = to_unit_float(images[..., top:top + side, left:left + side])
     if side == size:
         return square.contiguous()
     out = F.interpolate(square, size=(size, size), mode="bilinear", align_corners=False, antialias=side > size)
@@ -135,11 +136,7 @@ class Decoded:
         device = torch.device(device or "cpu")
         out = torch.empty(self.count, 3, self.size, self.size, device=device)
         for rows, batch in self.groups:
-            batch = batch.to(device, non_blocking=True)
-            h, w = batch.shape[-2:]
-            side = min(h, w)
-            top, left = (h - side) // 2, (w - side) // 2
-            made = _square_resize_batch(to_unit_float(batch[..., top:top + side, left:left + side]), self.size)
+            made = _square_resize_batch(batch.to(device, non_blocking=True), self.size)
             flip = torch.tensor([self.flips[i] for i in rows]).to(device, non_blocking=True)
             made = torch.where(flip.view(-1, 1, 1, 1), made.flip(-1), made)
             out.index_copy_(0, torch.tensor(rows).to(device, non_blocking=True), made)
