@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from coat_model import COATConfig
@@ -232,3 +233,16 @@ def test_step_module_returns_what_the_trainer_reads_and_owns_only_the_model():
     assert all(m.shape == trainer.model.w_avg.shape for m in result.layer_means)
     loss, stats = result[:2]
     assert loss is result.loss and stats is result.stats
+
+
+def test_local_grid_sizes_the_part_motion_lattice_of_the_warp_pairs():
+    """``local_grid`` reaches the warp draws (a coarser lattice moves larger parts); runs saved before the field keep
+    the 8 x 8 lattice, and a lattice of fewer than two nodes a side is refused."""
+    coarse = _trainer(steps=1, local_warp=0.06, local_grid=5).recipes(1)[0].warp.coarse
+    fine = _trainer(steps=1, local_warp=0.04).recipes(1)[0].warp.coarse
+    assert coarse.shape[-2:] == (5, 5) and fine.shape[-2:] == (8, 8)
+    legacy = json.loads(TrainConfig(local_warp=0.04).to_json())
+    del legacy["local_grid"]
+    assert TrainConfig.from_json(json.dumps(legacy)).local_grid == 8
+    with pytest.raises(ValueError, match="local_grid"):
+        TrainConfig(local_grid=1)

@@ -186,7 +186,7 @@ class PairRecipe:
 
 def draw_pairs(dataset, sampler: GlobalSampler, positions: list[int], seed: int, mix: tuple[float, float, float],
                colour_remap: bool = True, palette_share: float = 0.0, blur_share: float = 0.0,
-               warp_strength: float = 1.0, local_warp: float = 0.0) -> PairRecipe:
+               warp_strength: float = 1.0, local_warp: float = 0.0, local_grid: int = 8) -> PairRecipe:
     """The random part of the pairs at the given global positions (a rank's slice of a global batch), on the CPU.
 
     Every random draw of a sample comes from its own stream (``(seed, position)``), in a fixed order: the other
@@ -209,7 +209,7 @@ def draw_pairs(dataset, sampler: GlobalSampler, positions: list[int], seed: int,
                                blur_share)
     if rows["warp"]:
         warp = draw_warp([gens[i] for i in rows["warp"]], len(rows["warp"]), strength=warp_strength,
-                          local=local_warp)
+                          local=local_warp, local_grid=local_grid)
     return PairRecipe(images, styles, kinds, [mix_seed(seed, p, 8) for p in positions],
                       {k: torch.tensor(v, dtype=torch.long) for k, v in rows.items()}, look, warp)
 

@@ -62,8 +62,10 @@ class TrainConfig:
                                              # both: matches across instances (BENCHMARKS, Quality, stage F)
     warp_strength: float = 1.0               # warp pairs: 1 = rotation +-20 deg, zoom 0.8-1.2, shift +-5 %, lattice
                                              # jitter 0.1; s multiplies each (the zoom's bounds to the power s)
-    local_warp: float = 0.0                  # warp pairs: > 0 adds part-sized motion, offsets up to this on an 8 x 8
-                                             # lattice (data/warp.py draw_warp's ``local``; 0.04 = 2 % of the width)
+    local_warp: float = 0.0                  # warp pairs: > 0 adds part-sized motion, offsets up to this on a
+                                             # local_grid lattice (data/warp.py draw_warp's ``local``; 0.04 = 2 % of the width)
+    local_grid: int = 8                      # that lattice's size (coarser: larger parts move; keep local_warp
+                                             # below about 0.3 / (local_grid - 1))
     rec_weight: float = 1.0
     ssim_weight: float = 0.5
     reg_weight: float = 0.005
@@ -91,7 +93,7 @@ class TrainConfig:
         """The pair builder's settings (:func:`~coat_model.train.pairs.draw_pairs`' keywords)."""
         return dict(mix=self.pair_mix, colour_remap=self.colour_remap, palette_share=self.palette_share,
                     blur_share=self.blur_share, warp_strength=self.warp_strength,
-                    local_warp=self.local_warp)
+                    local_warp=self.local_warp, local_grid=self.local_grid)
 
     def loss_weights(self) -> dict[str, float]:
         return dict(rec=self.rec_weight, reg=self.reg_weight, ccl=self.ccl_weight,
@@ -119,6 +121,8 @@ class TrainConfig:
             raise ValueError(f"batch_size {self.batch_size} must be a positive multiple of accumulate {self.accumulate}")
         if self.amp not in AMP_MODES:
             raise ValueError(f"amp must be auto, off, bf16 or fp16, got {self.amp!r}")
+        if self.local_grid < 2:
+            raise ValueError(f"local_grid must be >= 2 (a lattice of local_grid x local_grid nodes), got {self.local_grid}")
 
 
 class StepResult(NamedTuple):
