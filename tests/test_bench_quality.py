@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from coat_model.bench.metrics import pck
-from coat_model.bench.quality import EVAL_SEED, KEYS, cell_flow_to_pixels, coat_outputs, evaluate, gt_matches, main
+from coat_model.bench.quality import EVAL_SEED, KEYS, PART_METHODS, cell_flow_to_pixels, coat_outputs, evaluate, gt_matches, main
 from coat_model.model.coat import COAT
 from coat_model.model.config import COATConfig
 from coat_model.model.matching import coordinate_grid, resample_flow, untokens
@@ -70,6 +70,10 @@ def test_main_prints_the_table_and_writes_the_json(tiny_model, tmp_path, capsys)
     assert (record["pairs"], record["split"], record["resolution"]) == (3, "hard", 32)
     assert tuple(record["methods"]) == METHODS
     assert all(set(m) == set(KEYS) for m in record["methods"].values())
+    assert tuple(record["parts"]) == PART_METHODS and "iris" in record["parts"]["coat"]
+    assert set(record["parts"]["coat"]["iris"]) == {"paa", "de_part", "pck02", "pck05", "parts"}
+    assert record["parts"]["coat_gt_matches"]["iris"]["pck05"] is None      # a decoder oracle has no flow
+    assert "coat_flow_warp PAA" in table and "coat PCK@.05" in table
 
 
 def test_ground_truth_matches_of_the_identity_are_every_cell_itself():

@@ -166,3 +166,62 @@ def test_ccl_queries_are_a_uniform_sample_of_the_valid_cells():
     everything = correspondence_nce(q, k, target, torch.ones(1, 36, dtype=torch.bool), n_queries=36,
                                     n_negatives=8, exclusion=1, seeds=torch.tensor([0]))
     assert low < 0.5 < everything
+
+
+def test_weighted_queries_are_drawn_in_proportion_to_their_weights_and_only_among_valid_cells():
+    """One query per image: each valid cell is drawn with probability weight / (sum of valid weights), an invalid
+    cell never, however heavy; without weights the draw is the uniform one."""
+    from coat_model.train.losses import sample_queries
+
+    n_images = 40_000
+    weight = torch.tensor([1.0, 2.0, 3.0, 4.0, 100.0]).expand(n_images, -1)
+    valid = torch.tensor([True, True, True, True, False]).expand(n_images, -1)
+    uniform = torch.rand(n_images, 5, generator=torch.Generator().manual_seed(0))
+    cells, used = sample_queries(uniform, valid, 1, weight)
+    share = torch.bincount(cells[:, 0], minlength=5).float() / n_images
+    torch.testing.assert_close(share, torch.tensor([0.1, 0.2, 0.3, 0.4, 0.0]), atol=0.01, rtol=0)
+    assert bool(used.all())
+    plain, _ = sample_queries(uniform, valid, 1)
+    torch.testing.assert_close(torch.bincount(plain[:, 0], minlength=5).float() / n_images,
+                               torch.tensor([0.25, 0.25, 0.25, 0.25, 0.0]), atol=0.01, rtol=0)
+    few = torch.tensor([[True, False, False, False, True]])
+    cells, used = sample_queries(uniform[:1], few, 3, weight[:1])
+    assert used.tolist() == [[1.0, 1.0, 0.0]] and sorted(cells[0, :2].tolist()) == [0, 4]
+
+
+def test_detail_weights_favour_edges_and_leave_flat_images_uniform():
+    from coat_model.train.losses import detail_weights
+
+    flat = torch.full((1, 3, 16, 16), 0.4)
+    torch.testing.assert_close(detail_weights(flat, 4.0), torch.ones(1, 256))
+    square = flat.clone()
+    square[..., 4:12, 4:12] = 0.9                                    # a small bright part
+    w = detail_weights(square, 4.0).view(16, 16)
+    assert w[8, 3] > 5 and w[8, 4] > 5 and w[8, 11] > 5 and w[8, 12] > 5   # both sides of its outline
+    assert w[0, 0] == 1 and w[8, 8] == 1                             # flat background and its flat inside
+    assert w.mean() == pytest.approx(1 + 4.0, rel=1e-5)              # mean weight 1 + strength
+
+
+def test_detail_weighted_fine_queries_run_in_a_training_step_and_lower_the_loss():
+    """``ccl_fine_detail`` reaches the full-resolution contrastive term (another sample of queries than without it)
+    and a few CPU steps with it lower that term."""
+    from coat_model import COATConfig
+    from coat_model.train.cli import make_dataset
+    from coat_model.train.trainer import TrainConfig, Trainer
+
+    def trainer(**kw):
+        cfg = TrainConfig(steps=30, batch_size=4, seed=3, lr=3e-3, **kw)
+        model = COATConfig.tiny(refine_dim=8, refine_radius=2, pixel_latents=True)
+        return Trainer(model, cfg, make_dataset("procedural:faces", 32, seed=3))
+
+    def fine_term(t):
+        batch, counts = t._pairs(0)[0], t._global_counts(0, 0)
+        with torch.no_grad():
+            return float(t.step_module(batch, 0, counts)[1]["ccl_fine"])
+
+    detailed, plain = trainer(ccl_fine_detail=4.0), trainer()
+    assert fine_term(detailed) != fine_term(plain)
+    before = fine_term(detailed)
+    for _ in range(30):
+        detailed.train_step()
+    assert fine_term(detailed) < before

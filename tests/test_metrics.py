@@ -6,7 +6,7 @@ import torch
 from coat_model.bench import baselines
 from coat_model.bench.metrics import (
     PSNR_CAP_DB, bg_l1, compute_metrics, conf_coverage, conf_precision, confidence_sweep, de_part, lab_to_srgb, paa,
-    pck, psnr, srgb_to_lab,
+    part_scores, part_tallies, pck, psnr, srgb_to_lab,
 )
 from coat_model.train.data import sample_pairs
 
@@ -70,6 +70,26 @@ def test_swapped_part_colours_score_zero_paa():
     red_blue = (srgb_to_lab(torch.tensor([1.0, 0, 0]).view(1, 3, 1, 1)) -
                 srgb_to_lab(torch.tensor([0, 0, 1.0]).view(1, 3, 1, 1))).norm().item()
     assert de_part(output, target, labels) == pytest.approx(red_blue, rel=1e-5)   # about 176 dE
+
+
+def test_part_scores_say_which_part_failed_and_pool_batches_exactly():
+    """Part 1 keeps its colour and its matches, part 2 takes part 1's colour and matches 3 px off: per part, PAA
+    1 and 0, dE 0 and red-blue, PCK@0.02 1 and 0, PCK@0.05 1 and 1; two tallies summed count both images."""
+    target, labels = _scene()
+    output, flow = target.clone(), _identity_flow()
+    output[..., 14:] = target[..., 7:8]
+    flow[:, 0, :, 14:] += 0.3                           # 3 px at 10 px per unit: within 0.05 * 21, not 0.02 * 21
+    visible = labels[:, None] > 0
+    tallies = part_tallies(output, target, labels, 3, pred_flow=flow, gt_flow=_identity_flow(), visible=visible)
+    scores = part_scores(tallies, ("background", "red", "blue"))
+    assert set(scores) == {"red", "blue"}
+    red, blue = scores["red"], scores["blue"]
+    assert (red["paa"], red["de_part"], red["pck02"], red["pck05"], red["parts"]) == (1.0, 0.0, 1.0, 1.0, 1)
+    assert (blue["paa"], blue["pck02"], blue["pck05"]) == (0.0, 0.0, 1.0) and blue["de_part"] > 100
+    twice = part_scores({k: 2 * v for k, v in tallies.items()}, ("background", "red", "blue"))
+    assert twice["blue"]["parts"] == 2 and twice["blue"]["paa"] == 0.0
+    no_flow = part_scores(part_tallies(target, target, labels, 3), ("background", "red", "blue"))
+    assert no_flow["blue"]["paa"] == 1.0 and no_flow["blue"]["pck05"] is None
 
 
 def test_indistinct_target_parts_are_not_scored():

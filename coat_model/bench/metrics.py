@@ -19,6 +19,7 @@ import torch.nn.functional as F
 __all__ = [
     "srgb_to_lab", "lab_to_srgb", "part_mean_lab", "de_part", "paa", "de_to_content", "psnr", "l1",
     "bg_l1", "pck", "conf_precision", "conf_coverage", "confidence_sweep", "compute_metrics", "PSNR_CAP_DB",
+    "part_tallies", "part_scores",
 ]
 
 PSNR_CAP_DB = 100.0         # PSNR of a perfect output (MSE = 0) is reported as this many dB
@@ -92,16 +93,21 @@ def _de(out_means: torch.Tensor, ref_means: torch.Tensor, valid: torch.Tensor) -
     return (out_means - ref_means).norm(dim=-1)[valid].mean().item() if valid.any() else None
 
 
-def _paa(out_means: torch.Tensor, ref_means: torch.Tensor, valid: torch.Tensor, distinct_de: float):
+def _assignment(out_means: torch.Tensor, ref_means: torch.Tensor, valid: torch.Tensor, distinct_de: float):
+    """(scored, hit), both [B, L] bool: the parts PAA scores (target colour distinct from every other part's) and
+    those whose output colour is nearest to their own target colour."""
     big = torch.finfo(out_means.dtype).max
     mask_other = ~valid[:, None, :] | torch.eye(valid.shape[1], dtype=torch.bool, device=valid.device)
     separation = torch.cdist(ref_means, ref_means).masked_fill(mask_other, big).amin(-1)    # [B, L]
     scored = valid & (separation >= distinct_de)
-    if not scored.any():
-        return None
     nearest = torch.cdist(out_means, ref_means).masked_fill(~valid[:, None, :], big).argmin(-1)  # [B, L]
     own = torch.arange(valid.shape[1], device=valid.device).expand_as(nearest)
-    return (nearest == own)[scored].float().mean().item()
+    return scored, scored & (nearest == own)
+
+
+def _paa(out_means: torch.Tensor, ref_means: torch.Tensor, valid: torch.Tensor, distinct_de: float):
+    scored, hit = _assignment(out_means, ref_means, valid, distinct_de)
+    return hit[scored].float().mean().item() if scored.any() else None
 
 
 def de_part(output: torch.Tensor, target: torch.Tensor, labels: torch.Tensor, min_area: int = 4) -> float | None:
@@ -213,6 +219,50 @@ def confidence_sweep(pred_flow, gt_flow, visible, confidence: torch.Tensor,
     """Precision / coverage for each confidence threshold (a float confidence map is required)."""
     return [{"threshold": t, "precision": conf_precision(pred_flow, gt_flow, visible, confidence, t),
              "coverage": conf_coverage(visible, confidence, t)} for t in thresholds]
+
+
+def part_tallies(
+    output: torch.Tensor,               # [B, 3, H, W]
+    gt_transfer: torch.Tensor,          # [B, 3, H, W]
+    content_labels: torch.Tensor,       # [B, H, W]
+    num_labels: int,
+    pred_flow: torch.Tensor | None = None,
+    gt_flow: torch.Tensor | None = None,
+    visible: torch.Tensor | None = None,
+    min_area: int = 4,
+    distinct_de: float = 10.0,
+) -> dict[str, torch.Tensor]:
+    """Per-label sums over a batch ([L] float each), so that batches pool exactly: ``scored`` and ``assigned``
+    (the parts PAA scores and those it counts right), ``valid`` and ``de`` (parts of at least ``min_area`` px and
+    their summed dE), and with a flow ``visible`` pixels and ``pck02`` / ``pck05`` hits among them. Which parts
+    a transfer gets wrong: a part-averaged score hides whether small parts or large ones fail."""
+    out_means, area = part_mean_lab(output, content_labels, num_labels)
+    ref_means = part_mean_lab(gt_transfer, content_labels, num_labels)[0]
+    valid = _scored_parts(area, min_area)
+    scored, hit = _assignment(out_means, ref_means, valid, distinct_de)
+    de = (out_means - ref_means).norm(dim=-1) * valid
+    tallies = {"scored": scored.sum(0), "assigned": hit.sum(0), "valid": valid.sum(0), "de": de.sum(0)}
+    if pred_flow is not None and gt_flow is not None and visible is not None:
+        onehot = F.one_hot(content_labels, num_labels).permute(0, 3, 1, 2).bool() & visible    # [B, L, H, W]
+        tallies["visible"] = onehot.sum((0, 2, 3))
+        for key, alpha in (("pck02", 0.02), ("pck05", 0.05)):
+            tallies[key] = (onehot & _correct(pred_flow, gt_flow, alpha)).sum((0, 2, 3))
+    return {k: v.double() for k, v in tallies.items()}
+
+
+def part_scores(tallies: dict[str, torch.Tensor], names) -> dict[str, dict[str, float | None]]:
+    """Pooled tallies (:func:`part_tallies`, summed) -> per label name: paa, de_part, pck02, pck05 (None where
+    nothing was scored) and ``parts``, how many (image, part) pairs PAA scored."""
+    ratio = lambda a, b: None if b == 0 else a / b  # noqa: E731
+    out = {}
+    for i, name in enumerate(names):
+        if i == 0:  # the background is not a part
+            continue
+        t = {k: float(v[i]) for k, v in tallies.items()}
+        out[name] = {"paa": ratio(t["assigned"], t["scored"]), "de_part": ratio(t["de"], t["valid"]),
+                     "pck02": ratio(t.get("pck02", 0.0), t.get("visible", 0.0)),
+                     "pck05": ratio(t.get("pck05", 0.0), t.get("visible", 0.0)), "parts": int(t["scored"])}
+    return out
 
 
 # ---------------------------------------------------------------------------------------------------------

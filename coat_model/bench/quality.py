@@ -20,6 +20,9 @@ Methods, all in one run on the same held-out pairs:
   object box resampled onto the content's);
 - oracles with ground truth: ``partwise_reinhard`` (Reinhard per true part) and ``gt_warp`` (the style sampled at
   the true correspondence).
+
+Per part, for ``PART_METHODS``: PAA, dE and PCK of every label pooled over the pairs (a second table, and
+``parts`` in the JSON): a part-averaged PAA does not say whether the small parts or the large ones fail.
 """
 
 from __future__ import annotations
@@ -36,12 +39,13 @@ import torch.nn.functional as F
 from ..io import load
 from ..model.coords import cells_to_flow, cells_to_pixels, flow_to_cells, identity_flow
 from ..model.matching import Match, resample_flow
-from ..train.data.faces import sample_pairs
+from ..train.data.faces import LABELS, NUM_LABELS, sample_pairs
 from ..train.pairs import at_cell_centres
 from . import baselines
-from .metrics import compute_metrics
+from .metrics import compute_metrics, part_scores, part_tallies
 
 KEYS = ("paa", "de_part", "psnr", "pck02", "pck05", "pck10", "conf_precision", "conf_coverage", "bg_l1")
+PART_METHODS = ("coat", "coat_flow_warp", "coat_gt_matches", "style_copy")  # also scored per part
 EVAL_SEED = 987_654_321  # held out: training draws images from other seeds
 
 
@@ -103,13 +107,30 @@ def coat_outputs(model, content: torch.Tensor, style: torch.Tensor, gt_flow: tor
     return out
 
 
+@dataclasses.dataclass
+class Report:
+    """What the bench measured: ``methods`` (method -> metric -> value, :data:`KEYS`) and ``parts`` (for
+    :data:`PART_METHODS`: method -> label -> paa, de_part, pck02, pck05, parts; see :func:`metrics.part_scores`)."""
+
+    methods: dict[str, dict[str, float | None]]
+    parts: dict[str, dict[str, dict[str, float | None]]]
+
+
 def evaluate(model, n_pairs: int = 200, split: str = "easy", batch_size: int = 25, seed: int = EVAL_SEED,
              device=None) -> dict[str, dict[str, float | None]]:
     """Metrics per method, pooled over ``n_pairs`` pairs (weighted by batch size)."""
+    return report(model, n_pairs, split, batch_size, seed, device).methods
+
+
+def report(model, n_pairs: int = 200, split: str = "easy", batch_size: int = 25, seed: int = EVAL_SEED,
+           device=None) -> Report:
+    """Metrics per method pooled over ``n_pairs`` pairs (weighted by batch size), and per part for
+    :data:`PART_METHODS` (pooled over every scored part)."""
     r = model.config.resolution
     device = device or model.w_avg.device
     sums: dict[str, dict[str, float]] = {}
     counts: dict[str, dict[str, int]] = {}
+    tallies: dict[str, dict[str, torch.Tensor]] = {}
     for start in range(0, n_pairs, batch_size):
         n = min(batch_size, n_pairs - start)
         pairs = sample_pairs(n, seed=seed + start, size=r, split=split)
@@ -140,8 +161,14 @@ def evaluate(model, n_pairs: int = 200, split: str = "easy", batch_size: int = 2
                     sums[name][key] += metrics[key] * n
                     counts.setdefault(name, {}).setdefault(key, 0)
                     counts[name][key] += n
-    return {name: {k: (sums[name][k] / counts[name][k] if k in counts.get(name, {}) else None) for k in KEYS}
-            for name in sums}
+            if name in PART_METHODS:
+                t = part_tallies(m["output"].float().cpu(), pairs.target, labels, NUM_LABELS,
+                                 pred_flow=None if "pred_flow" not in m else m["pred_flow"].float().cpu(),
+                                 gt_flow=pairs.flow, visible=pairs.visible)
+                tallies[name] = {k: tallies.get(name, {}).get(k, 0) + v for k, v in t.items()}
+    methods = {name: {k: (sums[name][k] / counts[name][k] if k in counts.get(name, {}) else None) for k in KEYS}
+               for name in sums}
+    return Report(methods, {name: part_scores(t, LABELS) for name, t in tallies.items()})
 
 
 def format_table(results: dict[str, dict]) -> str:
@@ -149,6 +176,23 @@ def format_table(results: dict[str, dict]) -> str:
     lines = [header, "-" * len(header)]
     for name, metrics in results.items():
         lines.append(f"{name:<18}" + "".join(f"{'-' if metrics[k] is None else f'{metrics[k]:.3f}':>15}" for k in KEYS))
+    return "\n".join(lines)
+
+
+def format_parts(parts: dict[str, dict[str, dict]]) -> str:
+    """PAA and PCK@0.02 / 0.05 per part, one column pair per method of :data:`PART_METHODS` that has them."""
+    names = [n for n in PART_METHODS if n in parts]
+    if not names:
+        return ""
+    cell = lambda v: "-" if v is None else f"{v:.2f}"  # noqa: E731
+    header = f"{'part':<12}{'scored':>7}" + "".join(f"{n[:16] + ' PAA':>21}" for n in names) + \
+        f"{'coat PCK@.02':>14}{'coat PCK@.05':>14}"
+    lines = [header, "-" * len(header)]
+    for label, first in parts[names[0]].items():
+        row = f"{label:<12}{first['parts']:>7}" + "".join(f"{cell(parts[n][label]['paa']):>21}" for n in names)
+        coat = parts.get("coat", {}).get(label, {})
+        row += f"{cell(coat.get('pck02')):>14}{cell(coat.get('pck05')):>14}"
+        lines.append(row)
     return "\n".join(lines)
 
 
@@ -162,12 +206,15 @@ def main(argv=None) -> int:
     p.add_argument("--device", default="cpu")
     args = p.parse_args(argv)
     model = load(args.ckpt, device=args.device)
-    results = evaluate(model, args.pairs, args.split, device=torch.device(args.device))
-    print(format_table(results))
+    measured = report(model, args.pairs, args.split, device=torch.device(args.device))
+    print(format_table(measured.methods))
+    print()
+    print(format_parts(measured.parts))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({"ckpt": str(args.ckpt), "pairs": args.pairs, "split": args.split,
-                                         "resolution": model.config.resolution, "methods": results}, indent=2))
+                                         "resolution": model.config.resolution, "methods": measured.methods,
+                                         "parts": measured.parts}, indent=2))
     return 0
 
 

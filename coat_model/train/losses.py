@@ -124,6 +124,7 @@ def correspondence_nce(
     seeds: torch.Tensor | None = None,
     salt: int = 0,
     detach_keys: bool = True,
+    query_weight: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Correspondence contrastive loss with hard negatives (docs/METHOD.md "Training"), per image.
 
@@ -138,16 +139,19 @@ def correspondence_nce(
         seeds: [B] integer seeds of the images' sampling streams (:mod:`coat_model.train.streams`; an image then draws
             the same queries and negatives in any batch, on any device and in any process); ``salt`` tells
             apart the calls of one step (scales, loss terms). None: the global torch RNG.
+        query_weight: [B, h*w] positive weights: queries are drawn without replacement with probability in
+            proportion to them (weighted reservoir keys, log(u) / weight, from the same uniforms); None: uniform.
     Returns: [B] InfoNCE loss per image, the mean over its queries (0 for images without valid cells).
     Computed in fp32 (logits / 0.07 lose too much in bf16); no host synchronisation, no per-image loop.
     """
     with autocast(query.device.type, enabled=False):
         return _nce(query.float(), key.float(), target, valid, n_queries=n_queries, n_negatives=n_negatives,
                     hard_share=hard_share, tau=tau, exclusion=exclusion, seeds=seeds, salt=salt,
-                    detach_keys=detach_keys)
+                    detach_keys=detach_keys, query_weight=query_weight)
 
 
-def _nce(query, key, target, valid, *, n_queries, n_negatives, hard_share, tau, exclusion, seeds, salt, detach_keys):
+def _nce(query, key, target, valid, *, n_queries, n_negatives, hard_share, tau, exclusion, seeds, salt, detach_keys,
+         query_weight=None):
     b, n = valid.shape
     hs, ws = key.shape[-2:]
     device = query.device
@@ -158,9 +162,7 @@ def _nce(query, key, target, valid, *, n_queries, n_negatives, hard_share, tau, 
             return torch.rand(b, count, device=device)
         return streams.uniform(seeds, count, salt=3 * salt + stream)
 
-    # Queries: the valid cells of highest random score, a uniform subset; unfilled slots get weight 0.
-    top = draw(n, 0).masked_fill(~valid.to(device), -1.0).topk(min(n_queries, n), dim=1)
-    cells, weight = top.indices, (top.values >= 0).float()  # [B, Q]
+    cells, weight = sample_queries(draw(n, 0), valid.to(device), n_queries, query_weight)  # [B, Q]
     q = torch.gather(F.normalize(query.flatten(2), dim=1), 2, cells[:, None].expand(-1, query.shape[1], -1))
     k = F.normalize((key.detach() if detach_keys else key).flatten(2), dim=1)  # [B, C, Ns]
     logits = torch.einsum("bcq,bcn->bqn", q, k).div_(tau)  # [B, Q, Ns], in place: the product needs q and k only
@@ -177,6 +179,34 @@ def _nce(query, key, target, valid, *, n_queries, n_negatives, hard_share, tau, 
     all_logits = torch.cat([logits.gather(2, pos[..., None]), logits.gather(2, negatives)], dim=2)
     per_query = torch.logsumexp(all_logits, dim=2) - all_logits[..., 0]
     return (per_query * weight).sum(1) / weight.sum(1).clamp_min(1.0) * (weight.sum(1) > 0)
+
+
+def sample_queries(uniform: torch.Tensor, valid: torch.Tensor, n_queries: int,
+                   weight: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The query cells of each image from its uniforms ``uniform`` [B, N]: ``n_queries`` valid cells drawn without
+    replacement, uniformly, or with probability in proportion to ``weight`` [B, N] (> 0; weighted reservoir keys
+    log(u) / weight, Efraimidis and Spirakis). Returns (cells [B, Q] long, used [B, Q] float): slots an image
+    had no valid cell left for are not used (0)."""
+    n = uniform.shape[1]
+    if weight is None:
+        top = uniform.masked_fill(~valid, -1.0).topk(min(n_queries, n), dim=1)
+        return top.indices, (top.values >= 0).float()
+    keys = uniform.clamp_min(1e-12).log() / weight.float().clamp_min(1e-6)
+    cells = keys.masked_fill(~valid, float("-inf")).topk(min(n_queries, n), dim=1).indices
+    return cells, torch.gather(valid, 1, cells).float()
+
+
+def detail_weights(images: torch.Tensor, strength: float) -> torch.Tensor:
+    """Query weights [B, H*W] that favour an image's details: ``1 + strength * g / mean(g)``, g the colour-edge
+    magnitude (central differences over the channels, widened by a 3 x 3 maximum so both sides of an edge count).
+    Small parts and part boundaries, where a pixel-accurate match decides a part's colour, then get more of the
+    full-resolution contrastive term's queries than flat regions; no labels, nothing category-specific."""
+    x = images.float()
+    gx = F.pad(x[..., :, 2:] - x[..., :, :-2], (1, 1, 0, 0))
+    gy = F.pad(x[..., 2:, :] - x[..., :-2, :], (0, 0, 1, 1))
+    g = F.max_pool2d((gx.square() + gy.square()).sum(1, keepdim=True).sqrt(), 3, stride=1, padding=1)
+    g = g / g.mean(dim=(2, 3), keepdim=True).clamp_min(1e-6)
+    return (1 + strength * g).flatten(1)
 
 
 def outside_window(centre: torch.Tensor, h: int, w: int, radius: int) -> torch.Tensor:

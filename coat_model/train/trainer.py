@@ -31,8 +31,8 @@ from ..model.coords import flow_to_index
 from .denormals import flush_denormals
 from .discriminator import Discriminator
 from .losses import (
-    correspondence_nce, cycle_loss, discriminator_loss, generator_adversarial_loss, hardness_schedule,
-    latent_regularisation, r1_penalty, reconstruction_loss,
+    correspondence_nce, cycle_loss, detail_weights, discriminator_loss, generator_adversarial_loss,
+    hardness_schedule, latent_regularisation, r1_penalty, reconstruction_loss,
 )
 from .pairs import GlobalSampler, PairBatch, PairRecipe, draw_pairs, flow_targets
 from .run_dir import RunDirectory
@@ -77,6 +77,8 @@ class TrainConfig:
     ccl_detach_keys: bool = False            # CUT stops gradients at the keys; both sides learning is ~2x faster here
     ccl_fine_weight: float = 1.0             # CCL of the full-resolution refinement descriptors (refine_dim > 0)
     ccl_fine_queries: int = 128
+    ccl_fine_detail: float = 0.0             # > 0: its queries favour the content's edges and small parts
+                                             # (losses.detail_weights: weight 1 + this * edge / mean edge)
     cycle_weight: float = 0.1                # forward-backward consistency of the finest soft matches, every pair
     hard_ramp: float = 0.2                   # hard-negative share ramps 0 -> 1 over this fraction of steps
     bootstrap: float = 0.1                   # random pairs join CCL (confident matches) after this fraction
@@ -193,9 +195,10 @@ class TrainingStep(nn.Module):
         if mcfg.refine_dim and cfg.ccl_fine_weight:  # the refinement's descriptors, on pairs with a known flow
             kf = style.descriptors[1]
             target, ok = flow_targets(batch.flow, batch.flow_valid, r, 1, kf.shape[-2:])
+            detail = detail_weights(batch.content, cfg.ccl_fine_detail) if cfg.ccl_fine_detail else None
             terms["ccl_fine"] = correspondence_nce(
                 content.descriptors[1], kf, target, ok & batch.has_flow[:, None], seeds=seeds, salt=2 * n_scales,
-                **{**kw, "n_queries": cfg.ccl_fine_queries}).sum() / global_counts["all"]
+                query_weight=detail, **{**kw, "n_queries": cfg.ccl_fine_queries}).sum() / global_counts["all"]
         cycle = alignment.cycle_error.get(mcfg.scales[-1])  # the finest soft matches (none on the hard path)
         if cfg.cycle_weight and cycle is not None:
             terms["cycle"] = cycle_loss(cycle).sum() / global_counts["all"]
