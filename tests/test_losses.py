@@ -201,27 +201,3 @@ def test_detail_weights_favour_edges_and_leave_flat_images_uniform():
     assert w[0, 0] == 1 and w[8, 8] == 1                             # flat background and its flat inside
     assert w.mean() == pytest.approx(1 + 4.0, rel=1e-5)              # mean weight 1 + strength
 
-
-def test_detail_weighted_fine_queries_run_in_a_training_step_and_lower_the_loss():
-    """``ccl_fine_detail`` reaches the full-resolution contrastive term (another sample of queries than without it)
-    and a few CPU steps with it lower that term."""
-    from coat_model import COATConfig
-    from coat_model.train.cli import make_dataset
-    from coat_model.train.trainer import TrainConfig, Trainer
-
-    def trainer(**kw):
-        cfg = TrainConfig(steps=30, batch_size=4, seed=3, lr=3e-3, **kw)
-        model = COATConfig.tiny(refine_dim=8, refine_radius=2, pixel_latents=True)
-        return Trainer(model, cfg, make_dataset("procedural:faces", 32, seed=3))
-
-    def fine_term(t):
-        batch, counts = t._pairs(0)[0], t._global_counts(0, 0)
-        with torch.no_grad():
-            return float(t.step_module(batch, 0, counts)[1]["ccl_fine"])
-
-    detailed, plain = trainer(ccl_fine_detail=4.0), trainer()
-    assert fine_term(detailed) != fine_term(plain)
-    before = fine_term(detailed)
-    for _ in range(30):
-        detailed.train_step()
-    assert fine_term(detailed) < before
