@@ -39,15 +39,16 @@ def _inspect(path: Path) -> dict[str, str]:
         head = f.read(8)
         if len(head) < 8:
             raise CheckpointError(f"{path.name} is empty or truncated ({size} bytes): re-download or re-save it")
-        if head[:2] == b"PK" or head[:1] == b"\x80":
-            raise CheckpointError(
-                f"{path.name} is a PyTorch pickle/zip file renamed to .safetensors; COAT never unpickles. "
-                "Convert it with coat_model.io.import_stylegan2 (generators) or re-save it as safetensors"
-            )
         (header_len,) = struct.unpack("<Q", head)
-        if header_len > min(_MAX_HEADER, size - 8):
+        header = f.read(header_len) if header_len <= min(_MAX_HEADER, size - 8) else b""
+        if not header.startswith(b"{"):  # not a safetensors header: say what it is when we can tell
+            # (a safetensors header's length can start with 0x80 too: only a file that is not one is a pickle)
+            if head[:2] == b"PK" or (head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05")):
+                raise CheckpointError(
+                    f"{path.name} is a PyTorch pickle/zip file renamed to .safetensors; COAT never unpickles. "
+                    "Convert it with coat_model.io.import_stylegan2 (generators) or re-save it as safetensors"
+                )
             raise CheckpointError(f"{path.name} is not a valid safetensors file (truncated or corrupt header)")
-        header = f.read(header_len)
     try:
         meta = json.loads(header)
     except ValueError:

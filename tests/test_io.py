@@ -48,6 +48,20 @@ def test_pickle_under_safetensors_name_is_refused_and_never_runs(tmp_path, monke
     assert not flag.exists()
 
 
+def test_a_checkpoint_whose_header_length_begins_with_the_pickle_byte_loads(tmp_path):
+    """The first byte of a safetensors file is the low byte of its header's length, 0x80 for 1 header in 32 (they
+    are padded to 8 bytes): such a file is a checkpoint, not a pickle (a trained checkpoint was refused so)."""
+    model = COAT(COATConfig.tiny()).eval()
+    path = tmp_path / "m.safetensors"
+    for filler in range(300):
+        model.save(path, metadata={"note": "x" * filler})
+        if path.read_bytes()[0] == 0x80:
+            break
+    assert path.read_bytes()[0] == 0x80
+    assert coat_model.load(path).config == model.config
+    assert coat_model.io.metadata(path)["note"].startswith("x")
+
+
 def test_importer_refuses_malicious_pickle(tmp_path, monkeypatch):
     flag = tmp_path / "pwned"
     monkeypatch.setenv("COAT_PWNED", str(flag))
