@@ -78,7 +78,8 @@ class TrainConfig:
     ccl_fine_weight: float = 1.0             # CCL of the full-resolution refinement descriptors (refine_dim > 0)
     ccl_fine_queries: int = 128
     ccl_fine_detail: float = 0.0             # > 0: its queries favour the content's edges and small parts
-                                             # (losses.detail_weights: weight 1 + this * edge / mean edge)
+                                             # (losses.detail_weights: weight 1 + this * edge / mean edge);
+                                             # 4 measured no better than uniform (BENCHMARKS, stage L's control)
     cycle_weight: float = 0.1                # forward-backward consistency of the finest soft matches, every pair
     hard_ramp: float = 0.2                   # hard-negative share ramps 0 -> 1 over this fraction of steps
     bootstrap: float = 0.1                   # random pairs join CCL (confident matches) after this fraction
