@@ -6,7 +6,9 @@ import pytest
 import torch
 
 from coat_model.bench.metrics import pck
-from coat_model.bench.quality import EVAL_SEED, KEYS, PART_METHODS, cell_flow_to_pixels, coat_outputs, evaluate, gt_matches, main
+from coat_model.bench.quality import (
+    EVAL_SEED, KEYS, PART_METHODS, cell_flow_to_pixels, coat_outputs, evaluate, gt_matches, main,
+)
 from coat_model.model.coat import COAT
 from coat_model.model.config import COATConfig
 from coat_model.model.matching import coordinate_grid, resample_flow, untokens

@@ -200,4 +200,3 @@ def test_detail_weights_favour_edges_and_leave_flat_images_uniform():
     assert w[8, 3] > 5 and w[8, 4] > 5 and w[8, 11] > 5 and w[8, 12] > 5   # both sides of its outline
     assert w[0, 0] == 1 and w[8, 8] == 1                             # flat background and its flat inside
     assert w.mean() == pytest.approx(1 + 4.0, rel=1e-5)              # mean weight 1 + strength
-

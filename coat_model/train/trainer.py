@@ -63,7 +63,8 @@ class TrainConfig:
     warp_strength: float = 1.0               # warp pairs: 1 = rotation +-20 deg, zoom 0.8-1.2, shift +-5 %, lattice
                                              # jitter 0.1; s multiplies each (the zoom's bounds to the power s)
     local_warp: float = 0.0                  # warp pairs: > 0 adds part-sized motion, offsets up to this on a
-                                             # local_grid lattice (data/warp.py draw_warp's ``local``; 0.04 = 2 % of the width)
+                                             # local_grid lattice (data/warp.py draw_warp's ``local``; 0.04 = 2 %
+                                             # of the width)
     local_grid: int = 8                      # that lattice's size (coarser: larger parts move; keep local_warp
                                              # below about 0.3 / (local_grid - 1))
     rec_weight: float = 1.0
@@ -125,7 +126,8 @@ class TrainConfig:
         if self.amp not in AMP_MODES:
             raise ValueError(f"amp must be auto, off, bf16 or fp16, got {self.amp!r}")
         if self.local_grid < 2:
-            raise ValueError(f"local_grid must be >= 2 (a lattice of local_grid x local_grid nodes), got {self.local_grid}")
+            raise ValueError(f"local_grid must be >= 2 (a lattice of local_grid x local_grid nodes), "
+                             f"got {self.local_grid}")
 
 
 class StepResult(NamedTuple):
