@@ -6,6 +6,8 @@ Methods, all in one run on the same held-out pairs:
 - ``coat``: the checkpoint's transfer (hard matches, confidence filtering, propagate fill); its matches are the
   refined per-pixel ones of a ``refine_radius`` model (``coat_unrefined``: the same without the refinement, scored
   on its finest cell matches);
+- ``coat_trusted_warp`` (a checkpoint whose inference defaults set ``flow_fill`` or ``warp_everywhere``): the same
+  network without them: untrusted pixels keep their own matches and the decoder renders them;
 - ``coat_modulation``: the same network and matches through the paper's pure modulation path (for a
   ``warp_style`` model: without the warped style's colours);
 - ``coat_global``: the same network with every aligned map replaced by the global style code (the
@@ -94,6 +96,11 @@ def coat_outputs(model, content: torch.Tensor, style: torch.Tensor, gt_flow: tor
     if alignment.refined is not None:  # the same network with the cell-level matches only
         out["coat_unrefined"] = dict(output=model.decode(c, model.align(c, s, refine=False)), pred_flow=cells,
                                      confidence=confidence)
+    if alignment.options.flow_fill or alignment.options.warp_everywhere:  # the hard path as trained
+        plain = model.align(c, s, flow_fill=0.0, warp_everywhere=False)
+        out["coat_trusted_warp"] = dict(
+            output=model.decode(c, plain), confidence=confidence,
+            pred_flow=cells if plain.refined is None else plain.refined.flow)
     if alignment.warped is not None:
         out["coat_modulation"] = dict(output=model.decode(c, dataclasses.replace(alignment, warped=None, trust=None)))
     if gt_flow is not None:

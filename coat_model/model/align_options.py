@@ -31,13 +31,16 @@ class AlignOptions:
     cycle_sigma: float | None = None
     geometric: bool | None = None            # hard path: the pair-wise distance check
     coarse_to_fine: bool | None = None       # hard path: search windows around the coarser matches
+    flow_fill: float | None = None           # hard path: sigma (finest cells) of the untrusted pixel matches' fill
+    warp_everywhere: bool | None = None      # hard path: the warped style offered on the whole object
 
     @classmethod
     def resolve(cls, config: COATConfig, *, mode: str, scales: tuple[int, ...], backend: str = "auto",
                 temperature: float | None = None, confidence_threshold: float | None = None,
                 sim_threshold: float | None = None, cycle_sigma: float | None = None, geometric: bool = True,
                 fill: str | None = None, coarse_to_fine: bool | None = None,
-                refine: bool | None = None) -> "AlignOptions":
+                refine: bool | None = None, flow_fill: float | None = None,
+                warp_everywhere: bool | None = None) -> "AlignOptions":
         """The options :meth:`COAT.align` runs with for these overrides (``None``: the config's value)."""
         pick = lambda value, default: default if value is None else value  # noqa: E731
         common = dict(
@@ -50,7 +53,9 @@ class AlignOptions:
                        confidence_threshold=pick(confidence_threshold, config.confidence_threshold))
         return cls(**common, confidence_threshold=pick(confidence_threshold, 0.0),
                    sim_threshold=pick(sim_threshold, config.sim_threshold), geometric=geometric,
-                   coarse_to_fine=pick(coarse_to_fine, config.coarse_to_fine))
+                   coarse_to_fine=pick(coarse_to_fine, config.coarse_to_fine),
+                   flow_fill=pick(flow_fill, config.flow_fill),
+                   warp_everywhere=config.warp_style and pick(warp_everywhere, config.warp_everywhere))
 
     @classmethod
     def given_matches(cls, scales: tuple[int, ...], fill: str) -> "AlignOptions":

@@ -15,7 +15,7 @@ from .decoder import Decoder
 from .encoder import Encoder
 from .gather import (
     Gathered, cell_gather, fill_gathered, keep_content_background, nearest_scale, pixel_gather, pixel_matches,
-    restrict_to_object, soft_gather, warp_style_image,
+    fill_matches, restrict_to_object, soft_gather, warp_style_image,
 )
 from .inputs import COATInputError, Frame, check_images, pair_batches
 from .matching import Match, hard_match, refine_match, soft_match
@@ -168,6 +168,8 @@ class COAT(nn.Module):
         scales: tuple[int, ...] | None = None,
         coarse_to_fine: bool | None = None,
         refine: bool | None = None,
+        flow_fill: float | None = None,
+        warp_everywhere: bool | None = None,
     ) -> Alignment:
         """Align the style latents to the content through dense correspondence (docs/CORRESPONDENCE.md).
 
@@ -180,6 +182,9 @@ class COAT(nn.Module):
                 scale's flow.
             refine: refine the finest matches per pixel (needs ``refine_dim``; default: the config's
                 ``refine_radius`` > 0).
+            flow_fill, warp_everywhere: hard path only (inference), override the config's: untrusted pixel matches
+                take the trusted ones' flow (sigma in finest cells, 0 = off) before refinement; a ``warp_style``
+                model's gate is offered the warped style on the whole object, not only where matches are trusted.
         """
         cfg = self.config
         if mode not in ALIGN_MODES:
@@ -190,10 +195,13 @@ class COAT(nn.Module):
         if not scales or any(s not in cfg.scales for s in scales):
             raise COATInputError(f"scales must be a non-empty subset of the model's scales {cfg.scales}, got {scales}")
         scales = tuple(s for s in cfg.scales if s in scales)
+        if flow_fill is not None and not flow_fill >= 0:
+            raise COATInputError(f"flow_fill is a sigma in cells (0: off), got {flow_fill}")
         options = AlignOptions.resolve(
             cfg, mode=mode, scales=scales, backend=backend, temperature=temperature,
             confidence_threshold=confidence_threshold, sim_threshold=sim_threshold, cycle_sigma=cycle_sigma,
-            geometric=geometric, fill=fill, coarse_to_fine=coarse_to_fine, refine=refine,
+            geometric=geometric, fill=fill, coarse_to_fine=coarse_to_fine, refine=refine, flow_fill=flow_fill,
+            warp_everywhere=warp_everywhere,
         )
         matches: dict[int, Match] = {}
         prior = None
@@ -256,7 +264,7 @@ class COAT(nn.Module):
         warped = trust = None
         if self.config.warp_style and pixels is not None and style.image is not None:
             warped, trust = warp_style_image(style.image, pixels, soft=options.mode == "soft",
-                                             content_mask=content.mask)
+                                             content_mask=content.mask, everywhere=bool(options.warp_everywhere))
         return Alignment(
             flow={s: m.flow for s, m in matches.items()},
             confidence={s: m.confidence for s, m in matches.items()},
@@ -276,6 +284,8 @@ class COAT(nn.Module):
             return None
         finest = min(matches)
         pixels = pixel_matches(matches[finest], finest, cfg.resolution)
+        if options.flow_fill:  # the refinement then searches around the trusted neighbours' flow
+            pixels = fill_matches(pixels, sigma=options.flow_fill * finest)
         if options.refine and 1 in content.descriptors and 1 in style.descriptors:
             pixels = refine_match(content.descriptors[1], style.descriptors[1], pixels,
                                   radius=max(1, cfg.refine_radius), temperature=cfg.refine_temperature,

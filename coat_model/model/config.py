@@ -57,6 +57,12 @@ class COATConfig:
     refine_temperature: float = 0.05           # softmax temperature of the soft (training) refinement
     warp_style: bool = False                   # the last ToRGB also receives the style image warped along the
                                                # (refined) matches, blended in by a learned gate where trusted
+    # -- inference defaults of the hard path (0 / False: as trained; the soft path never uses them) ------------
+    flow_fill: float = 0.0                     # > 0: untrusted pixel matches take the trusted ones' flow, averaged
+                                               # by normalised convolution at this sigma (cells of the finest scale,
+                                               # then 2x and 4x), before refinement; 0: they keep their own match
+    warp_everywhere: bool = False              # warp_style: offer the warped style's colours to the gate on the
+                                               # whole object, not only where matches are trusted
 
     def __post_init__(self) -> None:
         r = self.resolution
@@ -81,6 +87,10 @@ class COATConfig:
         if self.refine_radius < 0 or self.refine_dim < 0 or self.refine_temperature <= 0:
             raise ValueError(f"refine_radius and refine_dim must be >= 0 and refine_temperature > 0, got "
                              f"{self.refine_radius}, {self.refine_dim}, {self.refine_temperature}")
+        if not self.flow_fill >= 0:
+            raise ValueError(f"flow_fill is a sigma in cells (0: off), got {self.flow_fill}")
+        if self.warp_everywhere and not self.warp_style:
+            raise ValueError("warp_everywhere widens the warped-style colour path: set warp_style=True as well")
         if self.refine_dim and not self.pixel_latents:
             raise ValueError("refine_dim needs full-resolution features: set pixel_latents=True as well")
         if self.refine_radius and not self.refine_dim:

@@ -20,6 +20,8 @@ map of one layer is a composition of the steps below (``COAT._aligned_map``):
 4. :func:`keep_content_background`: the background goes back to the content's latents.
 
 The warped-style colour path is a gather too (:func:`warp_style_image`): the style image at the per-pixel matches.
+At inference the untrusted per-pixel matches may first take their trusted neighbours' flow (:func:`fill_matches`, the
+config's ``flow_fill``), and the gate may be offered the warped colours on the whole object (``warp_everywhere``).
 
 **The content mask rule** (a content mask ``[B, 1, R, R]`` on the canvas, 1 = object). A content cell of any grid
 (a cell of one scale, or a pixel) belongs to the object when the mask covers more than half of it: its area average
@@ -43,7 +45,7 @@ import torch.nn.functional as F
 
 from .coords import flow_to_index
 from .fill import SIGMA as FILL_SIGMA
-from .fill import fill_unconfident
+from .fill import fill_unconfident, propagate
 from .matching import Match, resample_flow, sample_at
 
 
@@ -135,14 +137,27 @@ def pixel_matches(finest: Match, scale: int, resolution: int) -> Match:
     return Match(flow=flow, confidence=confidence.clamp(0, 1), mask=mask)
 
 
-def warp_style_image(style_image: torch.Tensor, pixels: Match, *, soft: bool,
-                     content_mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+def fill_matches(pixels: Match, sigma: float) -> Match:
+    """Per-pixel matches whose untrusted pixels take the flow of the trusted ones around them: ``propagate``'s
+    normalised convolution (:func:`coat_model.model.fill.propagate`, at ``sigma``, 2 and 4 ``sigma`` pixels); a pixel
+    with no trusted match within reach keeps its own. Trusted pixels, confidence and mask are unchanged: the fill
+    moves where the untrusted pixels look (and where a refinement searches), not whether they are trusted."""
+    m = pixels.mask.to(pixels.flow.dtype)
+    filled = propagate(pixels.flow, m, pixels.flow, sigma)
+    return Match(flow=m * pixels.flow + (1 - m) * filled, confidence=pixels.confidence, mask=pixels.mask)
+
+
+def warp_style_image(style_image: torch.Tensor, pixels: Match, *, soft: bool, content_mask: torch.Tensor | None,
+                     everywhere: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """The warped-style colour path (docs/CORRESPONDENCE.md section 5): the style image [B, 3, R, R] sampled
     bilinearly at the per-pixel matches, and where the decoder may take it, the trust [B, 1, R, R]: the cycle
-    confidence on the soft path (detached: a weight the gate cannot game), the trusted matches on the hard one,
-    times the content mask where there is one."""
+    confidence on the soft path (detached: a weight the gate cannot game), the trusted matches on the hard one
+    (every pixel with ``everywhere``: the learned gate alone decides), times the content mask where there is one."""
     warped = sample_at(style_image, pixels.flow, mode="bilinear")
-    trust = (pixels.confidence.detach() if soft else pixels.mask).to(warped.dtype)
+    if everywhere:
+        trust = torch.ones_like(warped[:, :1])
+    else:
+        trust = (pixels.confidence.detach() if soft else pixels.mask).to(warped.dtype)
     if content_mask is not None:
         trust = trust * content_mask
     return warped, trust
