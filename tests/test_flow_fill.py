@@ -155,4 +155,5 @@ def test_the_bench_reports_the_network_without_its_inference_defaults_beside_it(
     tuned = evaluate(_model(flow_fill=2.0, warp_everywhere=True), n_pairs=4, split="easy", batch_size=4)
     assert "coat_trusted_warp" not in plain and "coat_trusted_warp" in tuned
     assert tuned["coat_trusted_warp"] == plain["coat"]  # the same weights, run as trained
+    assert tuned["coat_global"] == plain["coat_global"]  # still no correspondence: no warped colours either
     assert tuned["coat"]["paa"] != plain["coat"]["paa"]

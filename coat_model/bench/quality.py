@@ -85,7 +85,8 @@ def coat_outputs(model, content: torch.Tensor, style: torch.Tensor, gt_flow: tor
     r = model.config.resolution
     cells = cell_flow_to_pixels(alignment.flow[finest], finest, r)
     flow = cells if alignment.refined is None else alignment.refined.flow
-    global_code = model.align(c, s, fill="global", confidence_threshold=2.0)  # no match is trusted
+    # no match is trusted, and no warped colour offered where none is (the ablation isolates correspondence)
+    global_code = model.align(c, s, fill="global", confidence_threshold=2.0, warp_everywhere=False)
     warp = F.grid_sample(style, flow.permute(0, 2, 3, 1), mode="bilinear", padding_mode="border", align_corners=True)
     confidence = F.interpolate(alignment.mask[finest].float(), size=(r, r), mode="nearest") > 0.5
     out = {
