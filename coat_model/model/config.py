@@ -157,12 +157,13 @@ class COATConfig:
     @classmethod
     def small(cls, **overrides) -> "COATConfig":
         """64-128 px, trainable on a CPU (about 0.87M parameters at 128 px): the project's recipe, the paper's model
-        plus full-resolution latents, matches refined below the cell and the warped-style colour path (each one a
-        ``False``/0 override away: ``COATConfig.small(warp_style=False)``)."""
+        plus full-resolution latents, matches refined below the cell and the warped-style colour path, with
+        untrusted pixel matches filled from trusted ones and the colour path offered everywhere at inference (each
+        one a ``False``/0 override away: ``COATConfig.small(warp_style=False, warp_everywhere=False)``)."""
         base = dict(
             resolution=64, scales=(8, 4, 2), encoder_channels=(32, 48, 64, 96), feature_dim=64,
             descriptor_dim=64, w_dim=32, channel_base=2048, channel_max=64, n_content_layers=4,
-            pixel_latents=True, refine_dim=16, refine_radius=3, warp_style=True,
+            pixel_latents=True, refine_dim=16, refine_radius=3, warp_style=True, flow_fill=2.0, warp_everywhere=True,
         )
         return cls(**{**base, **overrides})
 
