@@ -210,8 +210,15 @@ def test_align_options(M, model):
     assert align(mode="soft", temperature=0.05, fill="content").mode == "soft"
     assert align(confidence_threshold=1.0).options.confidence_threshold == 1.0
     assert align().options.sim_threshold == model.config.sim_threshold  # -1: the checkpoint's default
+    assert align().options.flow_fill == model.config.flow_fill and align(flow_fill=3.0).options.flow_fill == 3.0
+    assert align(flow_fill=0.0).options.flow_fill == 0.0  # 0 turns it off; only negatives mean the checkpoint's
     with pytest.raises(ValueError, match="scales '3'.*8, 4, 2"):
         align(scales="3")
+    with pytest.raises(ValueError, match="warp_colours must be one of"):
+        align(warp_colours="sometimes")
+    options = pack_module(M, "align").align_options
+    assert [options(model.config, warp_colours=w)["warp_everywhere"] for w in ("default", "trusted", "everywhere")] \
+        == [None, False, True]
 
 
 def test_latents_from_another_model(M, model, tmp_path):
@@ -342,12 +349,12 @@ def test_every_node_has_a_help_page_naming_its_inputs_and_outputs(M, node_id):
 
 
 def test_inputs_that_default_to_the_checkpoints_value_say_so(M):
-    """Align's four -1 floats: the tooltip starts with what -1 means, the help page explains it."""
+    """Align's -1 floats: the tooltip starts with what -1 means, the help page explains it."""
     from pathlib import Path
 
     required = M["COATAlign"].INPUT_TYPES()["required"]
     page = (Path(__file__).resolve().parent.parent / "web" / "docs" / "COATAlign.md").read_text()
-    for name in ("temperature", "confidence_threshold", "sim_threshold", "cycle_sigma"):
+    for name in ("temperature", "confidence_threshold", "sim_threshold", "cycle_sigma", "flow_fill"):
         spec = required[name][1]
         assert spec["default"] == -1.0 and spec["tooltip"].startswith("-1 (default) = use the checkpoint's")
-        assert f"`{name}`" in page.split("### The four -1 inputs")[1]
+        assert f"`{name}`" in page.split("### The -1 inputs")[1]
