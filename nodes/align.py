@@ -119,11 +119,12 @@ class COATAlign(io.ComfyNode):
                                tooltip="-1 (default) = use the checkpoint's own value (1.0 for the bundled "
                                        "one). How fast confidence falls with the forward-backward (cycle) error, "
                                        "in cells: smaller = stricter; try 0.5-3."),
-                io.Float.Input("flow_fill", default=-1.0, min=-1.0, max=16.0, step=0.5,
+                # optional: API prompts saved before these two existed still run
+                io.Float.Input("flow_fill", default=-1.0, min=-1.0, max=16.0, step=0.5, optional=True,
                                tooltip="-1 (default) = use the checkpoint's own value (2 for the bundled one). "
                                        "Hard mode only: unconfident pixels take the matches of confident ones "
                                        "around them, within this many cells (0 = keep their own matches)."),
-                io.Combo.Input("warp_colours", options=list(WARP_COLOURS), default="default",
+                io.Combo.Input("warp_colours", options=list(WARP_COLOURS), default="default", optional=True,
                                tooltip="Hard mode, models with the warped-style colour path: where the style's own "
                                        "colours (warped along the matches) may go. trusted: confident matches "
                                        "only, the decoder renders the rest; everywhere: on the whole object. "

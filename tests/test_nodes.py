@@ -352,9 +352,11 @@ def test_inputs_that_default_to_the_checkpoints_value_say_so(M):
     """Align's -1 floats: the tooltip starts with what -1 means, the help page explains it."""
     from pathlib import Path
 
-    required = M["COATAlign"].INPUT_TYPES()["required"]
+    info = M["COATAlign"].INPUT_TYPES()
+    inputs = {**info["required"], **info["optional"]}
     page = (Path(__file__).resolve().parent.parent / "web" / "docs" / "COATAlign.md").read_text()
+    assert {"flow_fill", "warp_colours"} <= set(info["optional"])  # API prompts saved before them still validate
     for name in ("temperature", "confidence_threshold", "sim_threshold", "cycle_sigma", "flow_fill"):
-        spec = required[name][1]
+        spec = inputs[name][1]
         assert spec["default"] == -1.0 and spec["tooltip"].startswith("-1 (default) = use the checkpoint's")
         assert f"`{name}`" in page.split("### The -1 inputs")[1]
