@@ -15,6 +15,7 @@ from .types import Aligned, CoatAlignment, CoatLatents, CoatModel, Encoded, Load
 MODES = ["hard", "soft"]
 FILLS = ["default", *FILL_MODES]
 WARP_COLOURS = {"default": None, "trusted": False, "everywhere": True}  # -> COAT.align's warp_everywhere
+MIRROR = {"default": None, "off": False, "on": True}  # -> COAT.align's mirror_search
 
 
 def parse_scales(text: str, config: COATConfig) -> tuple[int, ...] | None:
@@ -36,7 +37,7 @@ def parse_scales(text: str, config: COATConfig) -> tuple[int, ...] | None:
 
 def align_options(config: COATConfig, mode="hard", scales="all", fill="default", temperature=-1.0,
                   confidence_threshold=-1.0, sim_threshold=-1.0, cycle_sigma=-1.0, flow_fill=-1.0,
-                  warp_colours="default") -> dict:
+                  warp_colours="default", mirror_search="default") -> dict:
     """Node widget values -> ``COAT.align`` keywords; negative numbers and 'default' keep the checkpoint's."""
     if mode not in MODES:
         raise COATInputError(f"mode must be one of {MODES}, got {mode!r}")
@@ -44,13 +45,15 @@ def align_options(config: COATConfig, mode="hard", scales="all", fill="default",
         raise COATInputError(f"fill must be one of {FILLS}, got {fill!r}")
     if warp_colours not in WARP_COLOURS:
         raise COATInputError(f"warp_colours must be one of {list(WARP_COLOURS)}, got {warp_colours!r}")
+    if mirror_search not in MIRROR:
+        raise COATInputError(f"mirror_search must be one of {list(MIRROR)}, got {mirror_search!r}")
     keep = lambda v: None if v is None or v < 0 else float(v)  # noqa: E731
     if keep(temperature) == 0:
         raise COATInputError("temperature must be > 0 (or negative for the checkpoint's default)")
     return dict(mode=mode, scales=parse_scales(scales, config), fill=None if fill == "default" else fill,
                 temperature=keep(temperature), confidence_threshold=keep(confidence_threshold),
                 sim_threshold=keep(sim_threshold), cycle_sigma=keep(cycle_sigma), flow_fill=keep(flow_fill),
-                warp_everywhere=WARP_COLOURS[warp_colours])
+                warp_everywhere=WARP_COLOURS[warp_colours], mirror_search=MIRROR[mirror_search])
 
 
 def align(handle: LoadedModel, content: Encoded, style: Encoded, **options) -> Aligned:
@@ -119,7 +122,7 @@ class COATAlign(io.ComfyNode):
                                tooltip="-1 (default) = use the checkpoint's own value (1.0 for the bundled "
                                        "one). How fast confidence falls with the forward-backward (cycle) error, "
                                        "in cells: smaller = stricter; try 0.5-3."),
-                # optional: API prompts saved before these two existed still run
+                # optional: API prompts saved before these existed still run
                 io.Float.Input("flow_fill", default=-1.0, min=-1.0, max=16.0, step=0.5, optional=True,
                                tooltip="-1 (default) = use the checkpoint's own value (2 for the bundled one). "
                                        "Hard mode only: unconfident pixels take the matches of confident ones "
@@ -129,6 +132,11 @@ class COATAlign(io.ComfyNode):
                                        "colours (warped along the matches) may go. trusted: confident matches "
                                        "only, the decoder renders the rest; everywhere: on the whole object. "
                                        "default: the checkpoint's (everywhere for the bundled one)."),
+                io.Combo.Input("mirror_search", options=list(MIRROR), default="default", optional=True,
+                               tooltip="Hard mode: also match the style's mirror image (left-right) and keep, per "
+                                       "pair, the surer alignment: for objects seen from the other side. Costs one "
+                                       "more style encoding and alignment. default: the checkpoint's (on for the "
+                                       "bundled one)."),
             ],
             outputs=[
                 CoatAlignment.Output(display_name="alignment", tooltip="Style latents aligned to the content."),
@@ -139,9 +147,10 @@ class COATAlign(io.ComfyNode):
     @classmethod
     def execute(cls, model: LoadedModel, content: Encoded, style: Encoded, mode="hard", scales="all",
                 fill="default", temperature=-1.0, confidence_threshold=-1.0, sim_threshold=-1.0,
-                cycle_sigma=-1.0, flow_fill=-1.0, warp_colours="default") -> io.NodeOutput:
+                cycle_sigma=-1.0, flow_fill=-1.0, warp_colours="default", mirror_search="default") -> io.NodeOutput:
         aligned = align(model, content, style, mode=mode, scales=scales, fill=fill, temperature=temperature,
                         confidence_threshold=confidence_threshold, sim_threshold=sim_threshold,
-                        cycle_sigma=cycle_sigma, flow_fill=flow_fill, warp_colours=warp_colours)
+                        cycle_sigma=cycle_sigma, flow_fill=flow_fill, warp_colours=warp_colours,
+                        mirror_search=mirror_search)
         interrupt_point()
         return io.NodeOutput(aligned, confidence_mask(model, aligned), ui={"coat_matches": [ui_entry(aligned)]})

@@ -72,7 +72,8 @@ def panel_data(aligned: Aligned) -> dict:
                 "confidence": _flat(m["confidence"]),
                 "confident": m["confident"].int().tolist(),
             })
-        items.append({"levels": levels})
+        # True where the pair matched the style's mirror image (mirror_search; the uv are in the style as given)
+        items.append({"levels": levels, "mirrored": bool(a.mirrored[item]) if a.mirrored is not None else False})
     return {
         "version": 1,
         "mode": a.mode,

@@ -148,6 +148,7 @@ def test_transfer_outputs(M, model):
     level = data["items"][0]["levels"][-1]
     n = len(level["confidence"])
     assert level["scale"] == 2 and len(level["content_uv"]) == len(level["style_uv"]) == 2 * n > 0
+    assert data["items"][0]["mirrored"] is False  # the tiny model does not search the mirror
 
 
 def test_pairwise_batches(M, model):
@@ -219,6 +220,11 @@ def test_align_options(M, model):
     options = pack_module(M, "align").align_options
     assert [options(model.config, warp_colours=w)["warp_everywhere"] for w in ("default", "trusted", "everywhere")] \
         == [None, False, True]
+    assert [options(model.config, mirror_search=m)["mirror_search"] for m in ("default", "off", "on")] \
+        == [None, False, True]
+    assert align().mirrored is None and align(mirror_search="on").mirrored.shape == (1,)
+    with pytest.raises(ValueError, match="mirror_search must be one of"):
+        align(mirror_search="maybe")
 
 
 def test_latents_from_another_model(M, model, tmp_path):
@@ -355,7 +361,7 @@ def test_inputs_that_default_to_the_checkpoints_value_say_so(M):
     info = M["COATAlign"].INPUT_TYPES()
     inputs = {**info["required"], **info["optional"]}
     page = (Path(__file__).resolve().parent.parent / "web" / "docs" / "COATAlign.md").read_text()
-    assert {"flow_fill", "warp_colours"} <= set(info["optional"])  # API prompts saved before them still validate
+    assert {"flow_fill", "warp_colours", "mirror_search"} <= set(info["optional"])  # API prompts saved before them still validate
     for name in ("temperature", "confidence_threshold", "sim_threshold", "cycle_sigma", "flow_fill"):
         spec = inputs[name][1]
         assert spec["default"] == -1.0 and spec["tooltip"].startswith("-1 (default) = use the checkpoint's")

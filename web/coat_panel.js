@@ -136,6 +136,7 @@ class MatchPanel {
     this.itemSel.addEventListener("change", () => {
       this.setView({ item: Number(this.itemSel.value) });
       if (this.entry) this.loadImages(this.entry, this.view.item);
+      if (this.data) this.setState("ready", this.readyMessage());
     });
     this.threshold.addEventListener("input", () => this.setView({ threshold: Number(this.threshold.value) }));
     this.heatBox.addEventListener("change", () => this.setView({ heatmap: this.heatBox.checked }));
@@ -227,8 +228,15 @@ class MatchPanel {
     this.scaleSel.replaceChildren(...scales.map((s) => el("option", {}, { value: String(s), textContent: `1/${s}` })));
     if (!scales.includes(this.view.scale)) this.view.scale = this.defaultScale();
     this.scaleSel.value = String(this.view.scale);
-    this.setState("ready", "Hover a point of either image.");
+    this.setState("ready", this.readyMessage());
     this.update();
+  }
+
+  // What the idle info line says: how to explore, and whether this pair matched the style's mirror image.
+  readyMessage() {
+    const mirrored = this.data?.items?.[this.view.item]?.mirrored;
+    return mirrored ? "Hover a point of either image. This pair matched the style's mirror image (lines point "
+      + "into the style as shown)." : "Hover a point of either image.";
   }
 
   // The scale with the most matches at or above the threshold (the finer one on a tie).

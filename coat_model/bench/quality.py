@@ -6,8 +6,10 @@ Methods, all in one run on the same held-out pairs:
 - ``coat``: the checkpoint's transfer (hard matches, confidence filtering, propagate fill); its matches are the
   refined per-pixel ones of a ``refine_radius`` model (``coat_unrefined``: the same without the refinement, scored
   on its finest cell matches);
-- ``coat_trusted_warp`` (a checkpoint whose inference defaults set ``flow_fill`` or ``warp_everywhere``): the same
-  network without them: untrusted pixels keep their own matches and the decoder renders them;
+- ``coat_trusted_warp`` (a checkpoint whose inference defaults set ``flow_fill``, ``warp_everywhere`` or
+  ``mirror_search``): the same network without them: untrusted pixels keep their own matches, the decoder renders
+  them, and the style is matched as given; ``coat_no_mirror`` (with ``mirror_search``): the defaults without the
+  mirror search alone;
 - ``coat_modulation``: the same network and matches through the paper's pure modulation path (for a
   ``warp_style`` model: without the warped style's colours);
 - ``coat_global``: the same network with every aligned map replaced by the global style code (the
@@ -86,9 +88,11 @@ def coat_outputs(model, content: torch.Tensor, style: torch.Tensor, gt_flow: tor
     cells = cell_flow_to_pixels(alignment.flow[finest], finest, r)
     flow = cells if alignment.refined is None else alignment.refined.flow
     # no match is trusted, and no warped colour offered where none is (the ablation isolates correspondence)
-    global_code = model.align(c, s, fill="global", confidence_threshold=2.0, warp_everywhere=False)
+    global_code = model.align(c, s, fill="global", confidence_threshold=2.0, warp_everywhere=False,
+                              mirror_search=False)
     warp = F.grid_sample(style, flow.permute(0, 2, 3, 1), mode="bilinear", padding_mode="border", align_corners=True)
-    confidence = F.interpolate(alignment.mask[finest].float(), size=(r, r), mode="nearest") > 0.5
+    trusted = lambda a: F.interpolate(a.mask[finest].float(), size=(r, r), mode="nearest") > 0.5  # noqa: E731
+    confidence = trusted(alignment)
     out = {
         "coat": dict(output=model.decode(c, alignment), pred_flow=flow, confidence=confidence),
         "coat_global": dict(output=model.decode(c, global_code)),
@@ -97,11 +101,18 @@ def coat_outputs(model, content: torch.Tensor, style: torch.Tensor, gt_flow: tor
     if alignment.refined is not None:  # the same network with the cell-level matches only
         out["coat_unrefined"] = dict(output=model.decode(c, model.align(c, s, refine=False)), pred_flow=cells,
                                      confidence=confidence)
-    if alignment.options.flow_fill or alignment.options.warp_everywhere:  # the hard path as trained
-        plain = model.align(c, s, flow_fill=0.0, warp_everywhere=False)
+    defaults = alignment.options
+    if defaults.flow_fill or defaults.warp_everywhere or defaults.mirror_search:  # the hard path as trained
+        plain = model.align(c, s, flow_fill=0.0, warp_everywhere=False, mirror_search=False)
         out["coat_trusted_warp"] = dict(
-            output=model.decode(c, plain), confidence=confidence,
+            output=model.decode(c, plain), confidence=trusted(plain),
             pred_flow=cells if plain.refined is None else plain.refined.flow)
+    if defaults.mirror_search:
+        as_given = model.align(c, s, mirror_search=False)
+        out["coat_no_mirror"] = dict(
+            output=model.decode(c, as_given), confidence=trusted(as_given),
+            pred_flow=cell_flow_to_pixels(as_given.flow[finest], finest, r) if as_given.refined is None
+            else as_given.refined.flow)
     if alignment.warped is not None:
         out["coat_modulation"] = dict(output=model.decode(c, dataclasses.replace(alignment, warped=None, trust=None)))
     if gt_flow is not None:

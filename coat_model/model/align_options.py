@@ -33,6 +33,7 @@ class AlignOptions:
     coarse_to_fine: bool | None = None       # hard path: search windows around the coarser matches
     flow_fill: float | None = None           # hard path: sigma (finest cells) of the untrusted pixel matches' fill
     warp_everywhere: bool | None = None      # hard path: the warped style offered on the whole object
+    mirror_search: bool | None = None        # hard path: the style's mirror image aligned too, the surer kept per pair
 
     @classmethod
     def resolve(cls, config: COATConfig, *, mode: str, scales: tuple[int, ...], backend: str = "auto",
@@ -40,7 +41,7 @@ class AlignOptions:
                 sim_threshold: float | None = None, cycle_sigma: float | None = None, geometric: bool = True,
                 fill: str | None = None, coarse_to_fine: bool | None = None,
                 refine: bool | None = None, flow_fill: float | None = None,
-                warp_everywhere: bool | None = None) -> "AlignOptions":
+                warp_everywhere: bool | None = None, mirror_search: bool | None = None) -> "AlignOptions":
         """The options :meth:`COAT.align` runs with for these overrides (``None``: the config's value)."""
         pick = lambda value, default: default if value is None else value  # noqa: E731
         common = dict(
@@ -55,7 +56,8 @@ class AlignOptions:
                    sim_threshold=pick(sim_threshold, config.sim_threshold), geometric=geometric,
                    coarse_to_fine=pick(coarse_to_fine, config.coarse_to_fine),
                    flow_fill=pick(flow_fill, config.flow_fill),
-                   warp_everywhere=config.warp_style and pick(warp_everywhere, config.warp_everywhere))
+                   warp_everywhere=config.warp_style and pick(warp_everywhere, config.warp_everywhere),
+                   mirror_search=bool(pick(mirror_search, config.mirror_search)))
 
     @classmethod
     def given_matches(cls, scales: tuple[int, ...], fill: str) -> "AlignOptions":

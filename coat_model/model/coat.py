@@ -19,6 +19,7 @@ from .gather import (
 )
 from .inputs import COATInputError, Frame, check_images, pair_batches
 from .matching import Match, hard_match, refine_match, soft_match
+from .mirror import choose, mirror_wins
 
 
 @dataclass
@@ -69,7 +70,9 @@ class Alignment:
     canvas, or None.
     warped: the style image warped along the finest per-pixel matches [B, 3, R, R] in [-1, 1], and trust: where
     the decoder may take its colours [B, 1, R, R] in [0, 1] (``warp_style``), or None. cycle_error[s]: the soft
-    path's differentiable forward-backward error in cells (for the cycle loss).
+    path's differentiable forward-backward error in cells (for the cycle loss). mirrored: [B] bool, the pairs aligned
+    to the style's mirror image (``mirror_search``; their flows are given in the style's own coordinates), or None
+    when the mirror was not tried.
     """
 
     flow: dict[int, torch.Tensor]
@@ -82,6 +85,7 @@ class Alignment:
     warped: torch.Tensor | None = None
     trust: torch.Tensor | None = None
     cycle_error: dict[int, torch.Tensor] = field(default_factory=dict)
+    mirrored: torch.Tensor | None = None
 
     @property
     def scales(self) -> tuple[int, ...]:
@@ -129,10 +133,22 @@ class COAT(nn.Module):
         canvas_mask = None
         if mask is not None:
             canvas_mask = frame.to_canvas(self._check_mask(mask, images).to(self.device, dtype))
+        return self._encode_canvas(x, frame, canvas_mask)
+
+    def _encode_canvas(self, x: torch.Tensor, frame: Frame, mask: torch.Tensor | None) -> Latents:
+        """The encoder on a canvas [B, 3, R, R] in [-1, 1] already framed."""
         features = self.encoder.pyramid(x)
         offsets = self.encoder.latent_offsets(features)
         maps = [self.w_avg.view(1, -1, 1, 1).to(o) + o for o in offsets]
-        return Latents(features, self.encoder.descriptors(features), maps, frame, canvas_mask, image=x)
+        return Latents(features, self.encoder.descriptors(features), maps, frame, mask, image=x)
+
+    def mirror(self, latents: Latents) -> Latents:
+        """The latents of the mirror image (left-right) of what ``latents`` encoded: its canvas (and mask) flipped and
+        encoded again (the encoder, with its position input, is not mirror-equivariant)."""
+        if latents.image is None:
+            raise COATInputError("these latents keep no image to mirror: encode the style with COAT.encode")
+        mask = None if latents.mask is None else latents.mask.flip(-1)
+        return self._encode_canvas(latents.image.flip(-1), latents.frame, mask)
 
     @staticmethod
     def _check_mask(mask: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
@@ -170,6 +186,7 @@ class COAT(nn.Module):
         refine: bool | None = None,
         flow_fill: float | None = None,
         warp_everywhere: bool | None = None,
+        mirror_search: bool | None = None,
     ) -> Alignment:
         """Align the style latents to the content through dense correspondence (docs/CORRESPONDENCE.md).
 
@@ -185,12 +202,14 @@ class COAT(nn.Module):
             flow_fill, warp_everywhere: hard path only (inference), override the config's: untrusted pixel matches
                 take the trusted ones' flow (sigma in finest cells, 0 = off) before refinement; a ``warp_style``
                 model's gate is offered the warped style on the whole object, not only where matches are trusted.
+            mirror_search: hard path only, overrides the config's: also align the style's mirror image and keep, per
+                pair, the alignment whose finest matches are surer on average over the content's object
+                (:mod:`coat_model.model.mirror`; ``Alignment.mirrored`` says which pairs took it).
         """
         cfg = self.config
         if mode not in ALIGN_MODES:
             raise COATInputError(f"mode must be one of {ALIGN_MODES}, got {mode!r}")
         pair_batches(content.batch_size, style.batch_size)
-        style = style.expand(content.batch_size)
         scales = tuple(cfg.scales if scales is None else scales)
         if not scales or any(s not in cfg.scales for s in scales):
             raise COATInputError(f"scales must be a non-empty subset of the model's scales {cfg.scales}, got {scales}")
@@ -201,13 +220,25 @@ class COAT(nn.Module):
             cfg, mode=mode, scales=scales, backend=backend, temperature=temperature,
             confidence_threshold=confidence_threshold, sim_threshold=sim_threshold, cycle_sigma=cycle_sigma,
             geometric=geometric, fill=fill, coarse_to_fine=coarse_to_fine, refine=refine, flow_fill=flow_fill,
-            warp_everywhere=warp_everywhere,
+            warp_everywhere=warp_everywhere, mirror_search=mirror_search,
         )
+        alignment = self._match(content, style.expand(content.batch_size), options)
+        if not options.mirror_search:
+            return alignment
+        if style.image is None:
+            raise COATInputError("mirror_search needs the style image: encode the style with COAT.encode, or pass "
+                                 "mirror_search=False")
+        mirrored = self._match(content, self.mirror(style).expand(content.batch_size), options)
+        return choose(alignment, mirrored, mirror_wins(alignment, mirrored, content.mask))
+
+    def _match(self, content: Latents, style: Latents, options: AlignOptions) -> Alignment:
+        """Match every scale of ``options`` (coarse to fine) and assemble the alignment."""
+        cfg = self.config
         matches: dict[int, Match] = {}
         prior = None
-        for s in scales:
+        for s in options.scales:
             dc, ds = content.descriptors[s], style.descriptors[s]
-            if mode == "soft":
+            if options.mode == "soft":
                 layers = self._layers_at(s)
                 values = torch.cat([style.maps[l] for l in layers], 1) if layers else None
                 m = soft_match(

@@ -63,6 +63,8 @@ class COATConfig:
                                                # then 2x and 4x), before refinement; 0: they keep their own match
     warp_everywhere: bool = False              # warp_style: offer the warped style's colours to the gate on the
                                                # whole object, not only where matches are trusted
+    mirror_search: bool = False                # also align the style's mirror image and keep, per pair, the one
+                                               # matched with the higher mean confidence (docs/CORRESPONDENCE.md 6)
 
     def __post_init__(self) -> None:
         r = self.resolution
@@ -158,12 +160,14 @@ class COATConfig:
     def small(cls, **overrides) -> "COATConfig":
         """64-128 px, trainable on a CPU (about 0.87M parameters at 128 px): the project's recipe, the paper's model
         plus full-resolution latents, matches refined below the cell and the warped-style colour path, with
-        untrusted pixel matches filled from trusted ones and the colour path offered everywhere at inference (each
-        one a ``False``/0 override away: ``COATConfig.small(warp_style=False, warp_everywhere=False)``)."""
+        untrusted pixel matches filled from trusted ones, the colour path offered everywhere and the style's mirror
+        image tried at inference (each one a ``False``/0 override away: ``COATConfig.small(warp_style=False,
+        warp_everywhere=False)``)."""
         base = dict(
             resolution=64, scales=(8, 4, 2), encoder_channels=(32, 48, 64, 96), feature_dim=64,
             descriptor_dim=64, w_dim=32, channel_base=2048, channel_max=64, n_content_layers=4,
             pixel_latents=True, refine_dim=16, refine_radius=3, warp_style=True, flow_fill=2.0, warp_everywhere=True,
+            mirror_search=True,
         )
         return cls(**{**base, **overrides})
 
