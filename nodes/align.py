@@ -133,10 +133,10 @@ class COATAlign(io.ComfyNode):
                                        "only, the decoder renders the rest; everywhere: on the whole object. "
                                        "default: the checkpoint's (everywhere for the bundled one)."),
                 io.Combo.Input("mirror_search", options=list(MIRROR), default="default", optional=True,
-                               tooltip="Hard mode: also match the style's mirror image (left-right) and keep, per "
-                                       "pair, the surer alignment: for objects seen from the other side. Costs one "
-                                       "more style encoding and alignment. default: the checkpoint's (on for the "
-                                       "bundled one)."),
+                               tooltip="Hard mode: also match the style's mirror image (left-right) and keep it "
+                                       "for the pairs it matches clearly surer: for objects seen from the other "
+                                       "side. Costs one more style encoding and alignment. default: the "
+                                       "checkpoint's (on for the bundled one)."),
             ],
             outputs=[
                 CoatAlignment.Output(display_name="alignment", tooltip="Style latents aligned to the content."),

@@ -1,5 +1,6 @@
-"""Mirror search (``mirror_search``, :mod:`coat_model.model.mirror`): the style's mirror image is aligned too and,
-per pair, the alignment with the surer finest matches is kept, its flows given in the style's own coordinates."""
+"""Mirror search (``mirror_search``, :mod:`coat_model.model.mirror`): the style's mirror image is aligned too and
+kept for the pairs whose finest matches it makes surer by more than ``mirror_margin``, its flows given in the
+style's own coordinates."""
 
 import dataclasses
 
@@ -39,13 +40,14 @@ def test_mirror_search_keeps_per_pair_the_surer_of_the_style_and_its_mirror_imag
     content, style = _images(4, 2), _images(4, 3)
     with torch.no_grad():
         c = model.encode(content)
-        searched = model.align(c, model.encode(style), mirror_search=True)
+        searched = model.align(c, model.encode(style), mirror_search=True, mirror_margin=0.0)
         given = model.align(c, model.encode(style))
         mirror = model.align(c, model.encode(style.flip(-1)))  # the oracle: the mirror image encoded from scratch
         out = model.decode(c, searched)
         outs = model.decode(c, given), model.decode(c, mirror)
     expected = _finest_confidence(mirror) > _finest_confidence(given)
     assert 0 < expected.sum() < 4, "pick seeds where both sides win somewhere"
+    assert searched.options.mirror_margin == 0.0
     assert torch.equal(searched.mirrored, expected) and given.mirrored is None
     for i, m in enumerate(expected.tolist()):
         src = mirror if m else given
@@ -70,7 +72,7 @@ def test_one_style_for_a_batch_is_mirrored_once_and_the_content_mask_weighs_the_
     mask[..., 8:24, 4:20] = 1
     with torch.no_grad():
         c = model.encode(content, mask=mask)
-        searched = model.align(c, model.encode(style), mirror_search=True)
+        searched = model.align(c, model.encode(style), mirror_search=True, mirror_margin=0.0)
         given = model.align(c, model.encode(style))
         mirror = model.align(c, model.encode(style.flip(-1)))
     finest = min(given.confidence)
@@ -129,3 +131,23 @@ def test_the_bench_reports_the_mirror_search_alone_and_the_network_as_trained():
     tuned = evaluate(_model(mirror_search=True), n_pairs=4, split="hard", batch_size=4)
     assert "coat_no_mirror" not in plain and tuned["coat_no_mirror"] == plain["coat"]
     assert tuned["coat_trusted_warp"] == plain["coat"] and tuned["coat_global"] == plain["coat_global"]
+
+
+def test_the_mirror_needs_a_lead_of_the_margin_the_style_as_given_is_the_prior():
+    model = _model()
+    content, style = _images(4, 2), _images(4, 3)  # the pairs of the test above: the mirror wins some of them
+    with torch.no_grad():
+        c, s = model.encode(content), model.encode(style)
+        lead = _finest_confidence(model.align(c, model.mirror(s))) - _finest_confidence(model.align(c, s))
+        assert lead.max() > 0
+        for margin in (0.0, float(lead.max()) / 2, float(lead.max())):
+            searched = model.align(c, s, mirror_search=True, mirror_margin=margin)
+            assert torch.equal(searched.mirrored, lead > margin) and searched.options.mirror_margin == margin
+        default = model.align(c, s, mirror_search=True)
+    assert default.options.mirror_margin == model.config.mirror_margin == 0.07
+    assert torch.equal(default.mirrored, lead > 0.07)
+    assert model.align(c, s).options.mirror_margin is None  # not searched: no margin used
+    with pytest.raises(ValueError, match="mirror_margin"):
+        COATConfig.tiny(mirror_margin=-0.1)
+    with torch.no_grad(), pytest.raises(COATInputError, match="mirror_margin"):
+        model.align(c, s, mirror_search=True, mirror_margin=float("nan"))

@@ -33,7 +33,8 @@ class AlignOptions:
     coarse_to_fine: bool | None = None       # hard path: search windows around the coarser matches
     flow_fill: float | None = None           # hard path: sigma (finest cells) of the untrusted pixel matches' fill
     warp_everywhere: bool | None = None      # hard path: the warped style offered on the whole object
-    mirror_search: bool | None = None        # hard path: the style's mirror image aligned too, the surer kept per pair
+    mirror_search: bool | None = None        # hard path: the style's mirror image aligned too, kept where surer
+    mirror_margin: float | None = None       # hard path with mirror_search: the lead in mean confidence it needs
 
     @classmethod
     def resolve(cls, config: COATConfig, *, mode: str, scales: tuple[int, ...], backend: str = "auto",
@@ -41,7 +42,8 @@ class AlignOptions:
                 sim_threshold: float | None = None, cycle_sigma: float | None = None, geometric: bool = True,
                 fill: str | None = None, coarse_to_fine: bool | None = None,
                 refine: bool | None = None, flow_fill: float | None = None,
-                warp_everywhere: bool | None = None, mirror_search: bool | None = None) -> "AlignOptions":
+                warp_everywhere: bool | None = None, mirror_search: bool | None = None,
+                mirror_margin: float | None = None) -> "AlignOptions":
         """The options :meth:`COAT.align` runs with for these overrides (``None``: the config's value)."""
         pick = lambda value, default: default if value is None else value  # noqa: E731
         common = dict(
@@ -57,7 +59,9 @@ class AlignOptions:
                    coarse_to_fine=pick(coarse_to_fine, config.coarse_to_fine),
                    flow_fill=pick(flow_fill, config.flow_fill),
                    warp_everywhere=config.warp_style and pick(warp_everywhere, config.warp_everywhere),
-                   mirror_search=bool(pick(mirror_search, config.mirror_search)))
+                   mirror_search=bool(pick(mirror_search, config.mirror_search)),
+                   mirror_margin=(float(pick(mirror_margin, config.mirror_margin))
+                                  if pick(mirror_search, config.mirror_search) else None))
 
     @classmethod
     def given_matches(cls, scales: tuple[int, ...], fill: str) -> "AlignOptions":

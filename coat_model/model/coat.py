@@ -187,6 +187,7 @@ class COAT(nn.Module):
         flow_fill: float | None = None,
         warp_everywhere: bool | None = None,
         mirror_search: bool | None = None,
+        mirror_margin: float | None = None,
     ) -> Alignment:
         """Align the style latents to the content through dense correspondence (docs/CORRESPONDENCE.md).
 
@@ -202,9 +203,10 @@ class COAT(nn.Module):
             flow_fill, warp_everywhere: hard path only (inference), override the config's: untrusted pixel matches
                 take the trusted ones' flow (sigma in finest cells, 0 = off) before refinement; a ``warp_style``
                 model's gate is offered the warped style on the whole object, not only where matches are trusted.
-            mirror_search: hard path only, overrides the config's: also align the style's mirror image and keep, per
-                pair, the alignment whose finest matches are surer on average over the content's object
-                (:mod:`coat_model.model.mirror`; ``Alignment.mirrored`` says which pairs took it).
+            mirror_search, mirror_margin: hard path only, override the config's: also align the style's mirror
+                image and keep it for the pairs whose finest matches it makes surer, on average over the content's
+                object, by more than the margin (:mod:`coat_model.model.mirror`; ``Alignment.mirrored`` says which
+                pairs took it).
         """
         cfg = self.config
         if mode not in ALIGN_MODES:
@@ -216,11 +218,13 @@ class COAT(nn.Module):
         scales = tuple(s for s in cfg.scales if s in scales)
         if flow_fill is not None and not flow_fill >= 0:
             raise COATInputError(f"flow_fill is a sigma in cells (0: off), got {flow_fill}")
+        if mirror_margin is not None and not mirror_margin >= 0:
+            raise COATInputError(f"mirror_margin is a lead in mean confidence (>= 0), got {mirror_margin}")
         options = AlignOptions.resolve(
             cfg, mode=mode, scales=scales, backend=backend, temperature=temperature,
             confidence_threshold=confidence_threshold, sim_threshold=sim_threshold, cycle_sigma=cycle_sigma,
             geometric=geometric, fill=fill, coarse_to_fine=coarse_to_fine, refine=refine, flow_fill=flow_fill,
-            warp_everywhere=warp_everywhere, mirror_search=mirror_search,
+            warp_everywhere=warp_everywhere, mirror_search=mirror_search, mirror_margin=mirror_margin,
         )
         alignment = self._match(content, style.expand(content.batch_size), options)
         if not options.mirror_search:
@@ -229,7 +233,7 @@ class COAT(nn.Module):
             raise COATInputError("mirror_search needs the style image: encode the style with COAT.encode, or pass "
                                  "mirror_search=False")
         mirrored = self._match(content, self.mirror(style).expand(content.batch_size), options)
-        return choose(alignment, mirrored, mirror_wins(alignment, mirrored, content.mask))
+        return choose(alignment, mirrored, mirror_wins(alignment, mirrored, content.mask, options.mirror_margin))
 
     def _match(self, content: Latents, style: Latents, options: AlignOptions) -> Alignment:
         """Match every scale of ``options`` (coarse to fine) and assemble the alignment."""

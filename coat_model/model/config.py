@@ -63,8 +63,10 @@ class COATConfig:
                                                # then 2x and 4x), before refinement; 0: they keep their own match
     warp_everywhere: bool = False              # warp_style: offer the warped style's colours to the gate on the
                                                # whole object, not only where matches are trusted
-    mirror_search: bool = False                # also align the style's mirror image and keep, per pair, the one
-                                               # matched with the higher mean confidence (docs/CORRESPONDENCE.md 6)
+    mirror_search: bool = False                # also align the style's mirror image and keep it for the pairs it
+                                               # matches surer by mirror_margin (docs/CORRESPONDENCE.md section 6)
+    mirror_margin: float = 0.07                # the lead in mean finest-scale confidence the mirror needs: the style
+                                               # as given is the prior (symmetric objects match both ways)
 
     def __post_init__(self) -> None:
         r = self.resolution
@@ -91,6 +93,8 @@ class COATConfig:
                              f"{self.refine_radius}, {self.refine_dim}, {self.refine_temperature}")
         if not self.flow_fill >= 0:
             raise ValueError(f"flow_fill is a sigma in cells (0: off), got {self.flow_fill}")
+        if not self.mirror_margin >= 0:
+            raise ValueError(f"mirror_margin is a lead in mean confidence (>= 0), got {self.mirror_margin}")
         if self.warp_everywhere and not self.warp_style:
             raise ValueError("warp_everywhere widens the warped-style colour path: set warp_style=True as well")
         if self.refine_dim and not self.pixel_latents:

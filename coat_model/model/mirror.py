@@ -3,8 +3,10 @@
 
 Objects of most categories are left-right symmetric and photographed from either side; a content facing left and a
 style facing right match poorly (and the position input prefers the mirrored part on the same side). Aligning the
-mirrored style as well costs one more style encoding and one more alignment; per pair, the alignment whose finest
-matches are surer on average over the content's object wins. Everything it holds stays as aligned (latents and
+mirrored style as well costs one more style encoding and one more alignment; per pair, the mirror's alignment wins
+when its finest matches are surer on average over the content's object by more than a margin. The style as given is
+the prior: a symmetric object (a frontal face) matches its mirror about as well, part for mirrored part, and taking
+the mirror on a coin toss would send the style's left side to the content's right. Everything it holds stays as aligned (latents and
 warped colours read from the mirror image), and its flows are reported in the style's own coordinates: x -> -x on the
 [-1, 1] canvas, which is where a mirrored pixel's source lies in the style as given.
 """
@@ -34,11 +36,12 @@ def object_confidence(confidence: torch.Tensor, content_mask: torch.Tensor | Non
     return (confidence * weight).flatten(1).sum(1) / weight.flatten(1).sum(1).clamp_min(1e-6)
 
 
-def mirror_wins(plain, mirrored, content_mask: torch.Tensor | None) -> torch.Tensor:
-    """[B] bool: the pairs whose mirror alignment is surer (strictly) at the finest matched scale."""
+def mirror_wins(plain, mirrored, content_mask: torch.Tensor | None, margin: float = 0.0) -> torch.Tensor:
+    """[B] bool: the pairs whose mirror alignment is surer at the finest matched scale by more than ``margin``
+    (mean confidence over the content's object)."""
     finest = min(plain.confidence)
     return (object_confidence(mirrored.confidence[finest], content_mask)
-            > object_confidence(plain.confidence[finest], content_mask))
+            > object_confidence(plain.confidence[finest], content_mask) + margin)
 
 
 def choose(plain, mirrored, pick: torch.Tensor):
