@@ -211,6 +211,24 @@ def test_match_panel(server, browser, mode):
         ui.page.wait_for_function(f"() => document.querySelector('{PANEL}')?.dataset.state === 'ready'",
                                   timeout=30_000)
         assert int(panel_attrs(ui.page)["matchCount"]) == count
+        info = ui.page.locator(f"{PANEL} .coat-info")
+        assert "mirror" not in info.inner_text()  # the test model does not search the style's mirror image
+
+        # A pair that took the style's mirror image says so (the route's answer rewritten as such a run serves it).
+        def as_mirrored(route):
+            body = json.loads(route.fetch().text())
+            for item in body["items"]:
+                item["mirrored"] = True
+            route.fulfill(json=body)
+
+        ui.page.route("**/coat/matches/**", as_mirrored)
+        ui.page.evaluate("() => window.app.graph.clear()")
+        ui.load_workflow(saved)
+        ui.page.wait_for_function(f"() => document.querySelector('{PANEL}')?.dataset.state === 'ready'",
+                                  timeout=30_000)
+        assert "matched the style's mirror image" in info.inner_text()
+        assert int(panel_attrs(ui.page)["matchCount"]) == count
+        ui.page.unroute("**/coat/matches/**")
         node["properties"]["coat_match"]["id"] = "0123456789abcdef"
         ui.load_workflow(saved)
         ui.page.wait_for_function(f"() => document.querySelector('{PANEL}')?.dataset.state === 'error'",
