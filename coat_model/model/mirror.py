@@ -1,4 +1,4 @@
-"""Mirror search: align the style's mirror image too and keep, per pair, the alignment matched with more confidence
+"""Mirror search: align the style's mirror image too and keep it for the pairs it matches clearly surer
 (docs/CORRESPONDENCE.md section 6).
 
 Objects of most categories are left-right symmetric and photographed from either side; a content facing left and a
@@ -6,9 +6,9 @@ style facing right match poorly (and the position input prefers the mirrored par
 mirrored style as well costs one more style encoding and one more alignment; per pair, the mirror's alignment wins
 when its finest matches are surer on average over the content's object by more than a margin. The style as given is
 the prior: a symmetric object (a frontal face) matches its mirror about as well, part for mirrored part, and taking
-the mirror on a coin toss would send the style's left side to the content's right. Everything it holds stays as aligned (latents and
-warped colours read from the mirror image), and its flows are reported in the style's own coordinates: x -> -x on the
-[-1, 1] canvas, which is where a mirrored pixel's source lies in the style as given.
+the mirror on a coin toss would send the style's left side to the content's right. The winner is kept whole (latents
+and warped colours read from the mirror image), and its flows are reported in the style's own coordinates: x -> -x
+on the [-1, 1] canvas, which is where a mirrored pixel's source lies in the style as given.
 """
 
 from __future__ import annotations
