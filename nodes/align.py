@@ -87,6 +87,15 @@ def fill_input() -> io.Combo.Input:
                                   "none: the raw matches. default: the checkpoint's choice.")
 
 
+def mirror_input() -> io.Combo.Input:
+    """Optional (API prompts saved before it existed still run); shared with COAT Transfer."""
+    return io.Combo.Input("mirror_search", options=list(MIRROR), default="default", optional=True,
+                          tooltip="Hard mode: also match the style's mirror image (left-right) and keep it for the "
+                                  "pairs it matches clearly surer: for objects seen from the other side. Costs one "
+                                  "more style encoding and alignment (about 2x the time of a transfer). default: "
+                                  "the checkpoint's (on for the bundled one); off: the faster, style as given.")
+
+
 class COATAlign(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
@@ -132,11 +141,7 @@ class COATAlign(io.ComfyNode):
                                        "colours (warped along the matches) may go. trusted: confident matches "
                                        "only, the decoder renders the rest; everywhere: on the whole object. "
                                        "default: the checkpoint's (everywhere for the bundled one)."),
-                io.Combo.Input("mirror_search", options=list(MIRROR), default="default", optional=True,
-                               tooltip="Hard mode: also match the style's mirror image (left-right) and keep it "
-                                       "for the pairs it matches clearly surer: for objects seen from the other "
-                                       "side. Costs one more style encoding and alignment. default: the "
-                                       "checkpoint's (on for the bundled one)."),
+                mirror_input(),
             ],
             outputs=[
                 CoatAlignment.Output(display_name="alignment", tooltip="Style latents aligned to the content."),

@@ -151,6 +151,24 @@ def test_transfer_outputs(M, model):
     assert data["items"][0]["mirrored"] is False  # the tiny model does not search the mirror
 
 
+def test_transfer_passes_mirror_search_to_the_alignment(M, model, monkeypatch):
+    seen = []
+    real = coat_model.COAT.align
+
+    def spy(self, *args, **kwargs):
+        seen.append(kwargs.get("mirror_search"))
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(coat_model.COAT, "align", spy)
+    outs = {m: run(M, "COATTransfer", model, images(1, 32, 32), images(1, 32, 32, 1), mirror_search=m).args[0]
+            for m in ("default", "off", "on")}
+    assert seen == [None, False, True]  # default: the checkpoint's (off for this tiny model)
+    assert torch.equal(outs["default"], outs["off"])
+    assert "mirror_search" in M["COATTransfer"].INPUT_TYPES()["optional"]  # older API prompts still validate
+    with pytest.raises(ValueError, match="mirror_search must be one of"):
+        run(M, "COATTransfer", model, images(1, 32, 32), images(1, 32, 32, 1), mirror_search="sometimes")
+
+
 def test_pairwise_batches(M, model):
     image, _ = run(M, "COATTransfer", model, images(3, 32, 32), images(3, 32, 32, 1)).args
     assert image.shape == (3, 32, 32, 3)

@@ -32,7 +32,7 @@ def ui_workflow(seed: int) -> dict:
         if node["type"] == "COATModelLoader":
             node["widgets_values"][0] = CKPT
         if node["type"] == "COATTransfer":
-            node["widgets_values"][2] = seed  # widgets: n_content_layers, style_strength, seed, mode, fill
+            node["widgets_values"][2] = seed  # widgets: n_content_layers, style_strength, seed, mode, fill, mirror_search
     return wf
 
 
