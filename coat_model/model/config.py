@@ -166,7 +166,7 @@ class COATConfig:
         plus full-resolution latents, matches refined below the cell and the warped-style colour path, with
         untrusted pixel matches filled from trusted ones, the colour path offered everywhere and the style's mirror
         image tried at inference (each one a ``False``/0 override away: ``COATConfig.small(warp_style=False,
-        warp_everywhere=False)``)."""
+        warp_everywhere=False, mirror_search=False)``)."""
         base = dict(
             resolution=64, scales=(8, 4, 2), encoder_channels=(32, 48, 64, 96), feature_dim=64,
             descriptor_dim=64, w_dim=32, channel_base=2048, channel_max=64, n_content_layers=4,
