@@ -86,7 +86,11 @@ def coat_outputs(model, content: torch.Tensor, style: torch.Tensor, gt_flow: tor
     finest = alignment.scales[-1]
     r = model.config.resolution
     cells = cell_flow_to_pixels(alignment.flow[finest], finest, r)
-    flow = cells if alignment.refined is None else alignment.refined.flow
+
+    def pixel_flow(a):  # each variant is scored on its own per-pixel matches (and its own trusted ones, below)
+        return cell_flow_to_pixels(a.flow[finest], finest, r) if a.refined is None else a.refined.flow
+
+    flow = pixel_flow(alignment)
     # no match is trusted, and no warped colour offered where none is (the ablation isolates correspondence)
     global_code = model.align(c, s, fill="global", confidence_threshold=2.0, warp_everywhere=False,
                               mirror_search=False)
@@ -105,14 +109,11 @@ def coat_outputs(model, content: torch.Tensor, style: torch.Tensor, gt_flow: tor
     if defaults.flow_fill or defaults.warp_everywhere or defaults.mirror_search:  # the hard path as trained
         plain = model.align(c, s, flow_fill=0.0, warp_everywhere=False, mirror_search=False)
         out["coat_trusted_warp"] = dict(
-            output=model.decode(c, plain), confidence=trusted(plain),
-            pred_flow=cells if plain.refined is None else plain.refined.flow)
+            output=model.decode(c, plain), confidence=trusted(plain), pred_flow=pixel_flow(plain))
     if defaults.mirror_search:
         as_given = model.align(c, s, mirror_search=False)
-        out["coat_no_mirror"] = dict(
-            output=model.decode(c, as_given), confidence=trusted(as_given),
-            pred_flow=cell_flow_to_pixels(as_given.flow[finest], finest, r) if as_given.refined is None
-            else as_given.refined.flow)
+        out["coat_no_mirror"] = dict(output=model.decode(c, as_given), confidence=trusted(as_given),
+                                     pred_flow=pixel_flow(as_given))
     if alignment.warped is not None:
         out["coat_modulation"] = dict(output=model.decode(c, dataclasses.replace(alignment, warped=None, trust=None)))
     if gt_flow is not None:

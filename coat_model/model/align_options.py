@@ -54,14 +54,14 @@ class AlignOptions:
         if mode == "soft":
             return cls(**common, backend=backend, temperature=pick(temperature, config.temperature),
                        confidence_threshold=pick(confidence_threshold, config.confidence_threshold))
+        mirror = bool(pick(mirror_search, config.mirror_search))
         return cls(**common, confidence_threshold=pick(confidence_threshold, 0.0),
                    sim_threshold=pick(sim_threshold, config.sim_threshold), geometric=geometric,
                    coarse_to_fine=pick(coarse_to_fine, config.coarse_to_fine),
                    flow_fill=pick(flow_fill, config.flow_fill),
                    warp_everywhere=config.warp_style and pick(warp_everywhere, config.warp_everywhere),
-                   mirror_search=bool(pick(mirror_search, config.mirror_search)),
-                   mirror_margin=(float(pick(mirror_margin, config.mirror_margin))
-                                  if pick(mirror_search, config.mirror_search) else None))
+                   mirror_search=mirror,
+                   mirror_margin=float(pick(mirror_margin, config.mirror_margin)) if mirror else None)
 
     @classmethod
     def given_matches(cls, scales: tuple[int, ...], fill: str) -> "AlignOptions":

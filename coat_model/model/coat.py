@@ -146,7 +146,8 @@ class COAT(nn.Module):
         """The latents of the mirror image (left-right) of what ``latents`` encoded: its canvas (and mask) flipped and
         encoded again (the encoder, with its position input, is not mirror-equivariant)."""
         if latents.image is None:
-            raise COATInputError("these latents keep no image to mirror: encode the style with COAT.encode")
+            raise COATInputError("these latents keep no image to mirror: encode the style with COAT.encode (or "
+                                 "align with mirror_search=False)")
         mask = None if latents.mask is None else latents.mask.flip(-1)
         return self._encode_canvas(latents.image.flip(-1), latents.frame, mask)
 
@@ -229,9 +230,6 @@ class COAT(nn.Module):
         alignment = self._match(content, style.expand(content.batch_size), options)
         if not options.mirror_search:
             return alignment
-        if style.image is None:
-            raise COATInputError("mirror_search needs the style image: encode the style with COAT.encode, or pass "
-                                 "mirror_search=False")
         mirrored = self._match(content, self.mirror(style).expand(content.batch_size), options)
         return choose(alignment, mirrored, mirror_wins(alignment, mirrored, content.mask, options.mirror_margin))
 
