@@ -37,7 +37,7 @@ def parse_scales(text: str, config: COATConfig) -> tuple[int, ...] | None:
 
 def align_options(config: COATConfig, mode="hard", scales="all", fill="default", temperature=-1.0,
                   confidence_threshold=-1.0, sim_threshold=-1.0, cycle_sigma=-1.0, flow_fill=-1.0,
-                  warp_colours="default", mirror_search="default") -> dict:
+                  warp_colours="default", mirror_search="default", rotation_search=-1.0) -> dict:
     """Node widget values -> ``COAT.align`` keywords; negative numbers and 'default' keep the checkpoint's."""
     if mode not in MODES:
         raise COATInputError(f"mode must be one of {MODES}, got {mode!r}")
@@ -53,7 +53,8 @@ def align_options(config: COATConfig, mode="hard", scales="all", fill="default",
     return dict(mode=mode, scales=parse_scales(scales, config), fill=None if fill == "default" else fill,
                 temperature=keep(temperature), confidence_threshold=keep(confidence_threshold),
                 sim_threshold=keep(sim_threshold), cycle_sigma=keep(cycle_sigma), flow_fill=keep(flow_fill),
-                warp_everywhere=WARP_COLOURS[warp_colours], mirror_search=MIRROR[mirror_search])
+                warp_everywhere=WARP_COLOURS[warp_colours], mirror_search=MIRROR[mirror_search],
+                rotation_search=keep(rotation_search))
 
 
 def align(handle: LoadedModel, content: Encoded, style: Encoded, **options) -> Aligned:
@@ -94,6 +95,16 @@ def mirror_input() -> io.Combo.Input:
                                   "pairs it matches clearly surer: for objects seen from the other side. Costs one "
                                   "more style encoding and alignment (about 2x the time of a transfer). default: "
                                   "the checkpoint's (on for the bundled one); off: the faster, style as given.")
+
+
+def rotation_input() -> io.Float.Input:
+    """Optional (API prompts saved before it existed still run); shared with COAT Transfer."""
+    return io.Float.Input("rotation_search", default=-1.0, min=-1.0, max=45.0, step=5.0, optional=True,
+                          tooltip="-1 (default) = use the checkpoint's own value (20 for the bundled one). Hard "
+                                  "mode: also match the style turned by + and - this many degrees (and their "
+                                  "mirrors with mirror_search) and keep the pose that matches clearly surer: for "
+                                  "tilted objects. 0 = off; each angle costs two or four more style encodings and "
+                                  "alignments.")
 
 
 class COATAlign(io.ComfyNode):
@@ -142,6 +153,7 @@ class COATAlign(io.ComfyNode):
                                        "only, the decoder renders the rest; everywhere: on the whole object. "
                                        "default: the checkpoint's (everywhere for the bundled one)."),
                 mirror_input(),
+                rotation_input(),
             ],
             outputs=[
                 CoatAlignment.Output(display_name="alignment", tooltip="Style latents aligned to the content."),
@@ -152,10 +164,11 @@ class COATAlign(io.ComfyNode):
     @classmethod
     def execute(cls, model: LoadedModel, content: Encoded, style: Encoded, mode="hard", scales="all",
                 fill="default", temperature=-1.0, confidence_threshold=-1.0, sim_threshold=-1.0,
-                cycle_sigma=-1.0, flow_fill=-1.0, warp_colours="default", mirror_search="default") -> io.NodeOutput:
+                cycle_sigma=-1.0, flow_fill=-1.0, warp_colours="default", mirror_search="default",
+                rotation_search=-1.0) -> io.NodeOutput:
         aligned = align(model, content, style, mode=mode, scales=scales, fill=fill, temperature=temperature,
                         confidence_threshold=confidence_threshold, sim_threshold=sim_threshold,
                         cycle_sigma=cycle_sigma, flow_fill=flow_fill, warp_colours=warp_colours,
-                        mirror_search=mirror_search)
+                        mirror_search=mirror_search, rotation_search=rotation_search)
         interrupt_point()
         return io.NodeOutput(aligned, confidence_mask(model, aligned), ui={"coat_matches": [ui_entry(aligned)]})

@@ -72,8 +72,10 @@ def panel_data(aligned: Aligned) -> dict:
                 "confidence": _flat(m["confidence"]),
                 "confident": m["confident"].int().tolist(),
             })
-        # True where the pair matched the style's mirror image (mirror_search; the uv are in the style as given)
-        items.append({"levels": levels, "mirrored": bool(a.mirrored[item]) if a.mirrored is not None else False})
+        # The pose of the style the pair matched (mirror_search, rotation_search; the uv are in the style as given):
+        # mirrored left-right, turned this many degrees clockwise
+        items.append({"levels": levels, "mirrored": bool(a.mirrored[item]) if a.mirrored is not None else False,
+                      "rotation": float(a.rotation[item]) if a.rotation is not None else 0.0})
     return {
         "version": 1,
         "mode": a.mode,

@@ -7,7 +7,8 @@ in-memory :mod:`.match_store` only: this route reads no file.
 Answers (all JSON, ``application/json``):
 
 * 200: ``{id, version, mode, scales, coverage, content_size, style_size, limits, items: [{levels: [level...],
-  mirrored}]}`` (``mirrored``: the pair matched the style's mirror image; its uv still point into the style as given)
+  mirrored, rotation}]}`` (``mirrored``: the pair matched the style's mirror image; ``rotation``: the style turned
+  this many degrees clockwise; the uv still point into the style as given)
   where a level is ``{scale, grid, total, points, stride, cell_uv, content_uv, style_uv, confidence,
   confident}``. ``content_uv`` / ``style_uv`` are flat ``[u0, v0, u1, v1, ...]`` positions in their own image
   ((0, 0) top-left, (1, 1) bottom-right): the match (flow) of each kept content cell. Values are rounded to
@@ -94,7 +95,8 @@ def _level(level: dict, cap: int) -> dict:
 def encode(match_id: str, data: dict, max_bytes: int = MAX_BYTES) -> bytes:
     """The route's JSON body for a stored entry: subsampled, rounded, at most ``max_bytes`` long."""
     items = [item["levels"][:MAX_LEVELS] for item in data["items"][:MAX_ITEMS]]
-    mirrored = [bool(item.get("mirrored", False)) for item in data["items"][:MAX_ITEMS]]
+    poses = [{"mirrored": bool(item.get("mirrored", False)), "rotation": round(float(item.get("rotation", 0.0)), 2)}
+             for item in data["items"][:MAX_ITEMS]]
     n_levels = max(1, sum(len(levels) for levels in items))
     cap = max(1, min(MAX_POINTS_PER_LEVEL, MAX_POINTS // n_levels))
     while True:
@@ -107,8 +109,8 @@ def encode(match_id: str, data: dict, max_bytes: int = MAX_BYTES) -> bytes:
             "content_size": list(data["content_size"]),
             "style_size": list(data["style_size"]),
             "limits": LIMITS,
-            "items": [{"levels": [_level(level, cap) for level in levels], "mirrored": m}
-                      for levels, m in zip(items, mirrored)],
+            "items": [{"levels": [_level(level, cap) for level in levels], **pose}
+                      for levels, pose in zip(items, poses)],
         }
         raw = json.dumps(body, separators=(",", ":"), allow_nan=False).encode()
         if len(raw) <= max_bytes or cap == 1:

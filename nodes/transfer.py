@@ -7,7 +7,7 @@ from comfy_api.v0_0_2 import io
 
 from coat_model.model.inputs import pair_batches
 
-from .align import align, confidence_mask, fill_input, mirror_input, mode_input
+from .align import align, confidence_mask, fill_input, mirror_input, mode_input, rotation_input
 from .decode import decode, decode_inputs
 from .encode import encode
 from .matches import ui_entry
@@ -35,6 +35,7 @@ class COATTransfer(io.ComfyNode):
                               tooltip="Optional object mask of the content, white (1) = object: only the object "
                                       "changes. LoadImage's mask is 1 where transparent, so invert it first."),
                 mirror_input(),
+                rotation_input(),
             ],
             outputs=[
                 io.Image.Output(display_name="image", tooltip="The transferred images, at the content size."),
@@ -44,14 +45,16 @@ class COATTransfer(io.ComfyNode):
 
     @classmethod
     def execute(cls, model: LoadedModel, content, style, n_content_layers=-1, style_strength=1.0, seed=-1,
-                mode="hard", fill="default", content_mask=None, mirror_search="default") -> io.NodeOutput:
+                mode="hard", fill="default", content_mask=None, mirror_search="default",
+                rotation_search=-1.0) -> io.NodeOutput:
         pair_batches(content.shape[0], style.shape[0])  # fail before any work
         bar = comfy.utils.ProgressBar(4)
         c = encode(model, content, content_mask, "content")
         bar.update(1)
         s = encode(model, style, None, "style")
         bar.update(1)
-        aligned = align(model, c, s, mode=mode, fill=fill, mirror_search=mirror_search)
+        aligned = align(model, c, s, mode=mode, fill=fill, mirror_search=mirror_search,
+                        rotation_search=rotation_search)
         bar.update(1)
         images = decode(model, c, aligned, n_content_layers, style_strength, seed)
         bar.update(1)

@@ -151,20 +151,24 @@ def test_transfer_outputs(M, model):
     assert data["items"][0]["mirrored"] is False  # the tiny model does not search the mirror
 
 
-def test_transfer_passes_mirror_search_to_the_alignment(M, model, monkeypatch):
+def test_transfer_passes_mirror_and_rotation_search_to_the_alignment(M, model, monkeypatch):
     seen = []
     real = coat_model.COAT.align
 
     def spy(self, *args, **kwargs):
-        seen.append(kwargs.get("mirror_search"))
+        seen.append((kwargs.get("mirror_search"), kwargs.get("rotation_search")))
         return real(self, *args, **kwargs)
 
     monkeypatch.setattr(coat_model.COAT, "align", spy)
-    outs = {m: run(M, "COATTransfer", model, images(1, 32, 32), images(1, 32, 32, 1), mirror_search=m).args[0]
-            for m in ("default", "off", "on")}
-    assert seen == [None, False, True]  # default: the checkpoint's (off for this tiny model)
+    transfer = lambda **kw: run(M, "COATTransfer", model, images(1, 32, 32), images(1, 32, 32, 1), **kw).args[0]  # noqa: E731
+    outs = {m: transfer(mirror_search=m) for m in ("default", "off", "on")}
+    assert seen == [(None, None), (False, None), (True, None)]  # default: the checkpoint's (off for this tiny model)
     assert torch.equal(outs["default"], outs["off"])
-    assert "mirror_search" in M["COATTransfer"].INPUT_TYPES()["optional"]  # older API prompts still validate
+    seen.clear()
+    turned = {r: transfer(rotation_search=r) for r in (-1.0, 0.0, 20.0)}
+    assert seen == [(None, None), (None, 0.0), (None, 20.0)] and torch.equal(turned[-1.0], turned[0.0])
+    optional = M["COATTransfer"].INPUT_TYPES()["optional"]
+    assert {"mirror_search", "rotation_search"} <= set(optional)  # older API prompts still validate
     with pytest.raises(ValueError, match="mirror_search must be one of"):
         run(M, "COATTransfer", model, images(1, 32, 32), images(1, 32, 32, 1), mirror_search="sometimes")
 
@@ -241,6 +245,8 @@ def test_align_options(M, model):
     assert [options(model.config, mirror_search=m)["mirror_search"] for m in ("default", "off", "on")] \
         == [None, False, True]
     assert align().mirrored is None and align(mirror_search="on").mirrored.shape == (1,)
+    assert align().rotation is None and align(rotation_search=10.0).rotation.shape == (1,)
+    assert align(rotation_search=10.0).options.rotation_search == 10.0
     with pytest.raises(ValueError, match="mirror_search must be one of"):
         align(mirror_search="maybe")
 
@@ -379,8 +385,8 @@ def test_inputs_that_default_to_the_checkpoints_value_say_so(M):
     info = M["COATAlign"].INPUT_TYPES()
     inputs = {**info["required"], **info["optional"]}
     page = (Path(__file__).resolve().parent.parent / "web" / "docs" / "COATAlign.md").read_text()
-    assert {"flow_fill", "warp_colours", "mirror_search"} <= set(info["optional"])  # API prompts saved before them still validate
-    for name in ("temperature", "confidence_threshold", "sim_threshold", "cycle_sigma", "flow_fill"):
+    assert {"flow_fill", "warp_colours", "mirror_search", "rotation_search"} <= set(info["optional"])  # API prompts saved before them still validate
+    for name in ("temperature", "confidence_threshold", "sim_threshold", "cycle_sigma", "flow_fill", "rotation_search"):
         spec = inputs[name][1]
         assert spec["default"] == -1.0 and spec["tooltip"].startswith("-1 (default) = use the checkpoint's")
         assert f"`{name}`" in page.split("### The -1 inputs")[1]

@@ -205,7 +205,7 @@ def test_match_panel(server, browser, mode):
         saved = ui.page.evaluate("() => window.app.graph.serialize()")
         node, = [n for n in saved["nodes"] if n["type"] == NODE]
         assert node["properties"]["coat_match"]["id"] == match_id
-        assert len(node["widgets_values"]) == 6  # the node's six widgets: the panel adds no widget value
+        assert len(node["widgets_values"]) == 7  # the node's seven widgets: the panel adds no widget value
         ui.page.evaluate("() => window.app.graph.clear()")
         ui.load_workflow(saved)
         ui.page.wait_for_function(f"() => document.querySelector('{PANEL}')?.dataset.state === 'ready'",
@@ -214,21 +214,27 @@ def test_match_panel(server, browser, mode):
         info = ui.page.locator(f"{PANEL} .coat-info")
         assert "mirror" not in info.inner_text()  # the test model does not search the style's mirror image
 
-        # A pair that took the style's mirror image says so (the route's answer rewritten as such a run serves it).
-        def as_mirrored(route):
-            body = json.loads(route.fetch().text())
-            for item in body["items"]:
-                item["mirrored"] = True
-            route.fulfill(json=body)
+        # A pair that took another pose of the style says which (the route's answer rewritten as such a run serves
+        # it): its mirror image, turned, or both.
+        for pose, says in (({"mirrored": True}, "matched the style's mirror image ("),
+                           ({"rotation": -20.0}, "matched the style turned 20\u00b0 anticlockwise ("),
+                           ({"mirrored": True, "rotation": 15.0}, "the style's mirror image turned 15\u00b0 clockwise (")):
+            def as_posed(pose):
+                def handle(route):
+                    body = json.loads(route.fetch().text())
+                    for item in body["items"]:
+                        item.update(pose)
+                    route.fulfill(json=body)
+                return handle
 
-        ui.page.route("**/coat/matches/**", as_mirrored)
-        ui.page.evaluate("() => window.app.graph.clear()")
-        ui.load_workflow(saved)
-        ui.page.wait_for_function(f"() => document.querySelector('{PANEL}')?.dataset.state === 'ready'",
-                                  timeout=30_000)
-        assert "matched the style's mirror image" in info.inner_text()
-        assert int(panel_attrs(ui.page)["matchCount"]) == count
-        ui.page.unroute("**/coat/matches/**")
+            ui.page.route("**/coat/matches/**", as_posed(pose))
+            ui.page.evaluate("() => window.app.graph.clear()")
+            ui.load_workflow(saved)
+            ui.page.wait_for_function(f"() => document.querySelector('{PANEL}')?.dataset.state === 'ready'",
+                                      timeout=30_000)
+            assert says in info.inner_text()
+            assert int(panel_attrs(ui.page)["matchCount"]) == count
+            ui.page.unroute("**/coat/matches/**")
         node["properties"]["coat_match"]["id"] = "0123456789abcdef"
         ui.load_workflow(saved)
         ui.page.wait_for_function(f"() => document.querySelector('{PANEL}')?.dataset.state === 'error'",

@@ -96,8 +96,10 @@ def test_small_entries_are_sent_whole_and_rounded(pack):
         assert sent["cell_uv"] == [round(1 / stored["grid"][1], 3), round(1 / stored["grid"][0], 3)]
         assert sent["confident"] == stored["confident"]
     assert body["items"][0]["mirrored"] is False  # entries from before mirror_search: not mirrored
-    data["items"][0]["mirrored"] = True
-    assert json.loads(routes.encode("0123456789abcdef", data))["items"][0]["mirrored"] is True
+    assert body["items"][0]["rotation"] == 0.0  # nor turned (rotation_search)
+    data["items"][0].update(mirrored=True, rotation=-20.000001)
+    item = json.loads(routes.encode("0123456789abcdef", data))["items"][0]
+    assert item["mirrored"] is True and item["rotation"] == -20.0
 
 
 def test_big_entries_are_strided_on_the_grid_and_bounded(pack):

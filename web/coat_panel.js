@@ -232,11 +232,15 @@ class MatchPanel {
     this.update();
   }
 
-  // What the idle info line says: how to explore, and whether this pair matched the style's mirror image.
+  // What the idle info line says: how to explore, and which pose of the style this pair matched (its mirror
+  // image, the style turned) when not the style as given.
   readyMessage() {
-    const mirrored = this.data?.items?.[this.view.item]?.mirrored;
-    return mirrored ? "Hover a point of either image. This pair matched the style's mirror image (lines point "
-      + "into the style as shown)." : "Hover a point of either image.";
+    const item = this.data?.items?.[this.view.item];
+    const turn = Number(item?.rotation) || 0;
+    if (!item?.mirrored && !turn) return "Hover a point of either image.";
+    const pose = (item.mirrored ? "the style's mirror image" : "the style")
+      + (turn ? ` turned ${Math.abs(turn)}\u00b0 ${turn > 0 ? "clockwise" : "anticlockwise"}` : "");
+    return `Hover a point of either image. This pair matched ${pose} (lines point into the style as shown).`;
   }
 
   // The scale with the most matches at or above the threshold (the finer one on a tie).

@@ -6,10 +6,10 @@ Methods, all in one run on the same held-out pairs:
 - ``coat``: the checkpoint's transfer (hard matches, confidence filtering, propagate fill); its matches are the
   refined per-pixel ones of a ``refine_radius`` model (``coat_unrefined``: the same without the refinement, scored
   on its finest cell matches);
-- ``coat_trusted_warp`` (a checkpoint whose inference defaults set ``flow_fill``, ``warp_everywhere`` or
-  ``mirror_search``): the same network without them: untrusted pixels keep their own matches, the decoder renders
-  them, and the style is matched as given; ``coat_no_mirror`` (with ``mirror_search``): the defaults without the
-  mirror search alone;
+- ``coat_trusted_warp`` (a checkpoint whose inference defaults set ``flow_fill``, ``warp_everywhere``,
+  ``mirror_search`` or ``rotation_search``): the same network without them: untrusted pixels keep their own
+  matches, the decoder renders them, and the style is matched as given; ``coat_no_mirror`` (with ``mirror_search``)
+  and ``coat_no_rotation`` (with ``rotation_search``): the defaults without that search alone;
 - ``coat_modulation``: the same network and matches through the paper's pure modulation path (for a
   ``warp_style`` model: without the warped style's colours);
 - ``coat_global``: the same network with every aligned map replaced by the global style code (the
@@ -93,7 +93,7 @@ def coat_outputs(model, content: torch.Tensor, style: torch.Tensor, gt_flow: tor
     flow = pixel_flow(alignment)
     # no match is trusted, and no warped colour offered where none is (the ablation isolates correspondence)
     global_code = model.align(c, s, fill="global", confidence_threshold=2.0, warp_everywhere=False,
-                              mirror_search=False)
+                              mirror_search=False, rotation_search=0.0)
     warp = F.grid_sample(style, flow.permute(0, 2, 3, 1), mode="bilinear", padding_mode="border", align_corners=True)
     trusted = lambda a: F.interpolate(a.mask[finest].float(), size=(r, r), mode="nearest") > 0.5  # noqa: E731
     confidence = trusted(alignment)
@@ -106,14 +106,14 @@ def coat_outputs(model, content: torch.Tensor, style: torch.Tensor, gt_flow: tor
         out["coat_unrefined"] = dict(output=model.decode(c, model.align(c, s, refine=False)), pred_flow=cells,
                                      confidence=confidence)
     defaults = alignment.options
-    if defaults.flow_fill or defaults.warp_everywhere or defaults.mirror_search:  # the hard path as trained
-        plain = model.align(c, s, flow_fill=0.0, warp_everywhere=False, mirror_search=False)
+    if defaults.flow_fill or defaults.warp_everywhere or defaults.poses_searched:  # the hard path as trained
+        plain = model.align(c, s, flow_fill=0.0, warp_everywhere=False, mirror_search=False, rotation_search=0.0)
         out["coat_trusted_warp"] = dict(
             output=model.decode(c, plain), confidence=trusted(plain), pred_flow=pixel_flow(plain))
-    if defaults.mirror_search:
-        as_given = model.align(c, s, mirror_search=False)
-        out["coat_no_mirror"] = dict(output=model.decode(c, as_given), confidence=trusted(as_given),
-                                     pred_flow=pixel_flow(as_given))
+    for name, search in (("coat_no_mirror", "mirror_search"), ("coat_no_rotation", "rotation_search")):
+        if getattr(defaults, search):  # the defaults without this search alone
+            without = model.align(c, s, **{search: 0})
+            out[name] = dict(output=model.decode(c, without), confidence=trusted(without), pred_flow=pixel_flow(without))
     if alignment.warped is not None:
         out["coat_modulation"] = dict(output=model.decode(c, dataclasses.replace(alignment, warped=None, trust=None)))
     if gt_flow is not None:

@@ -35,6 +35,8 @@ class AlignOptions:
     warp_everywhere: bool | None = None      # hard path: the warped style offered on the whole object
     mirror_search: bool | None = None        # hard path: the style's mirror image aligned too, kept where surer
     mirror_margin: float | None = None       # hard path with mirror_search: the lead in mean confidence it needs
+    rotation_search: float | None = None     # hard path: the style turned by +- these degrees too (0: not)
+    rotation_margin: float | None = None     # hard path with rotation_search: the lead a turned style needs
 
     @classmethod
     def resolve(cls, config: COATConfig, *, mode: str, scales: tuple[int, ...], backend: str = "auto",
@@ -43,7 +45,8 @@ class AlignOptions:
                 fill: str | None = None, coarse_to_fine: bool | None = None,
                 refine: bool | None = None, flow_fill: float | None = None,
                 warp_everywhere: bool | None = None, mirror_search: bool | None = None,
-                mirror_margin: float | None = None) -> "AlignOptions":
+                mirror_margin: float | None = None, rotation_search: float | None = None,
+                rotation_margin: float | None = None) -> "AlignOptions":
         """The options :meth:`COAT.align` runs with for these overrides (``None``: the config's value)."""
         pick = lambda value, default: default if value is None else value  # noqa: E731
         common = dict(
@@ -55,13 +58,21 @@ class AlignOptions:
             return cls(**common, backend=backend, temperature=pick(temperature, config.temperature),
                        confidence_threshold=pick(confidence_threshold, config.confidence_threshold))
         mirror = bool(pick(mirror_search, config.mirror_search))
+        rotation = float(pick(rotation_search, config.rotation_search))
         return cls(**common, confidence_threshold=pick(confidence_threshold, 0.0),
                    sim_threshold=pick(sim_threshold, config.sim_threshold), geometric=geometric,
                    coarse_to_fine=pick(coarse_to_fine, config.coarse_to_fine),
                    flow_fill=pick(flow_fill, config.flow_fill),
                    warp_everywhere=config.warp_style and pick(warp_everywhere, config.warp_everywhere),
                    mirror_search=mirror,
-                   mirror_margin=float(pick(mirror_margin, config.mirror_margin)) if mirror else None)
+                   mirror_margin=float(pick(mirror_margin, config.mirror_margin)) if mirror else None,
+                   rotation_search=rotation,
+                   rotation_margin=float(pick(rotation_margin, config.rotation_margin)) if rotation else None)
+
+    @property
+    def poses_searched(self) -> bool:
+        """Whether the style is aligned in more poses than as given (mirror or rotation search)."""
+        return bool(self.mirror_search or self.rotation_search)
 
     @classmethod
     def given_matches(cls, scales: tuple[int, ...], fill: str) -> "AlignOptions":

@@ -10,7 +10,7 @@ from torch import nn
 
 from ..checkpoint_format import save as save_checkpoint
 from .align_options import AlignOptions
-from .config import ALIGN_MODES, FILL_MODES, COATConfig
+from .config import ALIGN_MODES, FILL_MODES, COATConfig, check_search_options
 from .decoder import Decoder
 from .encoder import Encoder
 from .gather import (
@@ -19,7 +19,7 @@ from .gather import (
 )
 from .inputs import COATInputError, Frame, check_images, pair_batches
 from .matching import Match, hard_match, refine_match, soft_match
-from .mirror import choose, mirror_wins
+from .pose import Pose, candidate_poses, select, select_matches, to_style, winners
 
 
 @dataclass
@@ -58,6 +58,19 @@ class Latents:
             image=None if self.image is None else grow(self.image),
         )
 
+    @staticmethod
+    def select(candidates: list["Latents"], pick: torch.Tensor) -> "Latents":
+        """Per image b, ``candidates[pick[b]]`` (Latents of the same batch size and frame: one image in poses)."""
+        first = candidates[0]
+        return Latents(
+            features={s: select([c.features[s] for c in candidates], pick) for s in first.features},
+            descriptors={s: select([c.descriptors[s] for c in candidates], pick) for s in first.descriptors},
+            maps=[select([c.maps[l] for c in candidates], pick) for l in range(len(first.maps))],
+            frame=first.frame,
+            mask=select([c.mask for c in candidates], pick),
+            image=select([c.image for c in candidates], pick),
+        )
+
 
 @dataclass
 class Alignment:
@@ -71,8 +84,8 @@ class Alignment:
     warped: the style image warped along the finest per-pixel matches [B, 3, R, R] in [-1, 1], and trust: where
     the decoder may take its colours [B, 1, R, R] in [0, 1] (``warp_style``), or None. cycle_error[s]: the soft
     path's differentiable forward-backward error in cells (for the cycle loss). mirrored: [B] bool, the pairs aligned
-    to the style's mirror image (``mirror_search``; their flows are given in the style's own coordinates), or None
-    when the mirror was not tried.
+    to the style's mirror image, and rotation: [B] degrees the style was turned for each pair (``mirror_search``,
+    ``rotation_search``; their flows are given in the style's own coordinates), or None when no pose was tried.
     """
 
     flow: dict[int, torch.Tensor]
@@ -86,6 +99,7 @@ class Alignment:
     trust: torch.Tensor | None = None
     cycle_error: dict[int, torch.Tensor] = field(default_factory=dict)
     mirrored: torch.Tensor | None = None
+    rotation: torch.Tensor | None = None
 
     @property
     def scales(self) -> tuple[int, ...]:
@@ -143,13 +157,18 @@ class COAT(nn.Module):
         return Latents(features, self.encoder.descriptors(features), maps, frame, mask, image=x)
 
     def mirror(self, latents: Latents) -> Latents:
-        """The latents of the mirror image (left-right) of what ``latents`` encoded: its canvas (and mask) flipped and
-        encoded again (the encoder, with its position input, is not mirror-equivariant)."""
+        """The latents of the mirror image (left-right) of what ``latents`` encoded (see :meth:`posed`)."""
+        return self.posed(latents, Pose(mirrored=True))
+
+    def posed(self, latents: Latents, pose: Pose) -> Latents:
+        """The latents of what ``latents`` encoded in another pose (mirrored, turned; :mod:`coat_model.model.pose`):
+        its canvas (and mask) posed and encoded again (the encoder, with its position input, is neither mirror- nor
+        rotation-equivariant)."""
         if latents.image is None:
-            raise COATInputError("these latents keep no image to mirror: encode the style with COAT.encode (or "
-                                 "align with mirror_search=False)")
-        mask = None if latents.mask is None else latents.mask.flip(-1)
-        return self._encode_canvas(latents.image.flip(-1), latents.frame, mask)
+            raise COATInputError("these latents keep no image to pose: encode the style with COAT.encode (or "
+                                 "align with mirror_search=False and rotation_search=0)")
+        mask = None if latents.mask is None else pose.apply(latents.mask, fill="zeros")
+        return self._encode_canvas(pose.apply(latents.image), latents.frame, mask)
 
     @staticmethod
     def _check_mask(mask: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
@@ -189,6 +208,8 @@ class COAT(nn.Module):
         warp_everywhere: bool | None = None,
         mirror_search: bool | None = None,
         mirror_margin: float | None = None,
+        rotation_search: float | None = None,
+        rotation_margin: float | None = None,
     ) -> Alignment:
         """Align the style latents to the content through dense correspondence (docs/CORRESPONDENCE.md).
 
@@ -204,10 +225,11 @@ class COAT(nn.Module):
             flow_fill, warp_everywhere: hard path only (inference), override the config's: untrusted pixel matches
                 take the trusted ones' flow (sigma in finest cells, 0 = off) before refinement; a ``warp_style``
                 model's gate is offered the warped style on the whole object, not only where matches are trusted.
-            mirror_search, mirror_margin: hard path only, override the config's: also align the style's mirror
-                image and keep it for the pairs whose finest matches it makes surer, on average over the content's
-                object, by more than the margin (:mod:`coat_model.model.mirror`; ``Alignment.mirrored`` says which
-                pairs took it).
+            mirror_search, mirror_margin, rotation_search, rotation_margin: hard path only, override the config's:
+                also align the style's mirror image and the style turned by +- ``rotation_search`` degrees, and keep
+                per pair the pose whose finest matches are surest on average over the content's object, less the
+                margin each pose needs (:mod:`coat_model.model.pose`; ``Alignment.mirrored`` and
+                ``Alignment.rotation`` say which pose each pair took).
         """
         cfg = self.config
         if mode not in ALIGN_MODES:
@@ -217,24 +239,27 @@ class COAT(nn.Module):
         if not scales or any(s not in cfg.scales for s in scales):
             raise COATInputError(f"scales must be a non-empty subset of the model's scales {cfg.scales}, got {scales}")
         scales = tuple(s for s in cfg.scales if s in scales)
-        if flow_fill is not None and not flow_fill >= 0:
-            raise COATInputError(f"flow_fill is a sigma in cells (0: off), got {flow_fill}")
-        if mirror_margin is not None and not mirror_margin >= 0:
-            raise COATInputError(f"mirror_margin is a lead in mean confidence (>= 0), got {mirror_margin}")
+        check_search_options(COATInputError, flow_fill=flow_fill, mirror_margin=mirror_margin,
+                             rotation_search=rotation_search, rotation_margin=rotation_margin)
         options = AlignOptions.resolve(
             cfg, mode=mode, scales=scales, backend=backend, temperature=temperature,
             confidence_threshold=confidence_threshold, sim_threshold=sim_threshold, cycle_sigma=cycle_sigma,
             geometric=geometric, fill=fill, coarse_to_fine=coarse_to_fine, refine=refine, flow_fill=flow_fill,
             warp_everywhere=warp_everywhere, mirror_search=mirror_search, mirror_margin=mirror_margin,
+            rotation_search=rotation_search, rotation_margin=rotation_margin,
         )
-        alignment = self._match(content, style.expand(content.batch_size), options)
-        if not options.mirror_search:
-            return alignment
-        mirrored = self._match(content, self.mirror(style).expand(content.batch_size), options)
-        return choose(alignment, mirrored, mirror_wins(alignment, mirrored, content.mask, options.mirror_margin))
+        given = style.expand(content.batch_size)
+        if not options.poses_searched:
+            return self._assemble(content, given, self._match(content, given, options), options)
+        poses = candidate_poses(bool(options.mirror_search), options.rotation_search)
+        styles = [given] + [self.posed(style, p).expand(content.batch_size) for p in poses[1:]]  # one style: once
+        match_sets = [self._match(content, s, options) for s in styles]
+        pick = winners(match_sets, poses, content.mask, options.mirror_margin or 0.0, options.rotation_margin or 0.0)
+        alignment = self._assemble(content, Latents.select(styles, pick), select_matches(match_sets, pick), options)
+        return to_style(alignment, poses, pick, rotation_searched=bool(options.rotation_search))
 
-    def _match(self, content: Latents, style: Latents, options: AlignOptions) -> Alignment:
-        """Match every scale of ``options`` (coarse to fine) and assemble the alignment."""
+    def _match(self, content: Latents, style: Latents, options: AlignOptions) -> dict[int, Match]:
+        """The matches of every scale of ``options``, coarse to fine."""
         cfg = self.config
         matches: dict[int, Match] = {}
         prior = None
@@ -257,7 +282,7 @@ class COAT(nn.Module):
                     center=cfg.center_descriptors,
                 )
             matches[s] = prior = restrict_to_object(m, content.mask)  # before the next scale searches around it
-        return self._assemble(content, style, matches, options)
+        return matches
 
     def align_from_matches(self, content: Latents, style: Latents, matches: dict[int, Match], *,
                            fill: str | None = None) -> Alignment:

@@ -12,6 +12,21 @@ ALIGN_MODES = ("hard", "soft")
 BACKENDS = ("auto", "xformers", "sdpa", "chunked", "naive")
 
 
+def check_search_options(error: type[Exception], **values: float | None) -> None:
+    """Range checks of the hard path's inference options (``None``: not given), raising ``error`` with the fix:
+    shared by the config and :meth:`COAT.align`'s overrides."""
+    rules = {
+        "flow_fill": (lambda v: v >= 0, "a sigma in cells (0: off)"),
+        "mirror_margin": (lambda v: v >= 0, "a lead in mean confidence (>= 0)"),
+        "rotation_margin": (lambda v: v >= 0, "a lead in mean confidence (>= 0)"),
+        "rotation_search": (lambda v: 0 <= v <= 45, "an angle in degrees from 0 (off) to 45"),
+    }
+    for name, value in values.items():
+        ok, what = rules[name]
+        if value is not None and not ok(value):  # NaN fails every rule
+            raise error(f"{name} is {what}, got {value}")
+
+
 @dataclass(frozen=True)
 class COATConfig:
     """Architecture and inference defaults of a COAT model.
@@ -67,6 +82,9 @@ class COATConfig:
                                                # matches surer by mirror_margin (docs/CORRESPONDENCE.md section 6)
     mirror_margin: float = 0.07                # the lead in mean finest-scale confidence the mirror needs: the style
                                                # as given is the prior (symmetric objects match both ways)
+    rotation_search: float = 0.0               # > 0: also align the style turned by +- this many degrees (and their
+                                               # mirrors with mirror_search), kept where surer by rotation_margin
+    rotation_margin: float = 0.03              # the lead a turned style needs (a turned mirror: both margins)
 
     def __post_init__(self) -> None:
         r = self.resolution
@@ -91,10 +109,8 @@ class COATConfig:
         if self.refine_radius < 0 or self.refine_dim < 0 or self.refine_temperature <= 0:
             raise ValueError(f"refine_radius and refine_dim must be >= 0 and refine_temperature > 0, got "
                              f"{self.refine_radius}, {self.refine_dim}, {self.refine_temperature}")
-        if not self.flow_fill >= 0:
-            raise ValueError(f"flow_fill is a sigma in cells (0: off), got {self.flow_fill}")
-        if not self.mirror_margin >= 0:
-            raise ValueError(f"mirror_margin is a lead in mean confidence (>= 0), got {self.mirror_margin}")
+        check_search_options(ValueError, flow_fill=self.flow_fill, mirror_margin=self.mirror_margin,
+                             rotation_search=self.rotation_search, rotation_margin=self.rotation_margin)
         if self.warp_everywhere and not self.warp_style:
             raise ValueError("warp_everywhere widens the warped-style colour path: set warp_style=True as well")
         if self.refine_dim and not self.pixel_latents:
@@ -165,13 +181,13 @@ class COATConfig:
         """64-128 px, trainable on a CPU (about 0.87M parameters at 128 px): the project's recipe, the paper's model
         plus full-resolution latents, matches refined below the cell and the warped-style colour path, with
         untrusted pixel matches filled from trusted ones, the colour path offered everywhere and the style's mirror
-        image tried at inference (each one a ``False``/0 override away: ``COATConfig.small(warp_style=False,
-        warp_everywhere=False, mirror_search=False)``)."""
+        image and +-20 degree turns tried at inference (each one a ``False``/0 override away:
+        ``COATConfig.small(warp_style=False, warp_everywhere=False, mirror_search=False, rotation_search=0)``)."""
         base = dict(
             resolution=64, scales=(8, 4, 2), encoder_channels=(32, 48, 64, 96), feature_dim=64,
             descriptor_dim=64, w_dim=32, channel_base=2048, channel_max=64, n_content_layers=4,
             pixel_latents=True, refine_dim=16, refine_radius=3, warp_style=True, flow_fill=2.0, warp_everywhere=True,
-            mirror_search=True,
+            mirror_search=True, rotation_search=20.0,
         )
         return cls(**{**base, **overrides})
 
