@@ -99,7 +99,7 @@ def mirror_input() -> io.Combo.Input:
 
 def rotation_input() -> io.Float.Input:
     """Optional (API prompts saved before it existed still run); shared with COAT Transfer."""
-    return io.Float.Input("rotation_search", default=-1.0, min=-1.0, max=45.0, step=5.0, optional=True,
+    return io.Float.Input("rotation_search", default=-1.0, min=-1.0, max=45.0, step=1.0, optional=True,
                           tooltip="-1 (default) = use the checkpoint's own value (20 for the bundled one). Hard "
                                   "mode: also match the style turned by + and - this many degrees (and their "
                                   "mirrors with mirror_search) and keep the pose that matches clearly surer: for "

@@ -160,7 +160,10 @@ def test_transfer_passes_mirror_and_rotation_search_to_the_alignment(M, model, m
         return real(self, *args, **kwargs)
 
     monkeypatch.setattr(coat_model.COAT, "align", spy)
-    transfer = lambda **kw: run(M, "COATTransfer", model, images(1, 32, 32), images(1, 32, 32, 1), **kw).args[0]  # noqa: E731
+
+    def transfer(**kw):
+        return run(M, "COATTransfer", model, images(1, 32, 32), images(1, 32, 32, 1), **kw).args[0]
+
     outs = {m: transfer(mirror_search=m) for m in ("default", "off", "on")}
     assert seen == [(None, None), (False, None), (True, None)]  # default: the checkpoint's (off for this tiny model)
     assert torch.equal(outs["default"], outs["off"])
@@ -385,8 +388,10 @@ def test_inputs_that_default_to_the_checkpoints_value_say_so(M):
     info = M["COATAlign"].INPUT_TYPES()
     inputs = {**info["required"], **info["optional"]}
     page = (Path(__file__).resolve().parent.parent / "web" / "docs" / "COATAlign.md").read_text()
-    assert {"flow_fill", "warp_colours", "mirror_search", "rotation_search"} <= set(info["optional"])  # API prompts saved before them still validate
-    for name in ("temperature", "confidence_threshold", "sim_threshold", "cycle_sigma", "flow_fill", "rotation_search"):
+    # optional: API prompts saved before them still validate
+    assert {"flow_fill", "warp_colours", "mirror_search", "rotation_search"} <= set(info["optional"])
+    for name in ("temperature", "confidence_threshold", "sim_threshold", "cycle_sigma", "flow_fill",
+                 "rotation_search"):
         spec = inputs[name][1]
         assert spec["default"] == -1.0 and spec["tooltip"].startswith("-1 (default) = use the checkpoint's")
         assert f"`{name}`" in page.split("### The -1 inputs")[1]

@@ -218,7 +218,8 @@ def test_match_panel(server, browser, mode):
         # it): its mirror image, turned, or both.
         for pose, says in (({"mirrored": True}, "matched the style's mirror image ("),
                            ({"rotation": -20.0}, "matched the style turned 20\u00b0 anticlockwise ("),
-                           ({"mirrored": True, "rotation": 15.0}, "the style's mirror image turned 15\u00b0 clockwise (")):
+                           ({"mirrored": True, "rotation": 15.0},
+                            "the style's mirror image turned 15\u00b0 clockwise (")):
             def as_posed(pose):
                 def handle(route):
                     body = json.loads(route.fetch().text())

@@ -12,7 +12,7 @@ from coat_model import COAT, COATConfig
 from coat_model.bench.quality import evaluate
 from coat_model.model.inputs import COATInputError
 from coat_model.model.coat import Latents
-from coat_model.model.pose import Pose, candidate_poses, object_confidence, to_style
+from coat_model.model.pose import Pose, candidate_poses, in_style_coordinates, object_confidence
 
 mirror_flow = Pose(mirrored=True).to_style
 
@@ -114,7 +114,7 @@ def test_each_pair_is_assembled_from_its_picked_pose_and_reported_in_the_style_s
     assert torch.equal(both.maps[-1][0], b.maps[-1][0]) and torch.equal(both.maps[-1][1], a.maps[-1][1])
     assert torch.equal(both.descriptors[1][0], b.descriptors[1][0]) and torch.equal(both.image[1], a.image[1])
     poses = [Pose(), Pose(mirrored=True), Pose(20.0)]
-    turned = to_style(alignment, poses, torch.tensor([2, 1]), rotation_searched=True)
+    turned = in_style_coordinates(alignment, poses, torch.tensor([2, 1]))
     assert torch.equal(turned.mirrored, torch.tensor([False, True])) and torch.equal(turned.rotation,
                                                                                       torch.tensor([20.0, 0.0]))
     for s, f in alignment.flow.items():
@@ -122,7 +122,7 @@ def test_each_pair_is_assembled_from_its_picked_pose_and_reported_in_the_style_s
         assert torch.equal(turned.flow[s][1:], mirror_flow(f[1:]))
     assert torch.equal(turned.refined.flow[1:], mirror_flow(alignment.refined.flow[1:]))
     assert turned.maps is alignment.maps and turned.warped is alignment.warped  # already the picked pose's
-    assert to_style(alignment, poses[:2], torch.tensor([0, 0]), rotation_searched=False).rotation is None
+    assert in_style_coordinates(alignment, poses[:2], torch.tensor([0, 0])).rotation is None  # no pose turned
 
 
 def test_latents_without_their_image_say_how_to_get_one():
@@ -180,17 +180,19 @@ def _pixel_grid(n):
 def test_a_posed_flow_points_at_the_style_pixel_the_posed_image_shows(pose):
     style = _images(2, 13)
     grid = _pixel_grid(32).expand(2, -1, -1, -1)
-    sample = lambda image, f: F.grid_sample(image, f.permute(0, 2, 3, 1), align_corners=True,  # noqa: E731
-                                            padding_mode="border")
+    sample = lambda image, f: F.grid_sample(image, f.permute(0, 2, 3, 1), align_corners=True)  # noqa: E731
     posed = pose.apply(style)
-    assert torch.allclose(sample(posed, grid), posed, atol=1e-5)
-    assert torch.allclose(sample(style, pose.to_style(grid)), posed, atol=1e-5)
+    flow = pose.to_style(grid)
+    assert flow.abs().max() <= 1  # the corners a turn uncovers show the style's border pixels: there they point
+    assert torch.allclose(sample(style, flow), posed, atol=1e-5)
 
 
 def test_poses_turn_clockwise_on_screen_flip_exactly_and_uncover_nothing_of_a_mask():
     image = torch.zeros(1, 1, 32, 32)
     image[..., 0, 0] = 1  # the top-left pixel
     assert Pose(90.0).apply(image)[0, 0, 0, 31] == 1  # clockwise: top-left -> top-right
+    assert Pose(90.0, True).apply(image)[0, 0, 31, 31] == 1  # flipped to the top-right, then turned: bottom-right
+    assert Pose(-90.0, True).apply(image)[0, 0, 0, 0] == 1  # top-right, turned anticlockwise: top-left
     assert torch.equal(Pose(mirrored=True).apply(image), image.flip(-1)) and Pose().apply(image) is image
     mask = Pose(20.0).apply(torch.ones(1, 1, 32, 32), fill="zeros")
     assert mask[0, 0, 0, 0] == 0 and mask[0, 0, 16, 16] == 1  # uncovered corners are background
@@ -220,6 +222,27 @@ def test_rotation_search_keeps_per_pair_the_surest_pose_less_its_margin():
         assert torch.allclose(searched.refined.flow[i:i + 1], pose.to_style(src.refined.flow[i:i + 1]), atol=1e-6)
         assert torch.equal(searched.confidence[finest][i], src.confidence[finest][i])
         assert torch.allclose(out[i], outs[k][i], atol=1e-5)
+
+
+def test_one_style_for_a_batch_is_posed_once_and_the_content_mask_weighs_the_choice_of_turns():
+    model = _model()
+    content, style = _images(4, 18), _images(1, 19)
+    mask = torch.zeros(4, 1, 32, 32)
+    mask[..., 6:26, 8:28] = 1
+    poses = candidate_poses(True, 20)
+    with torch.no_grad():
+        c = model.encode(content, mask=mask)
+        searched = model.align(c, model.encode(style), mirror_search=True, mirror_margin=0.0, rotation_search=20,
+                               rotation_margin=0.0)
+        oracles = [model.align(c, model.encode(p.apply(style)), mirror_search=False) for p in poses]
+        out, outs = model.decode(c, searched), [model.decode(c, o) for o in oracles]
+    finest = min(searched.confidence)
+    pick = torch.stack([object_confidence(o.confidence[finest], c.mask) for o in oracles]).argmax(0)
+    assert (pick >= 2).any() and (pick < 2).any(), "pick seeds where turned and level styles both win"
+    assert torch.equal(searched.rotation, torch.tensor([poses[k].degrees for k in pick]))
+    for i, k in enumerate(pick.tolist()):
+        assert torch.allclose(out[i], outs[k][i], atol=1e-5)
+        assert torch.allclose(searched.flow[finest][i:i + 1], poses[k].to_style(oracles[k].flow[finest][i:i + 1]))
 
 
 def test_rotation_search_is_off_by_default_checked_and_never_on_the_soft_path():

@@ -113,7 +113,8 @@ def coat_outputs(model, content: torch.Tensor, style: torch.Tensor, gt_flow: tor
     for name, search in (("coat_no_mirror", "mirror_search"), ("coat_no_rotation", "rotation_search")):
         if getattr(defaults, search):  # the defaults without this search alone
             without = model.align(c, s, **{search: 0})
-            out[name] = dict(output=model.decode(c, without), confidence=trusted(without), pred_flow=pixel_flow(without))
+            out[name] = dict(output=model.decode(c, without), confidence=trusted(without),
+                             pred_flow=pixel_flow(without))
     if alignment.warped is not None:
         out["coat_modulation"] = dict(output=model.decode(c, dataclasses.replace(alignment, warped=None, trust=None)))
     if gt_flow is not None:

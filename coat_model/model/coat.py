@@ -19,7 +19,7 @@ from .gather import (
 )
 from .inputs import COATInputError, Frame, check_images, pair_batches
 from .matching import Match, hard_match, refine_match, soft_match
-from .pose import Pose, candidate_poses, select, select_matches, to_style, winners
+from .pose import Pose, candidate_poses, in_style_coordinates, per_pair, per_pair_matches, winners
 
 
 @dataclass
@@ -63,12 +63,12 @@ class Latents:
         """Per image b, ``candidates[pick[b]]`` (Latents of the same batch size and frame: one image in poses)."""
         first = candidates[0]
         return Latents(
-            features={s: select([c.features[s] for c in candidates], pick) for s in first.features},
-            descriptors={s: select([c.descriptors[s] for c in candidates], pick) for s in first.descriptors},
-            maps=[select([c.maps[l] for c in candidates], pick) for l in range(len(first.maps))],
+            features={s: per_pair([c.features[s] for c in candidates], pick) for s in first.features},
+            descriptors={s: per_pair([c.descriptors[s] for c in candidates], pick) for s in first.descriptors},
+            maps=[per_pair([c.maps[l] for c in candidates], pick) for l in range(len(first.maps))],
             frame=first.frame,
-            mask=select([c.mask for c in candidates], pick),
-            image=select([c.image for c in candidates], pick),
+            mask=per_pair([c.mask for c in candidates], pick),
+            image=per_pair([c.image for c in candidates], pick),
         )
 
 
@@ -83,9 +83,10 @@ class Alignment:
     canvas, or None.
     warped: the style image warped along the finest per-pixel matches [B, 3, R, R] in [-1, 1], and trust: where
     the decoder may take its colours [B, 1, R, R] in [0, 1] (``warp_style``), or None. cycle_error[s]: the soft
-    path's differentiable forward-backward error in cells (for the cycle loss). mirrored: [B] bool, the pairs aligned
-    to the style's mirror image, and rotation: [B] degrees the style was turned for each pair (``mirror_search``,
-    ``rotation_search``; their flows are given in the style's own coordinates), or None when no pose was tried.
+    path's differentiable forward-backward error in cells (for the cycle loss). With a pose search (``mirror_search``
+    or ``rotation_search``; every flow is then given in the style's own coordinates) mirrored: [B] bool, the pairs
+    aligned to the style's mirror image (all False when only turns were tried), and with ``rotation_search``
+    rotation: [B] degrees clockwise the style was turned for each pair; each None otherwise.
     """
 
     flow: dict[int, torch.Tensor]
@@ -251,12 +252,12 @@ class COAT(nn.Module):
         given = style.expand(content.batch_size)
         if not options.poses_searched:
             return self._assemble(content, given, self._match(content, given, options), options)
-        poses = candidate_poses(bool(options.mirror_search), options.rotation_search)
+        poses = candidate_poses(bool(options.mirror_search), options.rotation_search)  # the style as given first
         styles = [given] + [self.posed(style, p).expand(content.batch_size) for p in poses[1:]]  # one style: once
         match_sets = [self._match(content, s, options) for s in styles]
         pick = winners(match_sets, poses, content.mask, options.mirror_margin or 0.0, options.rotation_margin or 0.0)
-        alignment = self._assemble(content, Latents.select(styles, pick), select_matches(match_sets, pick), options)
-        return to_style(alignment, poses, pick, rotation_searched=bool(options.rotation_search))
+        alignment = self._assemble(content, Latents.select(styles, pick), per_pair_matches(match_sets, pick), options)
+        return in_style_coordinates(alignment, poses, pick)
 
     def _match(self, content: Latents, style: Latents, options: AlignOptions) -> dict[int, Match]:
         """The matches of every scale of ``options``, coarse to fine."""

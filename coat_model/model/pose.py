@@ -4,9 +4,10 @@ whose matches are surest (docs/CORRESPONDENCE.md section 6).
 Objects of most categories are left-right symmetric and photographed from either side and at a slight tilt; a
 content facing left and a style facing right match poorly (and the position input prefers the mirrored part on the
 same side), and so do a level content and a tilted style. Each pose costs one more style encoding and one more
-alignment. A pose is a linear map A of the [-1, 1] canvas (a rotation, after a left-right flip for the mirrored
-poses): the posed image reads the style at A p, so a match p' into it is the match A p' into the style as given,
-which is how the winner's flows are reported.
+matching of every scale (the pairs' picked poses are assembled once). A pose is a linear map A of the [-1, 1] canvas
+(a left-right flip for the mirrored poses, then a turn): the posed image reads the style at A p, so a match p' into
+it is the match A p' into the style as given (clamped to the canvas: a turn's uncovered corners show the style's
+border pixels), which is how the winner's flows are reported.
 
 Per pair the pose with the highest mean finest confidence over the content's object, less its prior, wins; ties go
 to the style as given. The style as given is the prior (0): a symmetric object (a frontal face) matches its mirror
@@ -30,17 +31,18 @@ from .matching import Match
 
 @dataclass(frozen=True)
 class Pose:
-    """The style turned ``degrees`` clockwise on screen (about the canvas centre) after a left-right flip when
-    ``mirrored``."""
+    """The style flipped left-right when ``mirrored``, then turned ``degrees`` clockwise on screen (about the canvas
+    centre)."""
 
     degrees: float = 0.0
     mirrored: bool = False
 
     def matrix(self, device=None) -> torch.Tensor:
-        """A [2, 2]: the posed image's pixel p (x first, [-1, 1]) shows the style's pixel A p."""
+        """A [2, 2]: the posed image's pixel p (x first, [-1, 1]) shows the style's pixel A p. The turn alone reads
+        the style at R p; flipping first reads it at M R p (M: x -> -x)."""
         t = math.radians(self.degrees)
         rotate = torch.tensor([[math.cos(t), math.sin(t)], [-math.sin(t), math.cos(t)]], device=device)
-        return rotate @ torch.diag(torch.tensor([-1.0 if self.mirrored else 1.0, 1.0], device=device))
+        return torch.diag(torch.tensor([-1.0 if self.mirrored else 1.0, 1.0], device=device)) @ rotate
 
     def apply(self, image: torch.Tensor, fill: str = "border") -> torch.Tensor:
         """The posed image of ``image`` [B, C, R, R]: a flip is exact; a rotation samples bilinearly, the corners it
@@ -53,10 +55,11 @@ class Pose:
         return F.grid_sample(image, grid, mode="bilinear", padding_mode=fill, align_corners=True)
 
     def to_style(self, flow: torch.Tensor) -> torch.Tensor:
-        """Flow [B, 2, h, w] into the posed image (x first) -> the same flow into the style as given."""
+        """Flow [B, 2, h, w] into the posed image (x first) -> the same flow into the style as given: A flow, clamped
+        to the canvas where a turn's uncovered corners showed the style's border pixels (as ``apply`` read them)."""
         if not self.degrees:
             return torch.cat([-flow[:, :1], flow[:, 1:]], 1) if self.mirrored else flow
-        return torch.einsum("ij,bjhw->bihw", self.matrix(flow.device).to(flow.dtype), flow)
+        return torch.einsum("ij,bjhw->bihw", self.matrix(flow.device).to(flow.dtype), flow).clamp(-1, 1)
 
     def prior(self, mirror_margin: float, rotation_margin: float) -> float:
         """The lead in mean confidence this pose needs over the style as given."""
@@ -85,15 +88,15 @@ def winners(match_sets: list[dict[int, Match]], poses: list[Pose], content_mask:
             mirror_margin: float, rotation_margin: float) -> torch.Tensor:
     """[B] index into ``poses``: per pair, the highest mean finest confidence of its matches (``match_sets[k]``:
     scale -> matches into pose k) over the content's object, less the pose's prior (the first on ties: the style as
-    given)."""
+    given). Every pose pays its own fixed prior: a turn (``rotation_margin``) may beat the mirror (``mirror_margin``)
+    on less raw confidence."""
     finest = min(match_sets[0])
-    scores = torch.stack([object_confidence(m[finest].confidence, content_mask) - p.prior(mirror_margin,
-                                                                                          rotation_margin)
-                          for m, p in zip(match_sets, poses)])
-    return scores.argmax(0)
+    scores = [object_confidence(m[finest].confidence, content_mask) - p.prior(mirror_margin, rotation_margin)
+              for m, p in zip(match_sets, poses)]
+    return torch.stack(scores).argmax(0)
 
 
-def select(values: list, pick: torch.Tensor):
+def per_pair(values: list, pick: torch.Tensor):
     """Per pair b, ``values[pick[b]]`` (tensors [B, ...] alike, or all None)."""
     if values[0] is None:
         return None
@@ -103,18 +106,19 @@ def select(values: list, pick: torch.Tensor):
     return out
 
 
-def select_matches(match_sets: list[dict[int, Match]], pick: torch.Tensor) -> dict[int, Match]:
+def per_pair_matches(match_sets: list[dict[int, Match]], pick: torch.Tensor) -> dict[int, Match]:
     """Per pair, the matches of the picked pose at every scale."""
-    return {s: Match(**{f.name: select([getattr(m[s], f.name) for m in match_sets], pick)
+    return {s: Match(**{f.name: per_pair([getattr(m[s], f.name) for m in match_sets], pick)
                         for f in dataclasses.fields(Match)})
             for s in match_sets[0]}
 
 
-def to_style(alignment, poses: list[Pose], pick: torch.Tensor, *, rotation_searched: bool):
+def in_style_coordinates(alignment, poses: list[Pose], pick: torch.Tensor):
     """An :class:`~coat_model.model.coat.Alignment` assembled from each pair's picked pose, its flows turned back
-    into the style's own coordinates; ``mirrored`` and (when ``rotation_searched``) ``rotation`` [B] say which pose
+    into the style's own coordinates; ``mirrored`` and (when some pose is turned) ``rotation`` [B] say which pose
     each pair took."""
-    turn = lambda flow: select([p.to_style(flow) for p in poses], pick)  # noqa: E731
+    turn = lambda flow: per_pair([p.to_style(flow) for p in poses], pick)  # noqa: E731
+    rotation_searched = any(p.degrees for p in poses)
     refined = alignment.refined
     return dataclasses.replace(
         alignment,
