@@ -222,6 +222,10 @@ def test_rotation_search_keeps_per_pair_the_surest_pose_less_its_margin():
         assert torch.allclose(searched.refined.flow[i:i + 1], pose.to_style(src.refined.flow[i:i + 1]), atol=1e-6)
         assert torch.equal(searched.confidence[finest][i], src.confidence[finest][i])
         assert torch.allclose(out[i], outs[k][i], atol=1e-5)
+    # the hard path's refined matches sit on the posed image's pixels: the warped colours are the style's own,
+    # read once at the reported flow (a turned style is not resampled twice)
+    grid = searched.refined.flow.permute(0, 2, 3, 1)
+    assert torch.allclose((searched.warped + 1) / 2, F.grid_sample(style, grid, align_corners=True), atol=1e-5)
 
 
 def test_one_style_for_a_batch_is_posed_once_and_the_content_mask_weighs_the_choice_of_turns():
