@@ -176,6 +176,28 @@ def _pixel_grid(n):
     return torch.stack([x, y])[None]
 
 
+def _pose_oracles(model, content_latents, style, poses):
+    """Each pose's alignment, its posed style encoded from scratch (what the search must reproduce per pair)."""
+    return [model.align(content_latents, model.encode(p.apply(style)), mirror_search=False) for p in poses]
+
+
+def _assert_each_pair_took_its_pose(model, content_latents, searched, oracles, poses, pick, flow_atol=1e-8):
+    """Pair i of the search is ``oracles[pick[i]]``: its pose reported, its flows turned back into the style's
+    coordinates, its confidence and its transfer."""
+    finest = min(searched.confidence)
+    assert torch.equal(searched.rotation, torch.tensor([poses[k].degrees for k in pick]))
+    assert torch.equal(searched.mirrored, torch.tensor([poses[k].mirrored for k in pick]))
+    with torch.no_grad():
+        out = model.decode(content_latents, searched)
+        outs = [model.decode(content_latents, o) for o in oracles]
+    for i, k in enumerate(pick.tolist()):
+        src, turn = oracles[k], poses[k].to_style
+        assert torch.allclose(searched.flow[finest][i:i + 1], turn(src.flow[finest][i:i + 1]), atol=flow_atol)
+        assert torch.allclose(searched.refined.flow[i:i + 1], turn(src.refined.flow[i:i + 1]), atol=flow_atol)
+        assert torch.equal(searched.confidence[finest][i], src.confidence[finest][i])
+        assert torch.allclose(out[i], outs[k][i], atol=1e-5)
+
+
 @pytest.mark.parametrize("pose", [Pose(20.0), Pose(-20.0, True), Pose(90.0), Pose(0.0, True), Pose()])
 def test_a_posed_flow_points_at_the_style_pixel_the_posed_image_shows(pose):
     style = _images(2, 13)
@@ -207,21 +229,12 @@ def test_rotation_search_keeps_per_pair_the_surest_pose_less_its_margin():
         c, s = model.encode(content), model.encode(style)
         searched = model.align(c, s, mirror_search=True, mirror_margin=0.01, rotation_search=20, rotation_margin=0.005)
         poses = candidate_poses(True, 20)
-        oracles = [model.align(c, model.encode(p.apply(style)), mirror_search=False) for p in poses]
-        out, outs = model.decode(c, searched), [model.decode(c, o) for o in oracles]
-    finest = min(searched.confidence)
+        oracles = _pose_oracles(model, c, style, poses)
     scores = torch.stack([_finest_confidence(o) - p.prior(0.01, 0.005) for o, p in zip(oracles, poses)])
     pick = scores.argmax(0)
     assert (pick >= 2).any(), "pick seeds where a turned style wins somewhere"
     assert searched.options.rotation_search == 20.0 and searched.options.rotation_margin == 0.005
-    assert torch.equal(searched.rotation, torch.tensor([poses[k].degrees for k in pick]))
-    assert torch.equal(searched.mirrored, torch.tensor([poses[k].mirrored for k in pick]))
-    for i, k in enumerate(pick.tolist()):
-        src, pose = oracles[k], poses[k]
-        assert torch.allclose(searched.flow[finest][i:i + 1], pose.to_style(src.flow[finest][i:i + 1]), atol=1e-6)
-        assert torch.allclose(searched.refined.flow[i:i + 1], pose.to_style(src.refined.flow[i:i + 1]), atol=1e-6)
-        assert torch.equal(searched.confidence[finest][i], src.confidence[finest][i])
-        assert torch.allclose(out[i], outs[k][i], atol=1e-5)
+    _assert_each_pair_took_its_pose(model, c, searched, oracles, poses, pick, flow_atol=1e-6)
     # the hard path's refined matches sit on the posed image's pixels: the warped colours are the style's own,
     # read once at the reported flow (a turned style is not resampled twice)
     grid = searched.refined.flow.permute(0, 2, 3, 1)
@@ -238,15 +251,11 @@ def test_one_style_for_a_batch_is_posed_once_and_the_content_mask_weighs_the_cho
         c = model.encode(content, mask=mask)
         searched = model.align(c, model.encode(style), mirror_search=True, mirror_margin=0.0, rotation_search=20,
                                rotation_margin=0.0)
-        oracles = [model.align(c, model.encode(p.apply(style)), mirror_search=False) for p in poses]
-        out, outs = model.decode(c, searched), [model.decode(c, o) for o in oracles]
+        oracles = _pose_oracles(model, c, style, poses)
     finest = min(searched.confidence)
     pick = torch.stack([object_confidence(o.confidence[finest], c.mask) for o in oracles]).argmax(0)
     assert (pick >= 2).any() and (pick < 2).any(), "pick seeds where turned and level styles both win"
-    assert torch.equal(searched.rotation, torch.tensor([poses[k].degrees for k in pick]))
-    for i, k in enumerate(pick.tolist()):
-        assert torch.allclose(out[i], outs[k][i], atol=1e-5)
-        assert torch.allclose(searched.flow[finest][i:i + 1], poses[k].to_style(oracles[k].flow[finest][i:i + 1]))
+    _assert_each_pair_took_its_pose(model, c, searched, oracles, poses, pick)
 
 
 def test_rotation_search_is_off_by_default_checked_and_never_on_the_soft_path():
