@@ -160,3 +160,32 @@ def test_figures_write_the_results_grid_and_the_n_content_sweep(tiny_model, tmp_
     assert grid.size[0] > grid.size[1] / 2 * 2.5  # five columns, two rows
     assert sweep.size[0] > sweep.size[1] * (tiny_model.n_layers + 1) / 2  # content, style and L - 1 outputs in a row
     assert "results_grid.png" in capsys.readouterr().out
+
+
+def test_the_pose_bench_times_each_search_setting_and_writes_the_json(tmp_path, capsys):
+    """``python -m coat_model.bench poses``: the settings search 1, 2 and 6 poses of a model whose defaults
+    search the mirror and the turns, and each is timed."""
+    from coat_model.bench.__main__ import main as bench_main
+    from coat_model.bench.poses import SETTINGS
+
+    torch.manual_seed(0)
+    model = COAT(COATConfig.tiny(mirror_search=True, rotation_search=20.0)).eval()
+    pairs = sample_pairs(2, seed=EVAL_SEED, size=32, split="hard")
+    content, style = model.encode(pairs.content), model.encode(pairs.style)
+    matched, searched = model._match, {}
+
+    def counting_match(*args, **kwargs):  # one call per pose matched
+        searched[name] = searched.get(name, 0) + 1
+        return matched(*args, **kwargs)
+
+    model._match = counting_match
+    for name, overrides in SETTINGS.items():
+        model.align(content, style, **overrides)
+    del model._match
+    assert searched == {"as_given": 1, "mirror": 2, "defaults": 6}
+    ckpt, out = tmp_path / "tiny.safetensors", tmp_path / "poses.json"
+    model.save(ckpt)
+    assert bench_main(["poses", "--ckpt", str(ckpt), "--repeats", "1", "--batch", "2", "--json", str(out)]) == 0
+    assert "defaults" in capsys.readouterr().out
+    record = json.loads(out.read_text())
+    assert set(record["seconds"]) == set(SETTINGS) and all(t > 0 for t in record["seconds"].values())

@@ -114,21 +114,74 @@ def test_coarse_to_fine_restricts_the_search():
     assert cell(hard_match(d, style, prior=coarse, search_radius=2)) == [1, 1]
 
 
+def _window(shape, seed=1, radius=1, batch=2):
+    """A search window around random coarse matches, some centres outside the image, some cells unconfident."""
+    from coat_model.model.matching import Match, SearchWindow
+
+    h, w, hs, ws = shape
+    g = torch.Generator().manual_seed(seed)
+    ph, pw = max(1, h // 2), max(1, w // 2)
+    prior = Match(flow=torch.rand(batch, 2, ph, pw, generator=g) * 2.2 - 1.1, confidence=None,
+                  mask=torch.rand(batch, 1, ph, pw, generator=g) > 0.3)
+    return prior, SearchWindow.around(prior, h, w, hs, ws, radius=radius)
+
+
 @pytest.mark.parametrize("shape", [(6, 6, 8, 8), (5, 7, 9, 4)])
 def test_the_coarse_to_fine_window_is_the_chebyshev_window_of_each_confident_cell(shape):
     """The per-axis window (outer AND) equals the window written as a Chebyshev distance over [rows, Ls, 2]."""
     from coat_model.model.coords import flow_to_cells
-    from coat_model.model.matching import _window_restriction, tokens
+    from coat_model.model.matching import tokens
 
     h, w, hs, ws = shape
-    g = torch.Generator().manual_seed(1)
-    prior_flow = torch.rand(2, 2, h, w, generator=g) * 2.2 - 1.1  # some centres outside the image
-    prior_mask = torch.rand(2, 1, h, w, generator=g) > 0.3
-    allowed = _window_restriction(prior_flow, prior_mask, hs, ws, radius=1)
+    prior, window = _window(shape)
+    prior_flow = F.interpolate(prior.flow, size=(h, w), mode="nearest")
+    prior_mask = F.interpolate(prior.mask.float(), size=(h, w), mode="nearest")
     centres = flow_to_cells(tokens(prior_flow), hs, ws, dim=-1)                       # [B, L, 2]
     cells = flow_to_cells(coordinate_grid(hs, ws), hs, ws, dim=-1)                    # [Ls, 2]
     chebyshev = (cells[None, None] - centres[:, :, None]).abs().amax(-1)              # [B, L, Ls]
-    expected = (chebyshev <= 1.5) | ~tokens(prior_mask.float())[..., 0, None].bool()
+    expected = (chebyshev <= 1.5) | ~tokens(prior_mask)[..., 0, None].bool()
     rows = slice(2, h * w - 1)
-    assert torch.equal(allowed(rows), expected[:, rows])
-    assert allowed(rows).any(-1).all() and not allowed(rows).all()
+    allowed = window.allowed(rows)
+    assert torch.equal(allowed, expected[:, rows])
+    assert allowed.any(-1).all() and not allowed.all()
+
+
+@pytest.mark.parametrize("radius", [0, 1, 2])
+@pytest.mark.parametrize("shape", [(6, 6, 8, 8), (5, 7, 9, 4), (16, 16, 16, 16), (12, 10, 3, 20)])
+def test_window_argmax_equals_the_masked_full_search(shape, radius):
+    """The gathered window search gives the masked full search's argmaxes (oracle: ``chunked_argmax`` with the
+    window's mask), including unconfident rows, windows partly or wholly outside the grid and centres between
+    cells; the scores agree to float rounding."""
+    from coat_model.model.attention import chunked_argmax
+    from coat_model.model.matching import window_argmax
+
+    h, w, hs, ws = shape
+    _, window = _window(shape, seed=h * w + radius, radius=radius, batch=3)
+    window.centre[:, 0] = torch.tensor([ws + radius + 0.1, 0.0])  # a window wholly right of the grid
+    window.centre[:, 1] = torch.tensor([1.0, -radius - 0.6])       # one wholly above it
+    window.centre[:, 2] = torch.tensor([1.5, 2.5])                  # one between four cells: (2r+2)^2 of them
+    window.confident[:, :3] = True
+    g = torch.Generator().manual_seed(radius)
+    q = F.normalize(torch.randn(3, h * w, 8, generator=g), dim=-1)
+    k = F.normalize(torch.randn(3, hs * ws, 8, generator=g), dim=-1)
+    ref_values, ref_index = chunked_argmax(q, k, allowed=window.allowed, chunk=7)
+    values, index = window_argmax(q, k, window)
+    assert torch.equal(index, ref_index)
+    torch.testing.assert_close(values, ref_values, atol=1e-6, rtol=0)
+    assert (~window.confident).any()
+
+
+def test_window_argmax_breaks_ties_like_max():
+    """Equal keys tie exactly: both searches take the lowest style index."""
+    from coat_model.model.attention import chunked_argmax
+    from coat_model.model.matching import window_argmax
+
+    _, window = _window((8, 8, 8, 8), seed=4, radius=2, batch=2)
+    g = torch.Generator().manual_seed(5)
+    q = F.normalize(torch.randn(2, 64, 4, generator=g), dim=-1)
+    k = F.normalize(torch.randn(2, 4, 4, generator=g), dim=-1).repeat_interleave(16, dim=1)  # runs of 16 equal keys
+    ref_values, ref_index = chunked_argmax(q, k, allowed=window.allowed)
+    values, index = window_argmax(q, k, window)
+    assert torch.equal(index, ref_index)
+    torch.testing.assert_close(values, ref_values, atol=1e-6, rtol=0)
+    assert (index % 16 != 0).any()  # windows that start inside a run: the tie is broken inside the window

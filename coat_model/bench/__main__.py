@@ -1,10 +1,10 @@
-"""``python -m coat_model.bench speed|quality|bounds|figures [options]``: dispatch to the benchmark's own ``main``."""
+"""``python -m coat_model.bench speed|quality|bounds|figures|poses [options]``: dispatch to the benchmark's own ``main``."""
 
 from __future__ import annotations
 
 import sys
 
-USAGE = "usage: python -m coat_model.bench {speed,quality,bounds,figures} [options]   (each takes --help)"
+USAGE = "usage: python -m coat_model.bench {speed,quality,bounds,figures,poses} [options]   (each takes --help)"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -29,6 +29,10 @@ def main(argv: list[str] | None = None) -> int:
         from .figures import main as figures_main
 
         return figures_main(rest)
+    if command == "poses":
+        from .poses import main as poses_main
+
+        return poses_main(rest)
     print(f"unknown benchmark {command!r}\n{USAGE}", file=sys.stderr)
     return 2
 

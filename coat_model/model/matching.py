@@ -143,26 +143,90 @@ def cycle_error(flow: torch.Tensor, back_map: torch.Tensor) -> torch.Tensor:
 # -- hard path -------------------------------------------------------------------------------------------------
 
 
-def _window_restriction(prior_flow: torch.Tensor, prior_mask: torch.Tensor, hs: int, ws: int, radius: int):
-    """``allowed(rows)`` for :func:`chunked_argmax`: a (2r+1)^2 window of style cells around the coarse match of
-    each confident content cell; other cells are unrestricted."""
-    b = prior_flow.shape[0]
-    centre = tokens(prior_flow)  # [B, L, 2] in [-1, 1]
-    centre_cells = flow_to_cells(centre, hs, ws, dim=-1)
-    confident = tokens(prior_mask.float())[..., 0] > 0.5
-    grid = coordinate_grid(hs, ws, centre.device)
-    grid_cells = flow_to_cells(grid, hs, ws, dim=-1)
+@dataclass
+class SearchWindow:
+    """The coarse-to-fine restriction of a hard search: each confident content cell searches the style cells
+    within ``radius + 0.5`` cells (Chebyshev) of its coarse match, (2r+1)^2 cells on a cell centre and (2r+2)^2
+    between four; other cells search everywhere, and so does a cell whose window leaves the style grid entirely.
 
-    xs, ys = grid_cells[:ws, 0], grid_cells[::ws, 1]  # the grid's columns and rows, in cells
+    :meth:`allowed` writes the window as a mask over every style cell (the oracle, for :func:`chunked_argmax`);
+    :func:`window_argmax` searches only the window's cells.
+    """
 
-    def allowed(rows: slice) -> torch.Tensor:
-        # The Chebyshev window per axis, then their outer AND: O(rows * (hs + ws)) arithmetic, never [rows, Ls, 2].
-        near_x = (xs[None, None] - centre_cells[:, rows, None, 0]).abs() <= radius + 0.5  # [B, rows, ws]
-        near_y = (ys[None, None] - centre_cells[:, rows, None, 1]).abs() <= radius + 0.5  # [B, rows, hs]
-        near = (near_y[..., :, None] & near_x[..., None, :]).flatten(-2)                 # [B, rows, Ls]
-        return near | ~confident[:, rows, None]
+    centre: torch.Tensor      # [B, L, 2] fractional (x, y) style cell of each content cell's coarse match
+    confident: torch.Tensor   # [B, L] bool: the rows the window restricts
+    xs: torch.Tensor          # [ws] the style grid's columns in cells, as flow_to_cells gives them
+    ys: torch.Tensor          # [hs] its rows
+    radius: int
 
-    return allowed
+    @classmethod
+    def around(cls, prior: Match, h: int, w: int, hs: int, ws: int, radius: int) -> "SearchWindow":
+        """The window of an h x w content grid around the coarser matches ``prior`` (nearest-upsampled)."""
+        prior_flow = F.interpolate(prior.flow, size=(h, w), mode="nearest")
+        prior_mask = F.interpolate(prior.mask.float(), size=(h, w), mode="nearest")
+        grid_cells = flow_to_cells(coordinate_grid(hs, ws, prior_flow.device), hs, ws, dim=-1)
+        return cls(centre=flow_to_cells(tokens(prior_flow), hs, ws, dim=-1),
+                   confident=tokens(prior_mask)[..., 0] > 0.5,
+                   xs=grid_cells[:ws, 0], ys=grid_cells[::ws, 1], radius=radius)
+
+    def near(self, coordinates: torch.Tensor, axis: int) -> torch.Tensor:
+        """Whether style columns (axis 0) or rows (axis 1) at ``coordinates`` (in cells, broadcast against [B, L])
+        lie within the window of each row."""
+        return (coordinates - self.centre[..., axis]).abs() <= self.radius + 0.5
+
+    def allowed(self, rows: slice) -> torch.Tensor:
+        """[B, rows, Ls] bool mask for :func:`chunked_argmax`: the per-axis windows ANDed, O(rows (hs + ws))
+        arithmetic, never [rows, Ls, 2]."""
+        centre, reach = self.centre[:, rows, None], self.radius + 0.5
+        near_x = (self.xs[None, None] - centre[..., 0]).abs() <= reach                  # [B, rows, ws]
+        near_y = (self.ys[None, None] - centre[..., 1]).abs() <= reach                  # [B, rows, hs]
+        near = (near_y[..., :, None] & near_x[..., None, :]).flatten(-2)              # [B, rows, Ls]
+        return near | ~self.confident[:, rows, None]
+
+
+def window_argmax(q: torch.Tensor, k: torch.Tensor, window: SearchWindow) -> tuple[torch.Tensor, torch.Tensor]:
+    """``chunked_argmax(q, k, allowed=window.allowed)`` without the full correlation: row maxima and argmaxes
+    [B, L] each.
+
+    Each confident row scores only the (2r+3)^2 style cells around its rounded centre (a superset of its window;
+    the cells outside it or outside the grid are skipped), one gather of key rows [B, L, C] per offset: O(L r^2 C)
+    work and O(L C) memory instead of O(L Ls C) and O(chunk Ls). Offsets run in ascending style index and only a
+    strictly larger score replaces the best, so ties go to the lowest index, as ``max`` gives them. Rows that
+    search everywhere (unconfident, or no window cell inside the grid) take :func:`chunked_argmax`. The scores are
+    the same dot products summed in another order, so they agree with the oracle's to float rounding (about 1e-7).
+    """
+    b, l, c = q.shape
+    hs, ws, r = window.ys.numel(), window.xs.numel(), window.radius
+    qf, rows_of_k = q.float(), k.float().reshape(b * hs * ws, c)
+    first_row = torch.arange(b, device=q.device)[:, None] * (hs * ws)  # each image's first key row
+    base = window.centre.round().long()  # [B, L, 2]: within half a cell of the centre, so +-(r+1) covers the window
+    best = qf.new_full((b, l), float("-inf"))
+    index = torch.zeros(b, l, dtype=torch.long, device=q.device)
+    found = torch.zeros(b, l, dtype=torch.bool, device=q.device)
+    for dy in range(-r - 1, r + 2):
+        y = base[..., 1] + dy
+        y_in = (y >= 0) & (y < hs)
+        y = y.clamp(0, hs - 1)
+        y_ok = y_in & window.near(window.ys[y], 1)
+        for dx in range(-r - 1, r + 2):
+            x = base[..., 0] + dx
+            x_in = (x >= 0) & (x < ws)
+            x = x.clamp(0, ws - 1)
+            ok = y_ok & x_in & window.near(window.xs[x], 0)
+            cell = y * ws + x  # [B, L]
+            score = (rows_of_k[cell + first_row] * qf).sum(-1)  # whole key rows: contiguous copies
+            better = ok & (score > best)
+            best = torch.where(better, score, best)
+            index = torch.where(better, cell, index)
+            found |= ok
+    everywhere = ~(window.confident & found)
+    if everywhere.any():
+        for i in range(b):  # rows that search everywhere, per image (a few host reads; inference only)
+            rows = everywhere[i].nonzero()[:, 0]
+            if rows.numel():
+                value, at = chunked_argmax(q[i:i + 1, rows], k[i:i + 1])
+                best[i, rows], index[i, rows] = value[0], at[0]
+    return best, index
 
 
 def geometric_consistency(
@@ -231,12 +295,10 @@ def hard_match(
     b, _, h, w = content_desc.shape
     hs, ws = style_desc.shape[-2:]
     q, k = prepare_descriptors(content_desc, center), prepare_descriptors(style_desc, center)
-    allowed = None
-    if prior is not None:
-        prior_flow = F.interpolate(prior.flow, size=(h, w), mode="nearest")
-        prior_mask = F.interpolate(prior.mask.float(), size=(h, w), mode="nearest")
-        allowed = _window_restriction(prior_flow, prior_mask, hs, ws, search_radius)
-    sim, fwd = chunked_argmax(q, k, allowed=allowed)  # content -> style
+    if prior is None:
+        sim, fwd = chunked_argmax(q, k)  # content -> style
+    else:
+        sim, fwd = window_argmax(q, k, SearchWindow.around(prior, h, w, hs, ws, search_radius))
     _, bwd = chunked_argmax(k, q)  # style -> content
     cycle = torch.gather(bwd, 1, fwd)  # content -> style -> content
 
