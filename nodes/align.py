@@ -93,7 +93,7 @@ def mirror_input() -> io.Combo.Input:
     return io.Combo.Input("mirror_search", options=list(MIRROR), default="default", optional=True,
                           tooltip="Hard mode: also match the style's mirror image (left-right) and keep it for the "
                                   "pairs it matches clearly surer: for objects seen from the other side. Costs one "
-                                  "more style encoding and matching (about 1.5x the time of a transfer). default: "
+                                  "more style encoding and matching (about 1.45x the time of a transfer). default: "
                                   "the checkpoint's (on for the bundled one); off: the faster, style as given.")
 
 
@@ -104,7 +104,7 @@ def rotation_input() -> io.Float.Input:
                                   "mode: also match the style turned by + and - this many degrees (and their "
                                   "mirrors with mirror_search) and keep the pose that matches clearly surer: for "
                                   "tilted objects. 0 = off; each angle costs two or four more style encodings and "
-                                  "matchings (20 with the mirror: about 3.8x the time of a transfer).")
+                                  "matchings (20 with the mirror: about 3.7x the time of a transfer).")
 
 
 class COATAlign(io.ComfyNode):
