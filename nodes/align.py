@@ -16,6 +16,7 @@ MODES = ["hard", "soft"]
 FILLS = ["default", *FILL_MODES]
 WARP_COLOURS = {"default": None, "trusted": False, "everywhere": True}  # -> COAT.align's warp_everywhere
 MIRROR = {"default": None, "off": False, "on": True}  # -> COAT.align's mirror_search
+POSE_FIT = {"default": None, "off": False, "on": True}  # -> COAT.align's pose_fit
 
 
 def parse_scales(text: str, config: COATConfig) -> tuple[int, ...] | None:
@@ -37,7 +38,8 @@ def parse_scales(text: str, config: COATConfig) -> tuple[int, ...] | None:
 
 def align_options(config: COATConfig, mode="hard", scales="all", fill="default", temperature=-1.0,
                   confidence_threshold=-1.0, sim_threshold=-1.0, cycle_sigma=-1.0, flow_fill=-1.0,
-                  warp_colours="default", mirror_search="default", rotation_search=-1.0) -> dict:
+                  warp_colours="default", mirror_search="default", rotation_search=-1.0,
+                  pose_fit="default") -> dict:
     """Node widget values -> ``COAT.align`` keywords; negative numbers and 'default' keep the checkpoint's."""
     if mode not in MODES:
         raise COATInputError(f"mode must be one of {MODES}, got {mode!r}")
@@ -47,6 +49,8 @@ def align_options(config: COATConfig, mode="hard", scales="all", fill="default",
         raise COATInputError(f"warp_colours must be one of {list(WARP_COLOURS)}, got {warp_colours!r}")
     if mirror_search not in MIRROR:
         raise COATInputError(f"mirror_search must be one of {list(MIRROR)}, got {mirror_search!r}")
+    if pose_fit not in POSE_FIT:
+        raise COATInputError(f"pose_fit must be one of {list(POSE_FIT)}, got {pose_fit!r}")
     keep = lambda v: None if v is None or v < 0 else float(v)  # noqa: E731
     if keep(temperature) == 0:
         raise COATInputError("temperature must be > 0 (or negative for the checkpoint's default)")
@@ -54,7 +58,7 @@ def align_options(config: COATConfig, mode="hard", scales="all", fill="default",
                 temperature=keep(temperature), confidence_threshold=keep(confidence_threshold),
                 sim_threshold=keep(sim_threshold), cycle_sigma=keep(cycle_sigma), flow_fill=keep(flow_fill),
                 warp_everywhere=WARP_COLOURS[warp_colours], mirror_search=MIRROR[mirror_search],
-                rotation_search=keep(rotation_search))
+                rotation_search=keep(rotation_search), pose_fit=POSE_FIT[pose_fit])
 
 
 def align(handle: LoadedModel, content: Encoded, style: Encoded, **options) -> Aligned:
@@ -107,6 +111,16 @@ def rotation_input() -> io.Float.Input:
                                   "matchings (20 with the mirror: about 3.7x the time of a transfer).")
 
 
+def pose_fit_input() -> io.Combo.Input:
+    """Optional (API prompts saved before it existed still run); shared with COAT Transfer."""
+    return io.Combo.Input("pose_fit", options=list(POSE_FIT), default="default", optional=True,
+                          tooltip="Hard mode: then re-pose the style by the scale, turn and shift that fit its "
+                                  "confident matches best, match again, and keep that for the pairs it matches "
+                                  "surer: for a style larger, smaller or off-centre against the content. Costs one "
+                                  "more style encoding and matching. default: the checkpoint's (on for the bundled "
+                                  "one); off: the style as the pose search left it.")
+
+
 class COATAlign(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
@@ -154,6 +168,7 @@ class COATAlign(io.ComfyNode):
                                        "default: the checkpoint's (everywhere for the bundled one)."),
                 mirror_input(),
                 rotation_input(),
+                pose_fit_input(),
             ],
             outputs=[
                 CoatAlignment.Output(display_name="alignment", tooltip="Style latents aligned to the content."),
@@ -165,10 +180,10 @@ class COATAlign(io.ComfyNode):
     def execute(cls, model: LoadedModel, content: Encoded, style: Encoded, mode="hard", scales="all",
                 fill="default", temperature=-1.0, confidence_threshold=-1.0, sim_threshold=-1.0,
                 cycle_sigma=-1.0, flow_fill=-1.0, warp_colours="default", mirror_search="default",
-                rotation_search=-1.0) -> io.NodeOutput:
+                rotation_search=-1.0, pose_fit="default") -> io.NodeOutput:
         aligned = align(model, content, style, mode=mode, scales=scales, fill=fill, temperature=temperature,
                         confidence_threshold=confidence_threshold, sim_threshold=sim_threshold,
                         cycle_sigma=cycle_sigma, flow_fill=flow_fill, warp_colours=warp_colours,
-                        mirror_search=mirror_search, rotation_search=rotation_search)
+                        mirror_search=mirror_search, rotation_search=rotation_search, pose_fit=pose_fit)
         interrupt_point()
         return io.NodeOutput(aligned, confidence_mask(model, aligned), ui={"coat_matches": [ui_entry(aligned)]})

@@ -8,6 +8,7 @@ the top-left corner, (1, 1) the bottom-right. Cells of the letterbox padding are
 from __future__ import annotations
 
 import colorsys
+import math
 
 import numpy as np
 import torch
@@ -73,9 +74,10 @@ def panel_data(aligned: Aligned) -> dict:
                 "confident": m["confident"].int().tolist(),
             })
         # The pose of the style the pair matched (mirror_search, rotation_search; the uv are in the style as given):
-        # mirrored left-right, turned this many degrees clockwise
+        # mirrored left-right, turned this many degrees clockwise; or re-posed by its matches (pose_fit)
         items.append({"levels": levels, "mirrored": bool(a.mirrored[item]) if a.mirrored is not None else False,
-                      "rotation": float(a.rotation[item]) if a.rotation is not None else 0.0})
+                      "rotation": float(a.rotation[item]) if a.rotation is not None else 0.0,
+                      **fitted_pose(a, item)})
     return {
         "version": 1,
         "mode": a.mode,
@@ -85,6 +87,19 @@ def panel_data(aligned: Aligned) -> dict:
         "style_size": [si.shape[2], si.shape[1]],
         "items": items,
     }
+
+
+def fitted_pose(a, item: int) -> dict:
+    """``fitted`` (the pair matched the style re-posed by its own matches, ``pose_fit``) and that pose as the
+    panel words it: ``zoom`` (how much larger the style was shown) and ``turn`` (degrees clockwise)."""
+    if a.fitted is None or not bool(a.fitted[item]):
+        return {"fitted": False}
+    m = a.pose[item, :, :2].float().cpu()
+    if a.mirrored is not None and bool(a.mirrored[item]):
+        m = torch.diag(torch.tensor([-1.0, 1.0])) @ m  # the flip came first: undo it to read the similarity
+    scale = float(m.det().abs().sqrt())
+    return {"fitted": True, "zoom": round(1 / max(scale, 1e-6), 3),
+            "turn": round(math.degrees(math.atan2(float(m[0, 1]), float(m[0, 0]))), 1)}
 
 
 def _flat(t: torch.Tensor) -> list[float]:

@@ -163,13 +163,13 @@ def test_figures_write_the_results_grid_and_the_n_content_sweep(tiny_model, tmp_
 
 
 def test_the_pose_bench_times_each_search_setting_and_writes_the_json(tmp_path, capsys):
-    """``python -m coat_model.bench poses``: the settings search 1, 2 and 6 poses of a model whose defaults
-    search the mirror and the turns, and each is timed."""
+    """``python -m coat_model.bench poses``: the settings search 1, 2, 6 and 7 poses of a model whose defaults
+    search the mirror and the turns and then fit a pose, and each is timed."""
     from coat_model.bench.__main__ import main as bench_main
     from coat_model.bench.poses import SETTINGS
 
     torch.manual_seed(0)
-    model = COAT(COATConfig.tiny(mirror_search=True, rotation_search=20.0)).eval()
+    model = COAT(COATConfig.tiny(mirror_search=True, rotation_search=20.0, pose_fit=True)).eval()
     pairs = sample_pairs(2, seed=EVAL_SEED, size=32, split="hard")
     content, style = model.encode(pairs.content), model.encode(pairs.style)
     matched, searched = model._match, {}
@@ -182,7 +182,7 @@ def test_the_pose_bench_times_each_search_setting_and_writes_the_json(tmp_path, 
     for name, overrides in SETTINGS.items():
         model.align(content, style, **overrides)
     del model._match
-    assert searched == {"as_given": 1, "mirror": 2, "defaults": 6}
+    assert searched == {"as_given": 1, "mirror": 2, "searched": 6, "defaults": 7}
     ckpt, out = tmp_path / "tiny.safetensors", tmp_path / "poses.json"
     model.save(ckpt)
     assert bench_main(["poses", "--ckpt", str(ckpt), "--repeats", "1", "--batch", "2", "--json", str(out)]) == 0

@@ -1,5 +1,6 @@
 """The COAT nodes in-process, against the provisioned ComfyUI (no server): registration, schemas, outputs,
 batch rules and errors. Tiny random-weight checkpoints only (COATConfig.tiny(), 32 px)."""
+import math
 import sys
 
 import pytest
@@ -151,12 +152,13 @@ def test_transfer_outputs(M, model):
     assert data["items"][0]["mirrored"] is False  # the tiny model does not search the mirror
 
 
-def test_transfer_passes_mirror_and_rotation_search_to_the_alignment(M, model, monkeypatch):
-    seen = []
+def test_transfer_passes_mirror_and_rotation_search_and_pose_fit_to_the_alignment(M, model, monkeypatch):
+    seen, fits = [], []
     real = coat_model.COAT.align
 
     def spy(self, *args, **kwargs):
         seen.append((kwargs.get("mirror_search"), kwargs.get("rotation_search")))
+        fits.append(kwargs.get("pose_fit"))
         return real(self, *args, **kwargs)
 
     monkeypatch.setattr(coat_model.COAT, "align", spy)
@@ -171,7 +173,10 @@ def test_transfer_passes_mirror_and_rotation_search_to_the_alignment(M, model, m
     turned = {r: transfer(rotation_search=r) for r in (-1.0, 0.0, 20.0)}
     assert seen == [(None, None), (None, 0.0), (None, 20.0)] and torch.equal(turned[-1.0], turned[0.0])
     optional = M["COATTransfer"].INPUT_TYPES()["optional"]
-    assert {"mirror_search", "rotation_search"} <= set(optional)  # older API prompts still validate
+    seen.clear()
+    fitted = {f: transfer(pose_fit=f) for f in ("default", "off", "on")}
+    assert fits[-3:] == [None, False, True] and torch.equal(fitted["default"], fitted["off"])
+    assert {"mirror_search", "rotation_search", "pose_fit"} <= set(optional)  # older API prompts still validate
     with pytest.raises(ValueError, match="mirror_search must be one of"):
         run(M, "COATTransfer", model, images(1, 32, 32), images(1, 32, 32, 1), mirror_search="sometimes")
 
@@ -250,6 +255,10 @@ def test_align_options(M, model):
     assert align().mirrored is None and align(mirror_search="on").mirrored.shape == (1,)
     assert align().rotation is None and align(rotation_search=10.0).rotation.shape == (1,)
     assert align(rotation_search=10.0).options.rotation_search == 10.0
+    assert align().fitted is None and align(pose_fit="on").fitted.shape == (1,)
+    assert [options(model.config, pose_fit=f)["pose_fit"] for f in ("default", "off", "on")] == [None, False, True]
+    with pytest.raises(ValueError, match="pose_fit must be one of"):
+        align(pose_fit="sometimes")
     with pytest.raises(ValueError, match="mirror_search must be one of"):
         align(mirror_search="maybe")
 
@@ -389,9 +398,25 @@ def test_inputs_that_default_to_the_checkpoints_value_say_so(M):
     inputs = {**info["required"], **info["optional"]}
     page = (Path(__file__).resolve().parent.parent / "web" / "docs" / "COATAlign.md").read_text()
     # optional: API prompts saved before them still validate
-    assert {"flow_fill", "warp_colours", "mirror_search", "rotation_search"} <= set(info["optional"])
+    assert {"flow_fill", "warp_colours", "mirror_search", "rotation_search", "pose_fit"} <= set(info["optional"])
     for name in ("temperature", "confidence_threshold", "sim_threshold", "cycle_sigma", "flow_fill",
                  "rotation_search"):
         spec = inputs[name][1]
         assert spec["default"] == -1.0 and spec["tooltip"].startswith("-1 (default) = use the checkpoint's")
         assert f"`{name}`" in page.split("### The -1 inputs")[1]
+
+
+def test_the_panel_words_a_fitted_pose_as_the_style_s_zoom_and_turn(M):
+    """``fitted_pose``: the map the style was re-posed by, read back as how much larger it was shown and how far it
+    was turned (after undoing the mirror's flip)."""
+    from types import SimpleNamespace
+
+    fitted_pose = pack_module(M, "matches").fitted_pose
+    t = math.radians(10.0)
+    turn = torch.tensor([[math.cos(t), math.sin(t)], [-math.sin(t), math.cos(t)]]) / 1.25  # shown 1.25x, 10 deg
+    flip = torch.diag(torch.tensor([-1.0, 1.0]))
+    poses = torch.stack([torch.cat([m, torch.tensor([[0.1], [0.0]])], 1) for m in (turn, flip @ turn, turn)])
+    a = SimpleNamespace(fitted=torch.tensor([True, True, False]), pose=poses, mirrored=torch.tensor([False, True, False]))
+    assert fitted_pose(a, 0) == fitted_pose(a, 1) == {"fitted": True, "zoom": 1.25, "turn": 10.0}
+    assert fitted_pose(a, 2) == {"fitted": False}
+    assert fitted_pose(SimpleNamespace(fitted=None), 0) == {"fitted": False}

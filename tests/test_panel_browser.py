@@ -205,7 +205,7 @@ def test_match_panel(server, browser, mode):
         saved = ui.page.evaluate("() => window.app.graph.serialize()")
         node, = [n for n in saved["nodes"] if n["type"] == NODE]
         assert node["properties"]["coat_match"]["id"] == match_id
-        assert len(node["widgets_values"]) == 7  # the node's seven widgets: the panel adds no widget value
+        assert len(node["widgets_values"]) == 8  # the node's eight widgets: the panel adds no widget value
         ui.page.evaluate("() => window.app.graph.clear()")
         ui.load_workflow(saved)
         ui.page.wait_for_function(f"() => document.querySelector('{PANEL}')?.dataset.state === 'ready'",
@@ -215,11 +215,15 @@ def test_match_panel(server, browser, mode):
         assert "mirror" not in info.inner_text()  # the test model does not search the style's mirror image
 
         # A pair that took another pose of the style says which (the route's answer rewritten as such a run serves
-        # it): its mirror image, turned, or both.
+        # it): its mirror image, turned, or both, or re-posed by its own matches.
         for pose, says in (({"mirrored": True}, "matched the style's mirror image ("),
                            ({"rotation": -20.0}, "matched the style turned 20\u00b0 anticlockwise ("),
                            ({"mirrored": True, "rotation": 15.0},
-                            "the style's mirror image turned 15\u00b0 clockwise (")):
+                            "the style's mirror image turned 15\u00b0 clockwise ("),
+                           ({"fitted": True, "zoom": 1.25, "turn": -8.0},
+                            "the style re-posed by its own matches (shown 1.25x, turned 8\u00b0 anticlockwise) ("),
+                           ({"mirrored": True, "fitted": True, "zoom": 0.8, "turn": 0.0},
+                            "the style's mirror image re-posed by its own matches (shown 0.80x) (")):
             def as_posed(pose):
                 def handle(route):
                     body = json.loads(route.fetch().text())

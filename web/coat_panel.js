@@ -237,9 +237,16 @@ class MatchPanel {
   readyMessage() {
     const item = this.data?.items?.[this.view.item];
     const turn = Number(item?.rotation) || 0;
-    if (!item?.mirrored && !turn) return "Hover a point of either image.";
-    const pose = (item.mirrored ? "the style's mirror image" : "the style")
-      + (turn ? ` turned ${Math.abs(turn)}\u00b0 ${turn > 0 ? "clockwise" : "anticlockwise"}` : "");
+    if (!item?.mirrored && !turn && !item?.fitted) return "Hover a point of either image.";
+    const turned = (deg) => `turned ${Math.abs(deg)}\u00b0 ${deg > 0 ? "clockwise" : "anticlockwise"}`;
+    let pose = item.mirrored ? "the style's mirror image" : "the style";
+    if (item.fitted) {
+      const how = [`shown ${Number(item.zoom).toFixed(2)}x`];
+      if (Number(item.turn)) how.push(turned(Number(item.turn)));
+      pose += ` re-posed by its own matches (${how.join(", ")})`;
+    } else if (turn) {
+      pose += ` ${turned(turn)}`;
+    }
     return `Hover a point of either image. This pair matched ${pose} (lines point into the style as shown).`;
   }
 

@@ -7,9 +7,10 @@ Methods, all in one run on the same held-out pairs:
   refined per-pixel ones of a ``refine_radius`` model (``coat_unrefined``: the same without the refinement, scored
   on its finest cell matches);
 - ``coat_trusted_warp`` (a checkpoint whose inference defaults set ``flow_fill``, ``warp_everywhere``,
-  ``mirror_search`` or ``rotation_search``): the same network without them: untrusted pixels keep their own
-  matches, the decoder renders them, and the style is matched as given; ``coat_no_mirror`` (with ``mirror_search``)
-  and ``coat_no_rotation`` (with ``rotation_search``): the defaults without that search alone;
+  ``mirror_search``, ``rotation_search`` or ``pose_fit``): the same network without them: untrusted pixels keep their
+  own matches, the decoder renders them, and the style is matched as given; ``coat_no_mirror`` (with
+  ``mirror_search``), ``coat_no_rotation`` (with ``rotation_search``) and ``coat_no_fit`` (with ``pose_fit``): the
+  defaults without that search alone;
 - ``coat_modulation``: the same network and matches through the paper's pure modulation path (for a
   ``warp_style`` model: without the warped style's colours);
 - ``coat_global``: the same network with every aligned map replaced by the global style code (the
@@ -93,7 +94,7 @@ def coat_outputs(model, content: torch.Tensor, style: torch.Tensor, gt_flow: tor
     flow = pixel_flow(alignment)
     # no match is trusted, and no warped colour offered where none is (the ablation isolates correspondence)
     global_code = model.align(c, s, fill="global", confidence_threshold=2.0, warp_everywhere=False,
-                              mirror_search=False, rotation_search=0.0)
+                              mirror_search=False, rotation_search=0.0, pose_fit=False)
     warp = F.grid_sample(style, flow.permute(0, 2, 3, 1), mode="bilinear", padding_mode="border", align_corners=True)
     trusted = lambda a: F.interpolate(a.mask[finest].float(), size=(r, r), mode="nearest") > 0.5  # noqa: E731
     confidence = trusted(alignment)
@@ -107,10 +108,12 @@ def coat_outputs(model, content: torch.Tensor, style: torch.Tensor, gt_flow: tor
                                      confidence=confidence)
     defaults = alignment.options
     if defaults.flow_fill or defaults.warp_everywhere or defaults.poses_searched:  # the hard path as trained
-        plain = model.align(c, s, flow_fill=0.0, warp_everywhere=False, mirror_search=False, rotation_search=0.0)
+        plain = model.align(c, s, flow_fill=0.0, warp_everywhere=False, mirror_search=False, rotation_search=0.0,
+                            pose_fit=False)
         out["coat_trusted_warp"] = dict(
             output=model.decode(c, plain), confidence=trusted(plain), pred_flow=pixel_flow(plain))
-    for name, search in (("coat_no_mirror", "mirror_search"), ("coat_no_rotation", "rotation_search")):
+    for name, search in (("coat_no_mirror", "mirror_search"), ("coat_no_rotation", "rotation_search"),
+                         ("coat_no_fit", "pose_fit")):
         if getattr(defaults, search):  # the defaults without this search alone
             without = model.align(c, s, **{search: 0})
             out[name] = dict(output=model.decode(c, without), confidence=trusted(without),

@@ -37,6 +37,8 @@ class AlignOptions:
     mirror_margin: float | None = None       # hard path with mirror_search: the lead in mean confidence it needs
     rotation_search: float | None = None     # hard path: the style turned by +- these degrees too (0: not)
     rotation_margin: float | None = None     # hard path with rotation_search: the lead a turned style needs
+    pose_fit: bool | None = None             # hard path: the style re-posed by a similarity fitted to its matches
+    pose_fit_margin: float | None = None     # hard path with pose_fit: the lead the re-posed style needs
 
     @classmethod
     def resolve(cls, config: COATConfig, *, mode: str, scales: tuple[int, ...], backend: str = "auto",
@@ -46,7 +48,8 @@ class AlignOptions:
                 refine: bool | None = None, flow_fill: float | None = None,
                 warp_everywhere: bool | None = None, mirror_search: bool | None = None,
                 mirror_margin: float | None = None, rotation_search: float | None = None,
-                rotation_margin: float | None = None) -> "AlignOptions":
+                rotation_margin: float | None = None, pose_fit: bool | None = None,
+                pose_fit_margin: float | None = None) -> "AlignOptions":
         """The options :meth:`COAT.align` runs with for these overrides (``None``: the config's value)."""
         pick = lambda value, default: default if value is None else value  # noqa: E731
         common = dict(
@@ -59,6 +62,7 @@ class AlignOptions:
                        confidence_threshold=pick(confidence_threshold, config.confidence_threshold))
         mirror = bool(pick(mirror_search, config.mirror_search))
         rotation = float(pick(rotation_search, config.rotation_search))
+        fit = bool(pick(pose_fit, config.pose_fit))
         return cls(**common, confidence_threshold=pick(confidence_threshold, 0.0),
                    sim_threshold=pick(sim_threshold, config.sim_threshold), geometric=geometric,
                    coarse_to_fine=pick(coarse_to_fine, config.coarse_to_fine),
@@ -67,12 +71,14 @@ class AlignOptions:
                    mirror_search=mirror,
                    mirror_margin=float(pick(mirror_margin, config.mirror_margin)) if mirror else None,
                    rotation_search=rotation,
-                   rotation_margin=float(pick(rotation_margin, config.rotation_margin)) if rotation else None)
+                   rotation_margin=float(pick(rotation_margin, config.rotation_margin)) if rotation else None,
+                   pose_fit=fit, pose_fit_margin=float(pick(pose_fit_margin, config.pose_fit_margin)) if fit else None)
 
     @property
     def poses_searched(self) -> bool:
-        """Whether the style is aligned in more poses than as given (mirror or rotation search)."""
-        return bool(self.mirror_search or self.rotation_search)
+        """Whether the style is aligned in more poses than as given (mirror or rotation search, or the fitted
+        pose)."""
+        return bool(self.mirror_search or self.rotation_search or self.pose_fit)
 
     @classmethod
     def given_matches(cls, scales: tuple[int, ...], fill: str) -> "AlignOptions":

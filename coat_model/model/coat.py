@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 import torch
@@ -19,7 +20,10 @@ from .gather import (
 )
 from .inputs import COATInputError, Frame, check_images, pair_batches
 from .matching import Match, hard_match, refine_match, soft_match
-from .pose import Pose, candidate_poses, in_style_coordinates, per_pair, per_pair_matches, winners
+from .pose import (
+    FittedPose, Pose, candidate_poses, fit_similarity, in_style_coordinates, object_confidence, per_pair,
+    per_pair_matches, pose_matrices, winners,
+)
 
 
 @dataclass
@@ -86,7 +90,10 @@ class Alignment:
     path's differentiable forward-backward error in cells (for the cycle loss). With a pose search (``mirror_search``
     or ``rotation_search``; every flow is then given in the style's own coordinates) mirrored: [B] bool, the pairs
     aligned to the style's mirror image (all False when only turns were tried), and with ``rotation_search``
-    rotation: [B] degrees clockwise the style was turned for each pair; each None otherwise.
+    rotation: [B] degrees clockwise the style was turned for each pair; each None otherwise. With ``pose_fit``,
+    fitted: [B] bool, the pairs aligned to the style re-posed by the similarity fitted to their first matches, and
+    pose: [B, 2, 3] the map each pair's matches were found in (the posed canvas's pixel p showed the style's pixel
+    ``pose[:, :, :2] p + pose[:, :, 2]``, pixel convention: the identity for the style as given).
     """
 
     flow: dict[int, torch.Tensor]
@@ -101,10 +108,29 @@ class Alignment:
     cycle_error: dict[int, torch.Tensor] = field(default_factory=dict)
     mirrored: torch.Tensor | None = None
     rotation: torch.Tensor | None = None
+    fitted: torch.Tensor | None = None
+    pose: torch.Tensor | None = None
 
     @property
     def scales(self) -> tuple[int, ...]:
         return tuple(self.flow)
+
+    def where(self, take: torch.Tensor, other: "Alignment") -> "Alignment":
+        """Per pair b, ``other``'s tensors where ``take[b]``, this alignment's elsewhere (same batch and layout;
+        ``options`` and ``mode`` are this one's)."""
+        def pick(mine, theirs):
+            if isinstance(mine, torch.Tensor):
+                return per_pair([mine, theirs], take.long())
+            if isinstance(mine, dict):
+                return {k: pick(v, theirs[k]) for k, v in mine.items()}
+            if isinstance(mine, list):
+                return [pick(a, b) for a, b in zip(mine, theirs)]
+            if isinstance(mine, Match):
+                return Match(**{f.name: pick(getattr(mine, f.name), getattr(theirs, f.name))
+                                for f in dataclasses.fields(Match)})
+            return mine
+        return dataclasses.replace(self, **{f.name: pick(getattr(self, f.name), getattr(other, f.name))
+                                            for f in dataclasses.fields(self) if f.name not in ("mode", "options")})
 
     def coverage(self) -> dict[int, float]:
         """Share of confident content cells per scale."""
@@ -211,6 +237,8 @@ class COAT(nn.Module):
         mirror_margin: float | None = None,
         rotation_search: float | None = None,
         rotation_margin: float | None = None,
+        pose_fit: bool | None = None,
+        pose_fit_margin: float | None = None,
     ) -> Alignment:
         """Align the style latents to the content through dense correspondence (docs/CORRESPONDENCE.md).
 
@@ -231,6 +259,9 @@ class COAT(nn.Module):
                 per pair the pose whose finest matches are surest on average over the content's object, less the
                 margin each pose needs (:mod:`coat_model.model.pose`; ``Alignment.mirrored`` and
                 ``Alignment.rotation`` say which pose each pair took).
+            pose_fit, pose_fit_margin: hard path only, override the config's: then re-pose the style by the
+                similarity (scale, turn, shift) fitted to each pair's trusted matches, match again and keep it where
+                surer by the margin (``Alignment.fitted`` and ``Alignment.pose`` say which pairs took it).
         """
         cfg = self.config
         if mode not in ALIGN_MODES:
@@ -241,23 +272,54 @@ class COAT(nn.Module):
             raise COATInputError(f"scales must be a non-empty subset of the model's scales {cfg.scales}, got {scales}")
         scales = tuple(s for s in cfg.scales if s in scales)
         check_search_options(COATInputError, flow_fill=flow_fill, mirror_margin=mirror_margin,
-                             rotation_search=rotation_search, rotation_margin=rotation_margin)
+                             rotation_search=rotation_search, rotation_margin=rotation_margin,
+                             pose_fit_margin=pose_fit_margin)
         options = AlignOptions.resolve(
             cfg, mode=mode, scales=scales, backend=backend, temperature=temperature,
             confidence_threshold=confidence_threshold, sim_threshold=sim_threshold, cycle_sigma=cycle_sigma,
             geometric=geometric, fill=fill, coarse_to_fine=coarse_to_fine, refine=refine, flow_fill=flow_fill,
             warp_everywhere=warp_everywhere, mirror_search=mirror_search, mirror_margin=mirror_margin,
-            rotation_search=rotation_search, rotation_margin=rotation_margin,
+            rotation_search=rotation_search, rotation_margin=rotation_margin, pose_fit=pose_fit,
+            pose_fit_margin=pose_fit_margin,
         )
         given = style.expand(content.batch_size)
-        if not options.poses_searched:
-            return self._assemble(content, given, self._match(content, given, options), options)
-        poses = candidate_poses(bool(options.mirror_search), options.rotation_search)  # the style as given first
-        styles = [given] + [self.posed(style, p).expand(content.batch_size) for p in poses[1:]]  # one style: once
-        match_sets = [self._match(content, s, options) for s in styles]
-        pick = winners(match_sets, poses, content.mask, options.mirror_margin or 0.0, options.rotation_margin or 0.0)
-        alignment = self._assemble(content, Latents.select(styles, pick), per_pair_matches(match_sets, pick), options)
-        return in_style_coordinates(alignment, poses, pick)
+        if not (options.mirror_search or options.rotation_search):
+            alignment = self._assemble(content, given, self._match(content, given, options), options)
+        else:
+            poses = candidate_poses(bool(options.mirror_search), options.rotation_search)  # as given first
+            styles = [given] + [self.posed(style, p).expand(content.batch_size) for p in poses[1:]]  # one style: once
+            match_sets = [self._match(content, s, options) for s in styles]
+            pick = winners(match_sets, poses, content.mask, options.mirror_margin or 0.0,
+                           options.rotation_margin or 0.0)
+            alignment = self._assemble(content, Latents.select(styles, pick), per_pair_matches(match_sets, pick),
+                                       options)
+            alignment = in_style_coordinates(alignment, poses, pick)
+        return self._refit(content, given, alignment, options) if options.pose_fit else alignment
+
+    def _refit(self, content: Latents, style: Latents, first: Alignment, options: AlignOptions) -> Alignment:
+        """The style re-posed by the similarity fitted to ``first``'s trusted finest matches (their confidence as
+        weights), matched again and kept per pair where its finest matches are surer over the content's object by
+        ``pose_fit_margin`` (:mod:`coat_model.model.pose`)."""
+        if style.image is None:
+            raise COATInputError("these latents keep no image to re-pose: encode the style with COAT.encode (or "
+                                 "align with pose_fit=False)")
+        r, finest = self.config.resolution, first.scales[-1]
+        weight = first.confidence[finest] * first.mask[finest]
+        theta, fitted = fit_similarity(first.flow[finest], weight, first.mirrored)
+        pose = FittedPose.from_cells(theta, r, finest)
+        mask = None if style.mask is None else pose.apply(style.mask, fill="zeros")
+        posed = self._encode_canvas(pose.apply(style.image), style.frame, mask)
+        second = self._assemble(content, posed, self._match(content, posed, options), options)
+        to_style = lambda flow, cell: pose.to_style(flow, r, cell)  # noqa: E731
+        second = dataclasses.replace(
+            second, flow={s: to_style(f, s) for s, f in second.flow.items()},
+            refined=None if second.refined is None else dataclasses.replace(
+                second.refined, flow=to_style(second.refined.flow, 1)))
+        score = lambda a: object_confidence(a.confidence[finest], content.mask)  # noqa: E731
+        take = fitted & (score(second) > score(first) + options.pose_fit_margin)
+        before = pose_matrices(first.mirrored, first.rotation, content.batch_size, theta.device)
+        merged = first.where(take, dataclasses.replace(second, mirrored=first.mirrored, rotation=first.rotation))
+        return dataclasses.replace(merged, fitted=take, pose=torch.where(take[:, None, None], pose.theta, before))
 
     def _match(self, content: Latents, style: Latents, options: AlignOptions) -> dict[int, Match]:
         """The matches of every scale of ``options``, coarse to fine."""

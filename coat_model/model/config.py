@@ -20,6 +20,7 @@ def check_search_options(error: type[Exception], **values: float | None) -> None
         "mirror_margin": (lambda v: v >= 0, "a lead in mean confidence (>= 0)"),
         "rotation_margin": (lambda v: v >= 0, "a lead in mean confidence (>= 0)"),
         "rotation_search": (lambda v: 0 <= v <= 45, "an angle in degrees from 0 (off) to 45"),
+        "pose_fit_margin": (lambda v: v >= 0, "a lead in mean confidence (>= 0)"),
     }
     for name, value in values.items():
         ok, what = rules[name]
@@ -85,6 +86,10 @@ class COATConfig:
     rotation_search: float = 0.0               # > 0: also align the style turned by +- this many degrees (and their
                                                # mirrors with mirror_search), kept where surer by rotation_margin
     rotation_margin: float = 0.03              # the lead a turned style needs (a turned mirror: both margins)
+    pose_fit: bool = False                     # then re-pose the style by a similarity (scale, turn, shift) fitted to
+                                               # the trusted finest matches and match again, kept where surer by
+                                               # pose_fit_margin (docs/CORRESPONDENCE.md section 6)
+    pose_fit_margin: float = 0.05              # the lead the re-posed style needs over the pose search's pick
 
     def __post_init__(self) -> None:
         r = self.resolution
@@ -110,7 +115,8 @@ class COATConfig:
             raise ValueError(f"refine_radius and refine_dim must be >= 0 and refine_temperature > 0, got "
                              f"{self.refine_radius}, {self.refine_dim}, {self.refine_temperature}")
         check_search_options(ValueError, flow_fill=self.flow_fill, mirror_margin=self.mirror_margin,
-                             rotation_search=self.rotation_search, rotation_margin=self.rotation_margin)
+                             rotation_search=self.rotation_search, rotation_margin=self.rotation_margin,
+                             pose_fit_margin=self.pose_fit_margin)
         if self.warp_everywhere and not self.warp_style:
             raise ValueError("warp_everywhere widens the warped-style colour path: set warp_style=True as well")
         if self.refine_dim and not self.pixel_latents:
@@ -180,14 +186,15 @@ class COATConfig:
     def small(cls, **overrides) -> "COATConfig":
         """64-128 px, trainable on a CPU (about 0.87M parameters at 128 px): the project's recipe, the paper's model
         plus full-resolution latents, matches refined below the cell and the warped-style colour path, with
-        untrusted pixel matches filled from trusted ones, the colour path offered everywhere and the style's mirror
-        image and +-20 degree turns tried at inference (each one a ``False``/0 override away:
-        ``COATConfig.small(warp_style=False, warp_everywhere=False, mirror_search=False, rotation_search=0)``)."""
+        untrusted pixel matches filled from trusted ones, the colour path offered everywhere, the style's mirror
+        image and +-20 degree turns tried at inference and then the style re-posed by its matches (each one a
+        ``False``/0 override away: ``COATConfig.small(warp_style=False, warp_everywhere=False, mirror_search=False,
+        rotation_search=0, pose_fit=False)``)."""
         base = dict(
             resolution=64, scales=(8, 4, 2), encoder_channels=(32, 48, 64, 96), feature_dim=64,
             descriptor_dim=64, w_dim=32, channel_base=2048, channel_max=64, n_content_layers=4,
             pixel_latents=True, refine_dim=16, refine_radius=3, warp_style=True, flow_fill=2.0, warp_everywhere=True,
-            mirror_search=True, rotation_search=20.0,
+            mirror_search=True, rotation_search=20.0, pose_fit=True,
         )
         return cls(**{**base, **overrides})
 

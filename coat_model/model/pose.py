@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from .coords import coordinate_grid
 from .matching import Match
 
 
@@ -127,3 +128,86 @@ def in_style_coordinates(alignment, poses: list[Pose], pick: torch.Tensor):
         mirrored=torch.tensor([p.mirrored for p in poses], device=pick.device)[pick],
         rotation=torch.tensor([p.degrees for p in poses], device=pick.device)[pick] if rotation_searched else None,
     )
+
+
+# -- the pose fitted to the matches ----------------------------------------------------------------------------
+
+
+def canvas_scale(resolution: int, cell: int) -> float:
+    """k with (a point in the [-1, 1] cell convention of a grid of ``cell``-pixel cells) x k = (the same point in
+    the pixel convention of the canvas): the first cell's centre (-1) lies half a cell inside the first pixel."""
+    return (resolution - cell) / (resolution - 1) if resolution > 1 else 1.0
+
+
+def fit_similarity(flow: torch.Tensor, weight: torch.Tensor, mirrored: torch.Tensor | None = None,
+                   min_weight: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """The similarity (scale, turn and shift; after a left-right flip for the ``mirrored`` pairs) that maps the
+    content's cell centres closest to their matches, by weighted least squares (closed form: Umeyama's, in complex
+    numbers, q = z p + t).
+
+    Args:
+        flow: [B, 2, h, w] matched style coordinates of every content cell (cell convention, x first).
+        weight: [B, 1, h, w] >= 0, each match's weight (its confidence where trusted, 0 elsewhere).
+        mirrored: [B] bool, pairs whose matches are mirrored (fitted as the flip followed by a similarity).
+        min_weight: pairs whose weights sum below this get no fit.
+    Returns: (theta [B, 2, 3] with style point = theta[:, :, :2] p + theta[:, :, 2] in the same convention,
+    fitted [B] bool); pairs without a fit get the identity (or the flip).
+    """
+    b, _, h, w = flow.shape
+    flip = torch.ones(b, device=flow.device) if mirrored is None else 1 - 2 * mirrored.float()  # x -> flip * x
+    q = flow.float().flatten(2) * torch.stack([flip, torch.ones_like(flip)], 1)[..., None]  # unflipped: [B, 2, N]
+    p = coordinate_grid(h, w, flow.device).T[None]                                         # [1, 2, N]
+    wt = weight.float().flatten(2)                                                          # [B, 1, N]
+    total = wt.sum(-1)                                                                      # [B, 1]
+    fitted = total[:, 0] >= min_weight
+    mean = lambda v: (v * wt).sum(-1, keepdim=True) / total.clamp_min(1e-12)[..., None]  # noqa: E731
+    mp, mq = mean(p), mean(q)
+    (px, py), (qx, qy) = (p - mp).unbind(1), (q - mq).unbind(1)
+    norm = (wt[:, 0] * (px * px + py * py)).sum(-1).clamp_min(1e-12)
+    re = (wt[:, 0] * (px * qx + py * qy)).sum(-1) / norm   # z = sum w conj(p) q / sum w |p|^2
+    im = (wt[:, 0] * (px * qy - py * qx)).sum(-1) / norm
+    a = torch.stack([torch.stack([re, -im], -1), torch.stack([im, re], -1)], 1)            # [B, 2, 2]
+    t = mq[..., 0] - (a @ mp[..., 0].expand(b, -1)[..., None])[..., 0]
+    identity = torch.eye(2, device=flow.device).expand(b, -1, -1)
+    a = torch.where(fitted[:, None, None], a, identity)
+    t = torch.where(fitted[:, None], t, torch.zeros_like(t))
+    a = a * torch.stack([flip, torch.ones_like(flip)], 1)[..., None]  # flip back: rows of x times flip
+    t = t * torch.stack([flip, torch.ones_like(flip)], 1)
+    return torch.cat([a, t[..., None]], -1), fitted
+
+
+@dataclass(frozen=True)
+class FittedPose:
+    """A pose per pair: the posed image's pixel p shows the style's pixel ``A p + t`` (``theta`` [B, 2, 3] in the
+    canvas's pixel convention, [-1, 1])."""
+
+    theta: torch.Tensor
+
+    @classmethod
+    def from_cells(cls, theta: torch.Tensor, resolution: int, cell: int) -> "FittedPose":
+        """The pose of a map fitted between grids of ``cell``-pixel cells (their cell convention)."""
+        k = canvas_scale(resolution, cell)
+        return cls(torch.cat([theta[:, :, :2], theta[:, :, 2:] * k], -1))
+
+    def apply(self, image: torch.Tensor, fill: str = "border") -> torch.Tensor:
+        """The posed image of ``image`` [B, C, R, R] (bilinear; outside the style: its border pixels, or 0 with
+        ``fill="zeros"``)."""
+        grid = F.affine_grid(self.theta.to(image.dtype), list(image.shape), align_corners=True)
+        return F.grid_sample(image, grid, mode="bilinear", padding_mode=fill, align_corners=True)
+
+    def to_style(self, flow: torch.Tensor, resolution: int, cell: int = 1) -> torch.Tensor:
+        """Flow [B, 2, h, w] into the posed image (the cell convention of ``cell``-pixel cells; 1: pixels) -> the
+        same flow into the style as given, clamped to the canvas (``apply`` read the border there)."""
+        k = canvas_scale(resolution, cell)
+        a, t = self.theta[:, :, :2].to(flow.dtype), self.theta[:, :, 2].to(flow.dtype) / k
+        return (torch.einsum("bij,bjhw->bihw", a, flow) + t[..., None, None]).clamp(-1, 1)
+
+
+def pose_matrices(mirrored: torch.Tensor | None, rotation: torch.Tensor | None, batch: int, device=None) -> torch.Tensor:
+    """[B, 2, 3] the maps of the searched poses each pair took (:meth:`Pose.matrix`, no shift): ``mirrored`` [B]
+    bool and ``rotation`` [B] degrees, or None for the style as given."""
+    flip = torch.ones(batch, device=device) if mirrored is None else 1 - 2 * mirrored.float().to(device)
+    t = torch.zeros(batch, device=device) if rotation is None else torch.deg2rad(rotation.float().to(device))
+    cos, sin = torch.cos(t), torch.sin(t)
+    a = torch.stack([torch.stack([cos * flip, sin * flip], -1), torch.stack([-sin, cos], -1)], 1)
+    return torch.cat([a, torch.zeros(batch, 2, 1, device=device)], -1)
