@@ -91,15 +91,18 @@ def panel_data(aligned: Aligned) -> dict:
 
 def fitted_pose(a, item: int) -> dict:
     """``fitted`` (the pair matched the style re-posed by its own matches, ``pose_fit``) and that pose as the
-    panel words it: ``zoom`` (how much larger the style was shown) and ``turn`` (degrees clockwise)."""
+    panel words it: ``zoom`` (how much larger the style was shown), ``turn`` (degrees clockwise) and ``shift`` (where
+    the style's canvas centre was read, as a share of the canvas: (0, 0) unmoved)."""
     if a.fitted is None or not bool(a.fitted[item]):
         return {"fitted": False}
     m = a.pose[item, :, :2].float().cpu()
     if a.mirrored is not None and bool(a.mirrored[item]):
         m = torch.diag(torch.tensor([-1.0, 1.0])) @ m  # the flip came first: undo it to read the similarity
     scale = float(m.det().abs().sqrt())
+    shift = a.pose[item, :, 2].float().cpu() / 2  # [-1, 1] canvas units -> shares of the canvas
     return {"fitted": True, "zoom": round(1 / max(scale, 1e-6), 3),
-            "turn": round(math.degrees(math.atan2(float(m[0, 1]), float(m[0, 0]))), 1)}
+            "turn": round(math.degrees(math.atan2(float(m[0, 1]), float(m[0, 0]))), 1),
+            "shift": [round(float(v), 3) for v in shift]}
 
 
 def _flat(t: torch.Tensor) -> list[float]:

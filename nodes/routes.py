@@ -9,7 +9,8 @@ Answers (all JSON, ``application/json``):
 * 200: ``{id, version, mode, scales, coverage, content_size, style_size, limits, items: [{levels: [level...],
   mirrored, rotation, fitted, zoom, turn}]}`` (``mirrored``: the pair matched the style's mirror image;
   ``rotation``: the style turned this many degrees clockwise; ``fitted``: the style re-posed by its own matches,
-  shown ``zoom`` times larger and turned ``turn`` degrees clockwise; the uv still point into the style as given)
+  shown ``zoom`` times larger, turned ``turn`` degrees clockwise and read ``shift`` (a share of the canvas) off its
+  centre; the uv still point into the style as given)
   where a level is ``{scale, grid, total, points, stride, cell_uv, content_uv, style_uv, confidence,
   confident}``. ``content_uv`` / ``style_uv`` are flat ``[u0, v0, u1, v1, ...]`` positions in their own image
   ((0, 0) top-left, (1, 1) bottom-right): the match (flow) of each kept content cell. Values are rounded to
@@ -98,7 +99,8 @@ def encode(match_id: str, data: dict, max_bytes: int = MAX_BYTES) -> bytes:
     items = [item["levels"][:MAX_LEVELS] for item in data["items"][:MAX_ITEMS]]
     poses = [{"mirrored": bool(item.get("mirrored", False)), "rotation": round(float(item.get("rotation", 0.0)), 2),
               "fitted": bool(item.get("fitted", False)), "zoom": round(float(item.get("zoom", 1.0)), 3),
-              "turn": round(float(item.get("turn", 0.0)), 1)}
+              "turn": round(float(item.get("turn", 0.0)), 1),
+              "shift": [round(float(v), 3) for v in item.get("shift", (0.0, 0.0))]}
              for item in data["items"][:MAX_ITEMS]]
     n_levels = max(1, sum(len(levels) for levels in items))
     cap = max(1, min(MAX_POINTS_PER_LEVEL, MAX_POINTS // n_levels))

@@ -417,6 +417,6 @@ def test_the_panel_words_a_fitted_pose_as_the_style_s_zoom_and_turn(M):
     flip = torch.diag(torch.tensor([-1.0, 1.0]))
     poses = torch.stack([torch.cat([m, torch.tensor([[0.1], [0.0]])], 1) for m in (turn, flip @ turn, turn)])
     a = SimpleNamespace(fitted=torch.tensor([True, True, False]), pose=poses, mirrored=torch.tensor([False, True, False]))
-    assert fitted_pose(a, 0) == fitted_pose(a, 1) == {"fitted": True, "zoom": 1.25, "turn": 10.0}
+    assert fitted_pose(a, 0) == fitted_pose(a, 1) == {"fitted": True, "zoom": 1.25, "turn": 10.0, "shift": [0.05, 0.0]}
     assert fitted_pose(a, 2) == {"fitted": False}
     assert fitted_pose(SimpleNamespace(fitted=None), 0) == {"fitted": False}

@@ -220,8 +220,9 @@ def test_match_panel(server, browser, mode):
                            ({"rotation": -20.0}, "matched the style turned 20\u00b0 anticlockwise ("),
                            ({"mirrored": True, "rotation": 15.0},
                             "the style's mirror image turned 15\u00b0 clockwise ("),
-                           ({"fitted": True, "zoom": 1.25, "turn": -8.0},
-                            "the style re-posed by its own matches (shown 1.25x, turned 8\u00b0 anticlockwise) ("),
+                           ({"fitted": True, "zoom": 1.25, "turn": -8.0, "shift": [0.1, 0.0]},
+                            "the style re-posed by its own matches (shown 1.25x, turned 8\u00b0 anticlockwise, "
+                            "moved) ("),
                            ({"mirrored": True, "fitted": True, "zoom": 0.8, "turn": 0.0},
                             "the style's mirror image re-posed by its own matches (shown 0.80x) (")):
             def as_posed(pose):

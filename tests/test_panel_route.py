@@ -98,10 +98,11 @@ def test_small_entries_are_sent_whole_and_rounded(pack):
     assert body["items"][0]["mirrored"] is False  # entries from before mirror_search: not mirrored
     assert body["items"][0]["rotation"] == 0.0  # nor turned (rotation_search)
     assert body["items"][0]["fitted"] is False and body["items"][0]["zoom"] == 1.0  # nor re-posed (pose_fit)
-    data["items"][0].update(mirrored=True, rotation=-20.000001, fitted=True, zoom=1.2345, turn=-7.04)
+    data["items"][0].update(mirrored=True, rotation=-20.000001, fitted=True, zoom=1.2345, turn=-7.04,
+                            shift=[0.10004, -0.2])
     item = json.loads(routes.encode("0123456789abcdef", data))["items"][0]
     assert item["mirrored"] is True and item["rotation"] == -20.0
-    assert item["fitted"] is True and item["zoom"] == 1.234 and item["turn"] == -7.0
+    assert item["fitted"] is True and item["zoom"] == 1.234 and item["turn"] == -7.0 and item["shift"] == [0.1, -0.2]
 
 
 def test_big_entries_are_strided_on_the_grid_and_bounded(pack):

@@ -56,6 +56,36 @@ def test_the_fit_recovers_a_known_similarity_flipped_or_not_and_ignores_untruste
     assert (unflipped - truth[1:2]).abs().max() > 0.1
 
 
+def test_a_fit_from_too_few_or_bunched_matches_or_an_extreme_zoom_is_not_trusted():
+    h = w = 16
+    p = coordinate_grid(h, w).T
+    flow = (_similarity(1.1, 5.0, [0.1, 0.0])[:, :2] @ p).view(1, 2, h, w).repeat(4, 1, 1, 1)
+    weight = torch.zeros(4, 1, h, w)
+    weight[0, 0, 8, 8] = 1.0                    # one match: the fit would collapse the style to a point
+    weight[1, 0, :2, :4] = 1.0                  # eight matches in one corner of the canvas
+    weight[2] = 1.0                             # every match, but the style shown 3x smaller (zoom 3)
+    weight[3] = 1.0
+    flow[2] = flow[2] * 3
+    theta, fitted = fit_similarity(flow, weight)
+    assert fitted.tolist() == [False, False, False, True]
+    for i in range(3):
+        torch.testing.assert_close(theta[i], _similarity(1.0, 0.0, [0.0, 0.0]))  # the identity: nothing re-posed
+
+
+def test_a_fit_between_cells_is_the_pixel_map_that_made_the_style():
+    """The style made from the content by a known map of the canvas (pixel convention); the cells' true matches
+    (cell convention, at two grid sizes) fitted, then written for the canvas: the same map."""
+    r = 32
+    made = _similarity(1.2, 12.0, [0.15, -0.1])  # pixel convention: the style's pixel at A p + t shows content p
+    for cell in (2, 4):
+        n, k = r // cell, canvas_scale(r, cell)
+        p = coordinate_grid(n, n).T                                   # cell convention
+        q = (made[:, :2] @ (p * k) + made[:, 2:]) / k                 # through the canvas, back to cells
+        theta, fitted = fit_similarity(q.view(1, 2, n, n), torch.ones(1, 1, n, n))
+        assert fitted.all()
+        torch.testing.assert_close(FittedPose.from_cells(theta, r, cell).theta[0], made, atol=1e-5, rtol=0)
+
+
 @pytest.mark.parametrize("cell", [1, 2, 4])
 def test_a_fitted_pose_reads_the_style_pixel_the_posed_image_shows_in_every_cell_convention(cell):
     """The pose of a map fitted between cells of ``cell`` px: the posed image at a cell centre shows the style at
@@ -77,9 +107,6 @@ def test_a_fitted_pose_reads_the_style_pixel_the_posed_image_shows_in_every_cell
     assert inside.float().mean() > 0.5
     torch.testing.assert_close(read * inside, shown * inside, atol=1e-5, rtol=0)
     assert pose.to_style(centres, r, cell).abs().max() <= 1
-    # the map fitted in cells, written for the canvas: same turn and zoom, the shift in pixel units
-    torch.testing.assert_close(pose.theta[:, :, :2], theta_cells[:, :, :2])
-    torch.testing.assert_close(pose.theta[:, :, 2], theta_cells[:, :, 2] * k)
 
 
 def test_the_poses_the_search_took_are_written_as_maps():
@@ -139,6 +166,36 @@ def test_pose_fit_keeps_per_pair_the_refit_where_surer_by_its_margin():
                 torch.testing.assert_close(refit.pose[i], pose.theta[i] if took else before)
 
 
+def test_with_turns_and_one_style_for_the_batch_each_pair_is_re_posed_on_its_own():
+    """The turns' pick is where the fit starts (``pose`` keeps it for pairs the fit does not win); one style
+    serves the batch and is re-posed once per pair; a content mask with nothing in it leaves a pair unfitted."""
+    model = _model(mirror_search=True, mirror_margin=0.0, rotation_search=20.0, rotation_margin=0.0)
+    content, style = _images(4, 20), _images(1, 21)
+    mask = torch.zeros(4, 1, 32, 32)
+    mask[:3, :, 6:26, 8:28] = 1  # the last content has no object: no trusted match, no fit
+    with torch.no_grad():
+        c, s = model.encode(content, mask), model.encode(style)
+        first = model.align(c, s)
+        refit = model.align(c, s, pose_fit=True, pose_fit_margin=0.0)
+        finest = first.scales[-1]
+        theta, fitted = fit_similarity(first.flow[finest], first.confidence[finest] * first.mask[finest],
+                                       first.mirrored)
+        pose = FittedPose.from_cells(theta, 32, finest)
+        again = model.align(c, model.encode(pose.apply(style.expand(4, -1, -1, -1))), mirror_search=False,
+                            rotation_search=0.0)
+    assert (first.rotation != 0).any(), "seeds where some pair took a turn"
+    assert fitted.tolist()[3] is False and not refit.fitted[3]
+    lead = object_confidence(again.confidence[finest], c.mask) - object_confidence(first.confidence[finest], c.mask)
+    assert torch.equal(refit.fitted, fitted & (lead > 0)) and refit.fitted.any() and not refit.fitted.all()
+    turned = pose_matrices(first.mirrored, first.rotation, 4)
+    for i in range(4):
+        took = bool(refit.fitted[i])
+        torch.testing.assert_close(refit.pose[i], pose.theta[i] if took else turned[i])
+        expected = pose.to_style(again.flow[finest], 32, finest)[i] if took else first.flow[finest][i]
+        torch.testing.assert_close(refit.flow[finest][i], expected, atol=1e-6, rtol=0)
+    assert torch.equal(refit.rotation, first.rotation) and torch.equal(refit.mirrored, first.mirrored)
+
+
 def test_pose_fit_is_off_by_default_checked_and_never_on_the_soft_path():
     model = _model()
     c, s = model.encode(_images(2, 4)), model.encode(_images(2, 5))
@@ -147,6 +204,10 @@ def test_pose_fit_is_off_by_default_checked_and_never_on_the_soft_path():
         assert plain.fitted is None and plain.pose is None and plain.options.pose_fit is False
         assert model.align(c, s, mode="soft", pose_fit=True).fitted is None
         assert _model(pose_fit=True).align(c, s).fitted is not None
+        empty = model.encode(_images(2, 4), torch.zeros(2, 1, 32, 32))  # no object: no pair can be fitted
+        unfitted = model.align(empty, s, pose_fit=True)
+        assert not unfitted.fitted.any() and torch.equal(unfitted.pose, pose_matrices(None, None, 2))
+        assert torch.equal(unfitted.flow[2], model.align(empty, s).flow[2])
         with pytest.raises(COATInputError, match="pose_fit_margin"):
             model.align(c, s, pose_fit=True, pose_fit_margin=-0.1)
         with pytest.raises(COATInputError, match="COAT.encode"):

@@ -243,6 +243,8 @@ class MatchPanel {
     if (item.fitted) {
       const how = [`shown ${Number(item.zoom).toFixed(2)}x`];
       if (Number(item.turn)) how.push(turned(Number(item.turn)));
+      const [dx, dy] = (item.shift || [0, 0]).map(Number);
+      if (Math.hypot(dx, dy) >= 0.02) how.push("moved");
       pose += ` re-posed by its own matches (${how.join(", ")})`;
     } else if (turn) {
       pose += ` ${turned(turn)}`;

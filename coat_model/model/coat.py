@@ -93,7 +93,8 @@ class Alignment:
     rotation: [B] degrees clockwise the style was turned for each pair; each None otherwise. With ``pose_fit``,
     fitted: [B] bool, the pairs aligned to the style re-posed by the similarity fitted to their first matches, and
     pose: [B, 2, 3] the map each pair's matches were found in (the posed canvas's pixel p showed the style's pixel
-    ``pose[:, :, :2] p + pose[:, :, 2]``, pixel convention: the identity for the style as given).
+    ``pose[:, :, :2] p + pose[:, :, 2]``, pixel convention: the identity for the style as given). ``pose`` is the
+    final pose; for a fitted pair, ``mirrored`` and ``rotation`` stay the searched pose the fit started from.
     """
 
     flow: dict[int, torch.Tensor]
@@ -306,6 +307,9 @@ class COAT(nn.Module):
         r, finest = self.config.resolution, first.scales[-1]
         weight = first.confidence[finest] * first.mask[finest]
         theta, fitted = fit_similarity(first.flow[finest], weight, first.mirrored)
+        before = pose_matrices(first.mirrored, first.rotation, content.batch_size, theta.device)
+        if not bool(fitted.any()):  # no pair has matches enough to fit: nothing to match again
+            return dataclasses.replace(first, fitted=fitted, pose=before)
         pose = FittedPose.from_cells(theta, r, finest)
         mask = None if style.mask is None else pose.apply(style.mask, fill="zeros")
         posed = self._encode_canvas(pose.apply(style.image), style.frame, mask)
@@ -317,7 +321,6 @@ class COAT(nn.Module):
                 second.refined, flow=to_style(second.refined.flow, 1)))
         score = lambda a: object_confidence(a.confidence[finest], content.mask)  # noqa: E731
         take = fitted & (score(second) > score(first) + options.pose_fit_margin)
-        before = pose_matrices(first.mirrored, first.rotation, content.batch_size, theta.device)
         merged = first.where(take, dataclasses.replace(second, mirrored=first.mirrored, rotation=first.rotation))
         return dataclasses.replace(merged, fitted=take, pose=torch.where(take[:, None, None], pose.theta, before))
 

@@ -139,8 +139,13 @@ def canvas_scale(resolution: int, cell: int) -> float:
     return (resolution - cell) / (resolution - 1) if resolution > 1 else 1.0
 
 
-def fit_similarity(flow: torch.Tensor, weight: torch.Tensor, mirrored: torch.Tensor | None = None,
-                   min_weight: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+MIN_FIT_MATCHES = 8          # a fit needs this many weighted matches ...
+MIN_FIT_SPREAD = 0.1         # ... spread over this much of the canvas (their weighted RMS distance from their mean)
+FIT_ZOOM = (0.5, 2.0)        # and a zoom in this range; other fits are not trusted
+
+
+def fit_similarity(flow: torch.Tensor, weight: torch.Tensor, mirrored: torch.Tensor | None = None
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
     """The similarity (scale, turn and shift; after a left-right flip for the ``mirrored`` pairs) that maps the
     content's cell centres closest to their matches, by weighted least squares (closed form: Umeyama's, in complex
     numbers, q = z p + t).
@@ -149,9 +154,11 @@ def fit_similarity(flow: torch.Tensor, weight: torch.Tensor, mirrored: torch.Ten
         flow: [B, 2, h, w] matched style coordinates of every content cell (cell convention, x first).
         weight: [B, 1, h, w] >= 0, each match's weight (its confidence where trusted, 0 elsewhere).
         mirrored: [B] bool, pairs whose matches are mirrored (fitted as the flip followed by a similarity).
-        min_weight: pairs whose weights sum below this get no fit.
     Returns: (theta [B, 2, 3] with style point = theta[:, :, :2] p + theta[:, :, 2] in the same convention,
-    fitted [B] bool); pairs without a fit get the identity (or the flip).
+    fitted [B] bool). A pair is fitted when at least :data:`MIN_FIT_MATCHES` matches carry weight, spread over
+    :data:`MIN_FIT_SPREAD` of the canvas, and the zoom |z| lies in :data:`FIT_ZOOM` (a few matches, or matches
+    bunched in one spot, can give any map: a collapse to a point, a half turn); the others get the identity (or the
+    flip).
     """
     b, _, h, w = flow.shape
     flip = torch.ones(b, device=flow.device) if mirrored is None else 1 - 2 * mirrored.float()  # x -> flip * x
@@ -159,13 +166,16 @@ def fit_similarity(flow: torch.Tensor, weight: torch.Tensor, mirrored: torch.Ten
     p = coordinate_grid(h, w, flow.device).T[None]                                         # [1, 2, N]
     wt = weight.float().flatten(2)                                                          # [B, 1, N]
     total = wt.sum(-1)                                                                      # [B, 1]
-    fitted = total[:, 0] >= min_weight
     mean = lambda v: (v * wt).sum(-1, keepdim=True) / total.clamp_min(1e-12)[..., None]  # noqa: E731
     mp, mq = mean(p), mean(q)
     (px, py), (qx, qy) = (p - mp).unbind(1), (q - mq).unbind(1)
     norm = (wt[:, 0] * (px * px + py * py)).sum(-1).clamp_min(1e-12)
     re = (wt[:, 0] * (px * qx + py * qy)).sum(-1) / norm   # z = sum w conj(p) q / sum w |p|^2
     im = (wt[:, 0] * (px * qy - py * qx)).sum(-1) / norm
+    zoom = torch.sqrt(re * re + im * im)
+    spread = torch.sqrt(norm / total[:, 0].clamp_min(1e-12)) / 2  # RMS distance in canvas widths
+    fitted = (((wt[:, 0] > 0).sum(-1) >= MIN_FIT_MATCHES) & (spread >= MIN_FIT_SPREAD)
+              & (zoom >= FIT_ZOOM[0]) & (zoom <= FIT_ZOOM[1]))
     a = torch.stack([torch.stack([re, -im], -1), torch.stack([im, re], -1)], 1)            # [B, 2, 2]
     t = mq[..., 0] - (a @ mp[..., 0].expand(b, -1)[..., None])[..., 0]
     identity = torch.eye(2, device=flow.device).expand(b, -1, -1)
