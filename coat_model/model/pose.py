@@ -1,5 +1,5 @@
 """Pose search: align the style in a few poses too (its mirror image, small rotations) and keep, per pair, the pose
-whose matches are surest (docs/CORRESPONDENCE.md section 6).
+whose matches are surest; then the pose fitted to those matches (docs/CORRESPONDENCE.md section 6).
 
 Objects of most categories are left-right symmetric and photographed from either side and at a slight tilt; a
 content facing left and a style facing right match poorly (and the position input prefers the mirrored part on the
@@ -15,6 +15,10 @@ about as well, part for mirrored part, and taking the mirror on a coin toss woul
 content's right; so the mirror pays ``mirror_margin``, a rotation ``rotation_margin`` and a rotated mirror both. The
 winner is kept whole: each pair's matches and its posed style's latents are picked first and assembled once, so its
 latents, warped colours and trust are read from its posed image.
+
+The fitted pose (:func:`fit_similarity`, :class:`FittedPose`; ``COAT._refit``): the similarity (zoom, turn, shift)
+that best maps each pair's content cells onto their trusted matches re-poses the style, which is matched once more
+and kept per pair where surer by ``pose_fit_margin``; unlike the searched poses, it is one pose per pair.
 """
 
 from __future__ import annotations
