@@ -15,8 +15,7 @@ from .types import Aligned, CoatAlignment, CoatLatents, CoatModel, Encoded, Load
 MODES = ["hard", "soft"]
 FILLS = ["default", *FILL_MODES]
 WARP_COLOURS = {"default": None, "trusted": False, "everywhere": True}  # -> COAT.align's warp_everywhere
-MIRROR = {"default": None, "off": False, "on": True}  # -> COAT.align's mirror_search
-POSE_FIT = {"default": None, "off": False, "on": True}  # -> COAT.align's pose_fit
+SWITCH = {"default": None, "off": False, "on": True}  # -> COAT.align's mirror_search and pose_fit
 
 
 def parse_scales(text: str, config: COATConfig) -> tuple[int, ...] | None:
@@ -41,24 +40,19 @@ def align_options(config: COATConfig, mode="hard", scales="all", fill="default",
                   warp_colours="default", mirror_search="default", rotation_search=-1.0,
                   pose_fit="default") -> dict:
     """Node widget values -> ``COAT.align`` keywords; negative numbers and 'default' keep the checkpoint's."""
-    if mode not in MODES:
-        raise COATInputError(f"mode must be one of {MODES}, got {mode!r}")
-    if fill not in FILLS:
-        raise COATInputError(f"fill must be one of {FILLS}, got {fill!r}")
-    if warp_colours not in WARP_COLOURS:
-        raise COATInputError(f"warp_colours must be one of {list(WARP_COLOURS)}, got {warp_colours!r}")
-    if mirror_search not in MIRROR:
-        raise COATInputError(f"mirror_search must be one of {list(MIRROR)}, got {mirror_search!r}")
-    if pose_fit not in POSE_FIT:
-        raise COATInputError(f"pose_fit must be one of {list(POSE_FIT)}, got {pose_fit!r}")
+    choices = (("mode", mode, MODES), ("fill", fill, FILLS), ("warp_colours", warp_colours, WARP_COLOURS),
+               ("mirror_search", mirror_search, SWITCH), ("pose_fit", pose_fit, SWITCH))
+    for name, value, options in choices:
+        if value not in options:
+            raise COATInputError(f"{name} must be one of {list(options)}, got {value!r}")
     keep = lambda v: None if v is None or v < 0 else float(v)  # noqa: E731
     if keep(temperature) == 0:
         raise COATInputError("temperature must be > 0 (or negative for the checkpoint's default)")
     return dict(mode=mode, scales=parse_scales(scales, config), fill=None if fill == "default" else fill,
                 temperature=keep(temperature), confidence_threshold=keep(confidence_threshold),
                 sim_threshold=keep(sim_threshold), cycle_sigma=keep(cycle_sigma), flow_fill=keep(flow_fill),
-                warp_everywhere=WARP_COLOURS[warp_colours], mirror_search=MIRROR[mirror_search],
-                rotation_search=keep(rotation_search), pose_fit=POSE_FIT[pose_fit])
+                warp_everywhere=WARP_COLOURS[warp_colours], mirror_search=SWITCH[mirror_search],
+                rotation_search=keep(rotation_search), pose_fit=SWITCH[pose_fit])
 
 
 def align(handle: LoadedModel, content: Encoded, style: Encoded, **options) -> Aligned:
@@ -92,13 +86,18 @@ def fill_input() -> io.Combo.Input:
                                   "none: the raw matches. default: the checkpoint's choice.")
 
 
+def switch_input(name: str, tooltip: str) -> io.Combo.Input:
+    """An optional default / off / on combo (API prompts saved before it existed still run)."""
+    return io.Combo.Input(name, options=list(SWITCH), default="default", optional=True, tooltip=tooltip)
+
+
 def mirror_input() -> io.Combo.Input:
-    """Optional (API prompts saved before it existed still run); shared with COAT Transfer."""
-    return io.Combo.Input("mirror_search", options=list(MIRROR), default="default", optional=True,
-                          tooltip="Hard mode: also match the style's mirror image (left-right) and keep it for the "
-                                  "pairs it matches clearly surer: for objects seen from the other side. Costs one "
-                                  "more style encoding and matching (about 1.45x the time of a transfer). default: "
-                                  "the checkpoint's (on for the bundled one); off: the faster, style as given.")
+    """Shared with COAT Transfer."""
+    return switch_input("mirror_search",
+                        "Hard mode: also match the style's mirror image (left-right) and keep it for the "
+                        "pairs it matches clearly surer: for objects seen from the other side. Costs one "
+                        "more style encoding and matching (about 1.45x the time of a transfer). default: "
+                        "the checkpoint's (on for the bundled one); off: the faster, style as given.")
 
 
 def rotation_input() -> io.Float.Input:
@@ -112,14 +111,14 @@ def rotation_input() -> io.Float.Input:
 
 
 def pose_fit_input() -> io.Combo.Input:
-    """Optional (API prompts saved before it existed still run); shared with COAT Transfer."""
-    return io.Combo.Input("pose_fit", options=list(POSE_FIT), default="default", optional=True,
-                          tooltip="Hard mode: then re-pose the style by the scale, turn and shift that fit its "
-                                  "confident matches best, match again, and keep that for the pairs it matches "
-                                  "surer: for a style larger, smaller or off-centre against the content. Costs one "
-                                  "more style encoding and matching (about 15% more than the pose search). default: "
-                                  "the checkpoint's (on for the bundled one); off: the style as the pose search left "
-                                  "it.")
+    """Shared with COAT Transfer."""
+    return switch_input("pose_fit",
+                        "Hard mode: then re-pose the style by the scale, turn and shift that fit its "
+                        "confident matches best, match again, and keep that for the pairs it matches "
+                        "surer: for a style larger, smaller or off-centre against the content. Costs one "
+                        "more style encoding and matching (about 15% more than the pose search). default: "
+                        "the checkpoint's (on for the bundled one); off: the style as the pose search left "
+                        "it.")
 
 
 class COATAlign(io.ComfyNode):
