@@ -21,8 +21,8 @@ from .gather import (
 from .inputs import COATInputError, Frame, check_images, pair_batches
 from .matching import Match, hard_match, refine_match, soft_match
 from .pose import (
-    FittedPose, Pose, candidate_poses, fit_similarity, in_style_coordinates, object_confidence, per_pair,
-    per_pair_matches, pose_matrices, winners,
+    FittedPose, Pose, candidate_poses, fit_similarity, in_style_coordinates, map_flows, object_confidence,
+    per_pair, per_pair_matches, pose_matrices, winners,
 )
 
 
@@ -314,11 +314,7 @@ class COAT(nn.Module):
         mask = None if style.mask is None else pose.apply(style.mask, fill="zeros")
         posed = self._encode_canvas(pose.apply(style.image), style.frame, mask)
         second = self._assemble(content, posed, self._match(content, posed, options), options)
-        to_style = lambda flow, cell: pose.to_style(flow, r, cell)  # noqa: E731
-        second = dataclasses.replace(
-            second, flow={s: to_style(f, s) for s, f in second.flow.items()},
-            refined=None if second.refined is None else dataclasses.replace(
-                second.refined, flow=to_style(second.refined.flow, 1)))
+        second = map_flows(second, lambda flow, cell: pose.to_style(flow, r, cell))
         score = lambda a: object_confidence(a.confidence[finest], content.mask)  # noqa: E731
         take = fitted & (score(second) > score(first) + options.pose_fit_margin)
         merged = first.where(take, dataclasses.replace(second, mirrored=first.mirrored, rotation=first.rotation))

@@ -118,17 +118,25 @@ def per_pair_matches(match_sets: list[dict[int, Match]], pick: torch.Tensor) -> 
             for s in match_sets[0]}
 
 
+def map_flows(alignment, convert):
+    """``alignment`` with every flow passed through ``convert(flow, cell)``: each scale's (``cell`` = the scale, in
+    pixels) and the refined per-pixel one (``cell`` = 1)."""
+    refined = alignment.refined
+    return dataclasses.replace(
+        alignment,
+        flow={s: convert(f, s) for s, f in alignment.flow.items()},
+        refined=None if refined is None else dataclasses.replace(refined, flow=convert(refined.flow, 1)),
+    )
+
+
 def in_style_coordinates(alignment, poses: list[Pose], pick: torch.Tensor):
     """An :class:`~coat_model.model.coat.Alignment` assembled from each pair's picked pose, its flows turned back
     into the style's own coordinates; ``mirrored`` and (when some pose is turned) ``rotation`` [B] say which pose
     each pair took."""
-    turn = lambda flow: per_pair([p.to_style(flow) for p in poses], pick)  # noqa: E731
+    turned = map_flows(alignment, lambda flow, cell: per_pair([p.to_style(flow) for p in poses], pick))
     rotation_searched = any(p.degrees for p in poses)
-    refined = alignment.refined
     return dataclasses.replace(
-        alignment,
-        flow={s: turn(f) for s, f in alignment.flow.items()},
-        refined=None if refined is None else dataclasses.replace(refined, flow=turn(refined.flow)),
+        turned,
         mirrored=torch.tensor([p.mirrored for p in poses], device=pick.device)[pick],
         rotation=torch.tensor([p.degrees for p in poses], device=pick.device)[pick] if rotation_searched else None,
     )
