@@ -169,17 +169,17 @@ class SearchWindow:
                    confident=tokens(prior_mask)[..., 0] > 0.5,
                    xs=grid_cells[:ws, 0], ys=grid_cells[::ws, 1], radius=radius)
 
-    def near(self, coordinates: torch.Tensor, axis: int) -> torch.Tensor:
-        """Whether style columns (axis 0) or rows (axis 1) at ``coordinates`` (in cells, broadcast against [B, L])
-        lie within the window of each row."""
-        return (coordinates - self.centre[..., axis]).abs() <= self.radius + 0.5
+    def near(self, coordinates: torch.Tensor, centre: torch.Tensor) -> torch.Tensor:
+        """Whether style columns or rows at ``coordinates`` (in cells) lie within the window of centres ``centre``
+        (the same axis, broadcast): the one comparison both searches make, so they agree to the bit."""
+        return (coordinates - centre).abs() <= self.radius + 0.5
 
     def allowed(self, rows: slice) -> torch.Tensor:
         """[B, rows, Ls] bool mask for :func:`chunked_argmax`: the per-axis windows ANDed, O(rows (hs + ws))
         arithmetic, never [rows, Ls, 2]."""
-        centre, reach = self.centre[:, rows, None], self.radius + 0.5
-        near_x = (self.xs[None, None] - centre[..., 0]).abs() <= reach                  # [B, rows, ws]
-        near_y = (self.ys[None, None] - centre[..., 1]).abs() <= reach                  # [B, rows, hs]
+        centre = self.centre[:, rows, None]
+        near_x = self.near(self.xs[None, None], centre[..., 0])                         # [B, rows, ws]
+        near_y = self.near(self.ys[None, None], centre[..., 1])                         # [B, rows, hs]
         near = (near_y[..., :, None] & near_x[..., None, :]).flatten(-2)              # [B, rows, Ls]
         return near | ~self.confident[:, rows, None]
 
@@ -209,12 +209,12 @@ def window_argmax(q: torch.Tensor, k: torch.Tensor, window: SearchWindow) -> tup
         y = base[..., 1] + dy
         y_in = (y >= 0) & (y < hs)
         y = y.clamp(0, hs - 1)
-        y_ok = y_in & window.near(window.ys[y], 1)
+        y_ok = y_in & window.near(window.ys[y], window.centre[..., 1])
         for dx in range(-r - 1, r + 2):
             x = base[..., 0] + dx
             x_in = (x >= 0) & (x < ws)
             x = x.clamp(0, ws - 1)
-            ok = y_ok & x_in & window.near(window.xs[x], 0)
+            ok = y_ok & x_in & window.near(window.xs[x], window.centre[..., 0])
             cell = y * ws + x  # [B, L]
             score = (rows_of_k[cell + first_row] * qf).sum(-1)  # whole key rows: contiguous copies
             better = ok & (score > best)
