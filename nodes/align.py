@@ -7,7 +7,7 @@ import re
 from comfy_api.v0_0_2 import io
 
 from coat_model import COATConfig, COATInputError
-from coat_model.model.config import FILL_MODES
+from coat_model.model.config import FILL_MODES, MAX_MEDIAN_RADIUS
 
 from .matches import ui_entry
 from .types import Aligned, CoatAlignment, CoatLatents, CoatModel, Encoded, LoadedModel, bchw_to_image, interrupt_point
@@ -38,7 +38,7 @@ def parse_scales(text: str, config: COATConfig) -> tuple[int, ...] | None:
 def align_options(config: COATConfig, mode="hard", scales="all", fill="default", temperature=-1.0,
                   confidence_threshold=-1.0, sim_threshold=-1.0, cycle_sigma=-1.0, flow_fill=-1.0,
                   warp_colours="default", mirror_search="default", rotation_search=-1.0,
-                  pose_fit="default") -> dict:
+                  pose_fit="default", flow_median=-1) -> dict:
     """Node widget values -> ``COAT.align`` keywords; negative numbers and 'default' keep the checkpoint's."""
     choices = (("mode", mode, MODES), ("fill", fill, FILLS), ("warp_colours", warp_colours, WARP_COLOURS),
                ("mirror_search", mirror_search, SWITCH), ("pose_fit", pose_fit, SWITCH))
@@ -52,7 +52,8 @@ def align_options(config: COATConfig, mode="hard", scales="all", fill="default",
                 temperature=keep(temperature), confidence_threshold=keep(confidence_threshold),
                 sim_threshold=keep(sim_threshold), cycle_sigma=keep(cycle_sigma), flow_fill=keep(flow_fill),
                 warp_everywhere=WARP_COLOURS[warp_colours], mirror_search=SWITCH[mirror_search],
-                rotation_search=keep(rotation_search), pose_fit=SWITCH[pose_fit])
+                rotation_search=keep(rotation_search), pose_fit=SWITCH[pose_fit],
+                flow_median=None if flow_median is None or flow_median < 0 else int(flow_median))
 
 
 def align(handle: LoadedModel, content: Encoded, style: Encoded, **options) -> Aligned:
@@ -121,6 +122,15 @@ def pose_fit_input() -> io.Combo.Input:
                         "it.")
 
 
+def median_input() -> io.Int.Input:
+    """Optional (API prompts saved before it existed still run); shared with COAT Transfer."""
+    return io.Int.Input("flow_median", default=-1, min=-1, max=MAX_MEDIAN_RADIUS, step=1, optional=True,
+                        tooltip="-1 (default) = use the checkpoint's own value (4 for the bundled one). Hard mode: "
+                                "each pixel takes the median match of the pixels within this many pixels that look "
+                                "alike in the content, so the style's colours end where the content's parts end "
+                                "and a stray match inside a part takes the part's. 0 = off; larger = smoother.")
+
+
 class COATAlign(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
@@ -169,6 +179,7 @@ class COATAlign(io.ComfyNode):
                 mirror_input(),
                 rotation_input(),
                 pose_fit_input(),
+                median_input(),
             ],
             outputs=[
                 CoatAlignment.Output(display_name="alignment", tooltip="Style latents aligned to the content."),
@@ -180,10 +191,11 @@ class COATAlign(io.ComfyNode):
     def execute(cls, model: LoadedModel, content: Encoded, style: Encoded, mode="hard", scales="all",
                 fill="default", temperature=-1.0, confidence_threshold=-1.0, sim_threshold=-1.0,
                 cycle_sigma=-1.0, flow_fill=-1.0, warp_colours="default", mirror_search="default",
-                rotation_search=-1.0, pose_fit="default") -> io.NodeOutput:
+                rotation_search=-1.0, pose_fit="default", flow_median=-1) -> io.NodeOutput:
         aligned = align(model, content, style, mode=mode, scales=scales, fill=fill, temperature=temperature,
                         confidence_threshold=confidence_threshold, sim_threshold=sim_threshold,
                         cycle_sigma=cycle_sigma, flow_fill=flow_fill, warp_colours=warp_colours,
-                        mirror_search=mirror_search, rotation_search=rotation_search, pose_fit=pose_fit)
+                        mirror_search=mirror_search, rotation_search=rotation_search, pose_fit=pose_fit,
+                        flow_median=flow_median)
         interrupt_point()
         return io.NodeOutput(aligned, confidence_mask(model, aligned), ui={"coat_matches": [ui_entry(aligned)]})

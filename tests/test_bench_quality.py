@@ -163,26 +163,38 @@ def test_figures_write_the_results_grid_and_the_n_content_sweep(tiny_model, tmp_
 
 
 def test_the_pose_bench_times_each_search_setting_and_writes_the_json(tmp_path, capsys):
-    """``python -m coat_model.bench poses``: the settings search 1, 2, 6 and 7 poses of a model whose defaults
-    search the mirror and the turns and then fit a pose, and each is timed."""
+    """``python -m coat_model.bench poses``: the settings search 1, 2, 6, 7 and 7 poses of a model whose defaults
+    search the mirror and the turns, then fit a pose and take the flow median (the last setting only), and each is
+    timed."""
+    import coat_model.model.coat as coat_module
     from coat_model.bench.__main__ import main as bench_main
     from coat_model.bench.poses import SETTINGS
 
     torch.manual_seed(0)
-    model = COAT(COATConfig.tiny(mirror_search=True, rotation_search=20.0, pose_fit=True)).eval()
+    model = COAT(COATConfig.tiny(pixel_latents=True, refine_dim=8, refine_radius=2, warp_style=True,
+                                 mirror_search=True, rotation_search=20.0, pose_fit=True, flow_median=2)).eval()
     pairs = sample_pairs(2, seed=EVAL_SEED, size=32, split="hard")
     content, style = model.encode(pairs.content), model.encode(pairs.style)
-    matched, searched = model._match, {}
+    matched, median, searched, medians = model._match, coat_module.guided_median, {}, {}
 
     def counting_match(*args, **kwargs):  # one call per pose matched
         searched[name] = searched.get(name, 0) + 1
         return matched(*args, **kwargs)
 
+    def counting_median(*args, **kwargs):  # one call per assembled alignment
+        medians[name] = medians.get(name, 0) + 1
+        return median(*args, **kwargs)
+
     model._match = counting_match
-    for name, overrides in SETTINGS.items():
-        model.align(content, style, **overrides)
-    del model._match
-    assert searched == {"as_given": 1, "mirror": 2, "searched": 6, "defaults": 7}
+    coat_module.guided_median = counting_median
+    try:
+        for name, overrides in SETTINGS.items():
+            model.align(content, style, **overrides)
+    finally:
+        del model._match
+        coat_module.guided_median = median
+    assert searched == {"as_given": 1, "mirror": 2, "searched": 6, "fitted": 7, "defaults": 7}
+    assert medians == {"defaults": 2}  # the search's pick and the fitted pose are each assembled once
     ckpt, out = tmp_path / "tiny.safetensors", tmp_path / "poses.json"
     model.save(ckpt)
     assert bench_main(["poses", "--ckpt", str(ckpt), "--repeats", "1", "--batch", "2", "--json", str(out)]) == 0

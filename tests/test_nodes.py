@@ -153,12 +153,13 @@ def test_transfer_outputs(M, model):
 
 
 def test_transfer_passes_mirror_and_rotation_search_and_pose_fit_to_the_alignment(M, model, monkeypatch):
-    seen, fits = [], []
+    seen, fits, medians = [], [], []
     real = coat_model.COAT.align
 
     def spy(self, *args, **kwargs):
         seen.append((kwargs.get("mirror_search"), kwargs.get("rotation_search")))
         fits.append(kwargs.get("pose_fit"))
+        medians.append(kwargs.get("flow_median"))
         return real(self, *args, **kwargs)
 
     monkeypatch.setattr(coat_model.COAT, "align", spy)
@@ -176,7 +177,10 @@ def test_transfer_passes_mirror_and_rotation_search_and_pose_fit_to_the_alignmen
     seen.clear()
     fitted = {f: transfer(pose_fit=f) for f in ("default", "off", "on")}
     assert fits[-3:] == [None, False, True] and torch.equal(fitted["default"], fitted["off"])
-    assert {"mirror_search", "rotation_search", "pose_fit"} <= set(optional)  # older API prompts still validate
+    assert {"mirror_search", "rotation_search", "pose_fit", "flow_median"} <= set(optional)  # older prompts validate
+    medians.clear()
+    smoothed = {r: transfer(flow_median=r) for r in (-1, 0, 2)}
+    assert medians == [None, 0, 2] and torch.equal(smoothed[-1], smoothed[0])
     with pytest.raises(ValueError, match="mirror_search must be one of"):
         run(M, "COATTransfer", model, images(1, 32, 32), images(1, 32, 32, 1), mirror_search="sometimes")
 
@@ -259,6 +263,9 @@ def test_align_options(M, model):
     assert [options(model.config, pose_fit=f)["pose_fit"] for f in ("default", "off", "on")] == [None, False, True]
     with pytest.raises(ValueError, match="pose_fit must be one of"):
         align(pose_fit="sometimes")
+    assert [options(model.config, flow_median=r)["flow_median"] for r in (-1, 0, 3)] == [None, 0, 3]
+    assert align().options.flow_median == 0 and align(flow_median=2).options.flow_median == 2
+    assert align(flow_median=2).options.flow_median_sigma == model.config.flow_median_sigma
     with pytest.raises(ValueError, match="mirror_search must be one of"):
         align(mirror_search="maybe")
 
@@ -398,9 +405,10 @@ def test_inputs_that_default_to_the_checkpoints_value_say_so(M):
     inputs = {**info["required"], **info["optional"]}
     page = (Path(__file__).resolve().parent.parent / "web" / "docs" / "COATAlign.md").read_text()
     # optional: API prompts saved before them still validate
-    assert {"flow_fill", "warp_colours", "mirror_search", "rotation_search", "pose_fit"} <= set(info["optional"])
+    assert {"flow_fill", "warp_colours", "mirror_search", "rotation_search", "pose_fit", "flow_median"} \
+        <= set(info["optional"])
     for name in ("temperature", "confidence_threshold", "sim_threshold", "cycle_sigma", "flow_fill",
-                 "rotation_search"):
+                 "rotation_search", "flow_median"):
         spec = inputs[name][1]
         assert spec["default"] == -1.0 and spec["tooltip"].startswith("-1 (default) = use the checkpoint's")
         assert f"`{name}`" in page.split("### The -1 inputs")[1]

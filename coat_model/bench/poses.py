@@ -1,6 +1,6 @@
 """What the hard path's pose search costs: one trained checkpoint's transfer with the search off, with the mirror
-only, with its own mirror and turns but no fitted pose, and with its own defaults, on held-out pairs, the settings
-alternated so a shared machine slows each alike.
+only, with its own mirror and turns but no fitted pose, with the fitted pose but no flow median, and with its own
+defaults, on held-out pairs, the settings alternated so a shared machine slows each alike.
 
     python -m coat_model.bench poses --ckpt checkpoints/coat_faces.safetensors --split hard --repeats 6 --threads 1
 
@@ -22,9 +22,10 @@ from ..train.data.faces import sample_pairs
 from .quality import EVAL_SEED
 
 SETTINGS = {
-    "as_given": dict(mirror_search=False, rotation_search=0.0, pose_fit=False),
-    "mirror": dict(rotation_search=0.0, pose_fit=False),
-    "searched": dict(pose_fit=False),
+    "as_given": dict(mirror_search=False, rotation_search=0.0, pose_fit=False, flow_median=0),
+    "mirror": dict(rotation_search=0.0, pose_fit=False, flow_median=0),
+    "searched": dict(pose_fit=False, flow_median=0),
+    "fitted": dict(flow_median=0),
     "defaults": {},
 }
 

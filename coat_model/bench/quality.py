@@ -7,10 +7,10 @@ Methods, all in one run on the same held-out pairs:
   refined per-pixel ones of a ``refine_radius`` model (``coat_unrefined``: the same without the refinement, scored
   on its finest cell matches);
 - ``coat_trusted_warp`` (a checkpoint whose inference defaults set ``flow_fill``, ``warp_everywhere``,
-  ``mirror_search``, ``rotation_search`` or ``pose_fit``): the same network without them: untrusted pixels keep their
-  own matches, the decoder renders them, and the style is matched as given; ``coat_no_mirror`` (with
-  ``mirror_search``), ``coat_no_rotation`` (with ``rotation_search``) and ``coat_no_fit`` (with ``pose_fit``): the
-  defaults without that search alone;
+  ``mirror_search``, ``rotation_search``, ``pose_fit`` or ``flow_median``): the same network without them: untrusted
+  pixels keep their own matches, the decoder renders them, and the style is matched as given; ``coat_no_mirror``
+  (with ``mirror_search``), ``coat_no_rotation`` (with ``rotation_search``), ``coat_no_fit`` (with ``pose_fit``) and
+  ``coat_no_median`` (with ``flow_median``): the defaults without that one alone;
 - ``coat_modulation``: the same network and matches through the paper's pure modulation path (for a
   ``warp_style`` model: without the warped style's colours);
 - ``coat_global``: the same network with every aligned map replaced by the global style code (the
@@ -94,7 +94,7 @@ def coat_outputs(model, content: torch.Tensor, style: torch.Tensor, gt_flow: tor
     flow = pixel_flow(alignment)
     # no match is trusted, and no warped colour offered where none is (the ablation isolates correspondence)
     global_code = model.align(c, s, fill="global", confidence_threshold=2.0, warp_everywhere=False,
-                              mirror_search=False, rotation_search=0.0, pose_fit=False)
+                              mirror_search=False, rotation_search=0.0, pose_fit=False, flow_median=0)
     warp = F.grid_sample(style, flow.permute(0, 2, 3, 1), mode="bilinear", padding_mode="border", align_corners=True)
     trusted = lambda a: F.interpolate(a.mask[finest].float(), size=(r, r), mode="nearest") > 0.5  # noqa: E731
     confidence = trusted(alignment)
@@ -107,15 +107,15 @@ def coat_outputs(model, content: torch.Tensor, style: torch.Tensor, gt_flow: tor
         out["coat_unrefined"] = dict(output=model.decode(c, model.align(c, s, refine=False)), pred_flow=cells,
                                      confidence=confidence)
     defaults = alignment.options
-    if defaults.flow_fill or defaults.warp_everywhere or defaults.poses_searched:  # the hard path as trained
+    if defaults.flow_fill or defaults.warp_everywhere or defaults.poses_searched or defaults.flow_median:
         plain = model.align(c, s, flow_fill=0.0, warp_everywhere=False, mirror_search=False, rotation_search=0.0,
-                            pose_fit=False)
+                            pose_fit=False, flow_median=0)  # the hard path as trained
         out["coat_trusted_warp"] = dict(
             output=model.decode(c, plain), confidence=trusted(plain), pred_flow=pixel_flow(plain))
-    for name, search in (("coat_no_mirror", "mirror_search"), ("coat_no_rotation", "rotation_search"),
-                         ("coat_no_fit", "pose_fit")):
-        if getattr(defaults, search):  # the defaults without this search alone
-            without = model.align(c, s, **{search: 0})
+    for name, option in (("coat_no_mirror", "mirror_search"), ("coat_no_rotation", "rotation_search"),
+                         ("coat_no_fit", "pose_fit"), ("coat_no_median", "flow_median")):
+        if getattr(defaults, option):  # the defaults without this one alone
+            without = model.align(c, s, **{option: 0})
             out[name] = dict(output=model.decode(c, without), confidence=trusted(without),
                              pred_flow=pixel_flow(without))
     if alignment.warped is not None:

@@ -39,6 +39,8 @@ class AlignOptions:
     rotation_margin: float | None = None     # hard path with rotation_search: the lead a turned style needs
     pose_fit: bool | None = None             # hard path: the style re-posed by a similarity fitted to its matches
     pose_fit_margin: float | None = None     # hard path with pose_fit: the lead the re-posed style needs
+    flow_median: int | None = None           # hard path: the radius of the content-guided flow median (0: off)
+    flow_median_sigma: float | None = None   # hard path with flow_median: its colour falloff (CIELAB units)
 
     @classmethod
     def resolve(cls, config: COATConfig, *, mode: str, scales: tuple[int, ...], backend: str = "auto",
@@ -49,7 +51,8 @@ class AlignOptions:
                 warp_everywhere: bool | None = None, mirror_search: bool | None = None,
                 mirror_margin: float | None = None, rotation_search: float | None = None,
                 rotation_margin: float | None = None, pose_fit: bool | None = None,
-                pose_fit_margin: float | None = None) -> "AlignOptions":
+                pose_fit_margin: float | None = None, flow_median: int | None = None,
+                flow_median_sigma: float | None = None) -> "AlignOptions":
         """The options :meth:`COAT.align` runs with for these overrides (``None``: the config's value)."""
         pick = lambda value, default: default if value is None else value  # noqa: E731
         common = dict(
@@ -63,6 +66,7 @@ class AlignOptions:
         mirror = bool(pick(mirror_search, config.mirror_search))
         rotation = float(pick(rotation_search, config.rotation_search))
         fit = bool(pick(pose_fit, config.pose_fit))
+        median = int(pick(flow_median, config.flow_median))
         return cls(**common, confidence_threshold=pick(confidence_threshold, 0.0),
                    sim_threshold=pick(sim_threshold, config.sim_threshold), geometric=geometric,
                    coarse_to_fine=pick(coarse_to_fine, config.coarse_to_fine),
@@ -72,7 +76,9 @@ class AlignOptions:
                    mirror_margin=float(pick(mirror_margin, config.mirror_margin)) if mirror else None,
                    rotation_search=rotation,
                    rotation_margin=float(pick(rotation_margin, config.rotation_margin)) if rotation else None,
-                   pose_fit=fit, pose_fit_margin=float(pick(pose_fit_margin, config.pose_fit_margin)) if fit else None)
+                   pose_fit=fit, pose_fit_margin=float(pick(pose_fit_margin, config.pose_fit_margin)) if fit else None,
+                   flow_median=median,
+                   flow_median_sigma=float(pick(flow_median_sigma, config.flow_median_sigma)) if median else None)
 
     @property
     def poses_searched(self) -> bool:

@@ -20,6 +20,7 @@ from .gather import (
 )
 from .inputs import COATInputError, Frame, check_images, pair_batches
 from .matching import Match, hard_match, refine_match, soft_match
+from .median import guided_median
 from .pose import (
     FittedPose, Pose, candidate_poses, fit_similarity, in_style_coordinates, map_flows, object_confidence,
     per_pair, per_pair_matches, pose_matrices, winners,
@@ -83,8 +84,8 @@ class Alignment:
     flow[s]: matched style coordinates in [-1, 1], [B, 2, h, w]; confidence[s]: [B, 1, h, w] in [0, 1];
     mask[s]: [B, 1, h, w] bool; maps[l]: aligned style latent of layer l; mode: "hard" or "soft".
     options: what the alignment ran with (:class:`~coat_model.model.align_options.AlignOptions`).
-    refined: the per-pixel matches below the cell (``refine_dim``, ``refine_radius``), [B, 2, R, R] flow on the
-    canvas, or None.
+    refined: the per-pixel matches below the cell (``refine_dim``, ``refine_radius``; then the content-guided median
+    with ``flow_median``), [B, 2, R, R] flow on the canvas, or None.
     warped: the style image warped along the finest per-pixel matches [B, 3, R, R] in [-1, 1], and trust: where
     the decoder may take its colours [B, 1, R, R] in [0, 1] (``warp_style``), or None. cycle_error[s]: the soft
     path's differentiable forward-backward error in cells (for the cycle loss). With a pose search (``mirror_search``
@@ -240,6 +241,8 @@ class COAT(nn.Module):
         rotation_margin: float | None = None,
         pose_fit: bool | None = None,
         pose_fit_margin: float | None = None,
+        flow_median: int | None = None,
+        flow_median_sigma: float | None = None,
     ) -> Alignment:
         """Align the style latents to the content through dense correspondence (docs/CORRESPONDENCE.md).
 
@@ -263,6 +266,9 @@ class COAT(nn.Module):
             pose_fit, pose_fit_margin: hard path only, override the config's: then re-pose the style by the
                 similarity (scale, turn, shift) fitted to each pair's trusted matches, match again and keep it where
                 surer by the margin (``Alignment.fitted`` and ``Alignment.pose`` say which pairs took it).
+            flow_median, flow_median_sigma: hard path only, override the config's: last, each pixel's match becomes
+                the weighted median of the matches within ``flow_median`` pixels, neighbours weighed by how alike
+                the content looks (:mod:`coat_model.model.median`; 0 = off).
         """
         cfg = self.config
         if mode not in ALIGN_MODES:
@@ -274,14 +280,15 @@ class COAT(nn.Module):
         scales = tuple(s for s in cfg.scales if s in scales)
         check_search_options(COATInputError, flow_fill=flow_fill, mirror_margin=mirror_margin,
                              rotation_search=rotation_search, rotation_margin=rotation_margin,
-                             pose_fit_margin=pose_fit_margin)
+                             pose_fit_margin=pose_fit_margin, flow_median=flow_median,
+                             flow_median_sigma=flow_median_sigma)
         options = AlignOptions.resolve(
             cfg, mode=mode, scales=scales, backend=backend, temperature=temperature,
             confidence_threshold=confidence_threshold, sim_threshold=sim_threshold, cycle_sigma=cycle_sigma,
             geometric=geometric, fill=fill, coarse_to_fine=coarse_to_fine, refine=refine, flow_fill=flow_fill,
             warp_everywhere=warp_everywhere, mirror_search=mirror_search, mirror_margin=mirror_margin,
             rotation_search=rotation_search, rotation_margin=rotation_margin, pose_fit=pose_fit,
-            pose_fit_margin=pose_fit_margin,
+            pose_fit_margin=pose_fit_margin, flow_median=flow_median, flow_median_sigma=flow_median_sigma,
         )
         given = style.expand(content.batch_size)
         if not (options.mirror_search or options.rotation_search):
@@ -397,8 +404,9 @@ class COAT(nn.Module):
     def _pixel_matches(self, content: Latents, style: Latents, matches: dict[int, Match],
                        options: AlignOptions) -> Match | None:
         """The finest matches per pixel of the canvas (interpolated between trusted matches, then refined in a
-        window of full-resolution descriptors when ``options.refine``), restricted to the content's object;
-        None when no full-resolution consumer needs them."""
+        window of full-resolution descriptors when ``options.refine``, then each the content-guided median of its
+        window's with ``options.flow_median``), restricted to the content's object; None when no full-resolution
+        consumer needs them."""
         cfg = self.config
         if not (cfg.pixel_latents or cfg.warp_style):
             return None
@@ -410,6 +418,9 @@ class COAT(nn.Module):
             pixels = refine_match(content.descriptors[1], style.descriptors[1], pixels,
                                   radius=max(1, cfg.refine_radius), temperature=cfg.refine_temperature,
                                   mode=options.mode)
+        if options.flow_median and content.image is not None:  # the content canvas is in [-1, 1]
+            flow = guided_median(pixels.flow, (content.image + 1) / 2, options.flow_median, options.flow_median_sigma)
+            pixels = dataclasses.replace(pixels, flow=flow)
         return restrict_to_object(pixels, content.mask)
 
     def _layers_at(self, scale: int) -> list[int]:

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 FILL_MODES = ("propagate", "global", "average", "content", "none")
 ALIGN_MODES = ("hard", "soft")
 BACKENDS = ("auto", "xformers", "sdpa", "chunked", "naive")
+MAX_MEDIAN_RADIUS = 8  # flow_median: a (2r+1)^2 window sorted per pixel
 
 
 def check_search_options(error: type[Exception], **values: float | None) -> None:
@@ -21,6 +22,9 @@ def check_search_options(error: type[Exception], **values: float | None) -> None
         "rotation_margin": (lambda v: v >= 0, "a lead in mean confidence (>= 0)"),
         "rotation_search": (lambda v: 0 <= v <= 45, "an angle in degrees from 0 (off) to 45"),
         "pose_fit_margin": (lambda v: v >= 0, "a lead in mean confidence (>= 0)"),
+        "flow_median": (lambda v: float(v).is_integer() and 0 <= v <= MAX_MEDIAN_RADIUS,
+                        f"a window radius in pixels, a whole number from 0 (off) to {MAX_MEDIAN_RADIUS}"),
+        "flow_median_sigma": (lambda v: v > 0, "a colour difference in CIELAB units (> 0)"),
     }
     for name, value in values.items():
         ok, what = rules[name]
@@ -90,6 +94,10 @@ class COATConfig:
                                                # the trusted finest matches and match again, kept where surer by
                                                # pose_fit_margin (docs/CORRESPONDENCE.md section 6)
     pose_fit_margin: float = 0.05              # the lead the re-posed style needs over the pose search's pick
+    flow_median: int = 0                       # > 0: last, each pixel's match becomes the weighted median of those in
+                                               # its (2r+1)^2 window, neighbours weighed by how alike the content looks
+                                               # (flow edges move onto the content's; docs/CORRESPONDENCE.md section 7)
+    flow_median_sigma: float = 10.0            # that likeness's falloff, a colour difference in CIELAB units
 
     def __post_init__(self) -> None:
         r = self.resolution
@@ -116,7 +124,8 @@ class COATConfig:
                              f"{self.refine_radius}, {self.refine_dim}, {self.refine_temperature}")
         check_search_options(ValueError, flow_fill=self.flow_fill, mirror_margin=self.mirror_margin,
                              rotation_search=self.rotation_search, rotation_margin=self.rotation_margin,
-                             pose_fit_margin=self.pose_fit_margin)
+                             pose_fit_margin=self.pose_fit_margin, flow_median=self.flow_median,
+                             flow_median_sigma=self.flow_median_sigma)
         if self.warp_everywhere and not self.warp_style:
             raise ValueError("warp_everywhere widens the warped-style colour path: set warp_style=True as well")
         if self.refine_dim and not self.pixel_latents:
@@ -187,14 +196,15 @@ class COATConfig:
         """64-128 px, trainable on a CPU (about 0.87M parameters at 128 px): the project's recipe, the paper's model
         plus full-resolution latents, matches refined below the cell and the warped-style colour path, with
         untrusted pixel matches filled from trusted ones, the colour path offered everywhere, the style's mirror
-        image and +-20 degree turns tried at inference and then the style re-posed by its matches (each one a
-        ``False``/0 override away: ``COATConfig.small(warp_style=False, warp_everywhere=False, mirror_search=False,
-        rotation_search=0, pose_fit=False)``)."""
+        image and +-20 degree turns tried at inference, then the style re-posed by its matches, and last each
+        pixel's match the median of its neighbours' that look alike in the content (each one a ``False``/0 override
+        away: ``COATConfig.small(warp_style=False, warp_everywhere=False, mirror_search=False, rotation_search=0,
+        pose_fit=False, flow_median=0)``)."""
         base = dict(
             resolution=64, scales=(8, 4, 2), encoder_channels=(32, 48, 64, 96), feature_dim=64,
             descriptor_dim=64, w_dim=32, channel_base=2048, channel_max=64, n_content_layers=4,
             pixel_latents=True, refine_dim=16, refine_radius=3, warp_style=True, flow_fill=2.0, warp_everywhere=True,
-            mirror_search=True, rotation_search=20.0, pose_fit=True,
+            mirror_search=True, rotation_search=20.0, pose_fit=True, flow_median=4,
         )
         return cls(**{**base, **overrides})
 

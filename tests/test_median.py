@@ -1,0 +1,136 @@
+"""The content-guided weighted median of the per-pixel matches (``flow_median``, :mod:`coat_model.model.median`):
+the fast path against its one-pixel-at-a-time oracle, flow edges moved onto the content's edges and stray matches
+inside a part replaced (closed form), and the option through ``COAT.align``."""
+
+import dataclasses
+import json
+
+import pytest
+import torch
+
+import coat_model.model.median as median
+from coat_model import COAT, COATConfig
+from coat_model.model.gather import sample_at
+from coat_model.model.inputs import COATInputError
+from coat_model.model.median import guided_median, guided_median_reference
+
+
+def _random(seed, b=2, c=2, h=9, w=11):
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randn(b, c, h, w, generator=g, dtype=torch.float64),
+            torch.rand(b, 3, h, w, generator=g, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("radius", [1, 2, 3])
+def test_the_fast_median_equals_the_one_pixel_at_a_time_oracle(radius, monkeypatch):
+    flow, guide = _random(radius)
+    expected = guided_median_reference(flow, guide, radius, 15.0)
+    assert torch.equal(guided_median(flow, guide, radius, 15.0), expected)
+    monkeypatch.setattr(median, "BAND_ELEMENTS", 60)  # one row per band: the bands' seams change nothing
+    assert torch.equal(guided_median(flow, guide, radius, 15.0), expected)
+    assert not torch.equal(expected, flow)  # (the oracle does something to compare)
+
+
+def test_every_result_is_a_value_of_its_window_and_radius_0_is_the_flow_itself():
+    flow, guide = _random(7, b=1, c=1, h=6, w=6)
+    out = guided_median(flow, guide, 1, 1e6)  # no guide: the plain weighted (here: unweighted) lower median
+    for y in range(6):
+        for x in range(6):
+            near = flow[0, 0, max(0, y - 1):y + 2, max(0, x - 1):x + 2].flatten().sort().values
+            assert out[0, 0, y, x] == near[(len(near) - 1) // 2]
+    assert guided_median(flow, guide, 0, 10.0) is flow
+
+
+def _two_parts(edge=7, size=14):
+    """A content of two flat parts, the left one up to column ``edge`` (excluded): [1, 3, size, size]."""
+    guide = torch.empty(1, 3, size, size)
+    guide[..., :edge] = torch.tensor([0.8, 0.2, 0.2])[:, None, None]
+    guide[..., edge:] = torch.tensor([0.1, 0.3, 0.9])[:, None, None]
+    return guide
+
+
+def test_a_flow_edge_a_pixel_off_moves_onto_the_contents_edge():
+    left, right = torch.tensor([0.3, -0.2]), torch.tensor([-0.4, 0.5])
+    flow = torch.empty(1, 2, 14, 14)
+    flow[..., :8] = left[:, None, None]  # the matches jump one column right of the part's edge
+    flow[..., 8:] = right[:, None, None]
+    out = guided_median(flow, _two_parts(edge=7), 3, 10.0)
+    expected = flow.clone()
+    expected[..., 7] = right[:, None]
+    assert torch.equal(out, expected)
+    # without the guide the edge stays where the matches put it
+    assert torch.equal(guided_median(flow, _two_parts(edge=7), 3, 1e6), flow)
+
+
+def test_stray_matches_inside_a_part_take_the_parts_match():
+    flow = torch.empty(1, 2, 14, 14)
+    flow[:, 0], flow[:, 1] = 0.25, -0.5
+    strays = [(2, 3), (5, 10), (9, 6), (12, 1)]
+    for y, x in strays:
+        flow[0, :, y, x] = torch.randn(2)
+    out = guided_median(flow, _two_parts(edge=14), 2, 10.0)
+    assert torch.equal(out[:, 0], torch.full((1, 14, 14), 0.25)) and torch.equal(out[:, 1], torch.full((1, 14, 14), -0.5))
+
+
+def _model(**kw):
+    torch.manual_seed(0)
+    return COAT(COATConfig.tiny(pixel_latents=True, refine_dim=8, refine_radius=2, warp_style=True, **kw)).eval()
+
+
+def _images(n, seed):
+    return torch.rand(n, 3, 32, 32, generator=torch.Generator().manual_seed(seed))
+
+
+def test_align_takes_the_median_of_its_refined_matches_and_warps_the_style_along_it():
+    model = _model()
+    c, s = model.encode(_images(2, 1)), model.encode(_images(2, 2))
+    with torch.no_grad():
+        plain = model.align(c, s)
+        smooth = model.align(c, s, flow_median=2, flow_median_sigma=12.0)
+    assert plain.options.flow_median == 0 and plain.options.flow_median_sigma is None
+    assert smooth.options.flow_median == 2 and smooth.options.flow_median_sigma == 12.0
+    assert torch.equal(smooth.refined.flow, guided_median(plain.refined.flow, (c.image + 1) / 2, 2, 12.0))
+    assert not torch.equal(smooth.refined.flow, plain.refined.flow)
+    assert torch.equal(smooth.refined.mask, plain.refined.mask)  # the median moves matches, not their trust
+    torch.testing.assert_close(smooth.warped, sample_at(s.image, smooth.refined.flow, mode="bilinear"))
+    for scale in plain.flow:  # the cell matches (what the panel shows) are left as found
+        assert torch.equal(smooth.flow[scale], plain.flow[scale])
+
+
+def test_the_median_runs_inside_each_searched_pose_and_maps_back_like_the_other_flows():
+    model = _model(mirror_search=True, rotation_search=20.0, pose_fit=True)
+    c, s = model.encode(_images(2, 3)), model.encode(_images(1, 4))
+    with torch.no_grad():
+        plain, smooth = model.align(c, s), model.align(c, s, flow_median=2)
+    assert torch.equal(smooth.mirrored, plain.mirrored) and torch.equal(smooth.pose, plain.pose)
+    assert smooth.refined.flow.abs().max() <= 1 and not torch.equal(smooth.refined.flow, plain.refined.flow)
+
+
+def test_flow_median_is_off_by_default_checked_and_never_on_the_soft_path():
+    model = _model()
+    c, s = model.encode(_images(2, 5)), model.encode(_images(2, 6))
+    with torch.no_grad():
+        soft = model.align(c, s, mode="soft", flow_median=3)
+        assert soft.options.flow_median is None
+        assert torch.equal(soft.refined.flow, model.align(c, s, mode="soft").refined.flow)
+        assert torch.equal(model.align(c, s, flow_median=0).refined.flow, model.align(c, s).refined.flow)
+        for bad in (-1, 9, 1.5, float("nan"), float("inf")):
+            with pytest.raises(COATInputError, match="flow_median is a window radius"):
+                model.align(c, s, flow_median=bad)
+        with pytest.raises(COATInputError, match="flow_median_sigma"):
+            model.align(c, s, flow_median=2, flow_median_sigma=0.0)
+    assert COATConfig().flow_median == 0 and COATConfig.small().flow_median == 4
+    with pytest.raises(ValueError, match="flow_median is a window radius"):
+        COATConfig.tiny(flow_median=-2)
+    legacy = {k: v for k, v in dataclasses.asdict(COATConfig.tiny()).items() if not k.startswith("flow_median")}
+    assert COATConfig.from_json(json.dumps(legacy)).flow_median == 0  # checkpoints from before the median
+
+
+def test_the_bench_reports_the_defaults_without_the_median():
+    from coat_model.bench.quality import evaluate
+
+    plain = evaluate(_model(), n_pairs=4, split="hard", batch_size=4)
+    smooth = evaluate(_model(flow_median=2), n_pairs=4, split="hard", batch_size=4)
+    assert "coat_no_median" not in plain and smooth["coat_no_median"] == plain["coat"]
+    assert smooth["coat_trusted_warp"] == plain["coat"] and smooth["coat_global"] == plain["coat_global"]
+    assert smooth["coat"] != plain["coat"]
