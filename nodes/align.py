@@ -53,7 +53,7 @@ def align_options(config: COATConfig, mode="hard", scales="all", fill="default",
                 sim_threshold=keep(sim_threshold), cycle_sigma=keep(cycle_sigma), flow_fill=keep(flow_fill),
                 warp_everywhere=WARP_COLOURS[warp_colours], mirror_search=SWITCH[mirror_search],
                 rotation_search=keep(rotation_search), pose_fit=SWITCH[pose_fit],
-                flow_median=None if flow_median is None or flow_median < 0 else int(flow_median))
+                flow_median=None if flow_median is None or flow_median < 0 else flow_median)  # align checks it
 
 
 def align(handle: LoadedModel, content: Encoded, style: Encoded, **options) -> Aligned:

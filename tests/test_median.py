@@ -22,13 +22,20 @@ def _random(seed, b=2, c=2, h=9, w=11):
 
 
 @pytest.mark.parametrize("radius", [1, 2, 3])
-def test_the_fast_median_equals_the_one_pixel_at_a_time_oracle(radius, monkeypatch):
+@pytest.mark.parametrize("with_voters", [False, True])
+def test_the_fast_median_equals_the_one_pixel_at_a_time_oracle(radius, with_voters, monkeypatch):
     flow, guide = _random(radius)
-    expected = guided_median_reference(flow, guide, radius, 15.0)
-    assert torch.equal(guided_median(flow, guide, radius, 15.0), expected)
+    voters = None
+    if with_voters:  # some pixels may not vote (0), others a little (a soft mask's edge), one map for the batch
+        voters = torch.rand(1, 1, 9, 11, generator=torch.Generator().manual_seed(9))
+        voters = torch.where(voters < 0.3, torch.zeros_like(voters), voters)
+    expected = guided_median_reference(flow, guide, radius, 40.0, voters)
+    assert torch.equal(guided_median(flow, guide, radius, 40.0, voters), expected)
     monkeypatch.setattr(median, "BAND_ELEMENTS", 60)  # one row per band: the bands' seams change nothing
-    assert torch.equal(guided_median(flow, guide, radius, 15.0), expected)
+    assert torch.equal(guided_median(flow, guide, radius, 40.0, voters), expected)
     assert not torch.equal(expected, flow)  # (the oracle does something to compare)
+    if with_voters:
+        assert not torch.equal(expected, guided_median_reference(flow, guide, radius, 40.0))
 
 
 def test_every_result_is_a_value_of_its_window_and_radius_0_is_the_flow_itself():
@@ -72,6 +79,19 @@ def test_stray_matches_inside_a_part_take_the_parts_match():
     assert torch.equal(out[:, 0], torch.full((1, 14, 14), 0.25)) and torch.equal(out[:, 1], torch.full((1, 14, 14), -0.5))
 
 
+def test_an_image_in_a_padded_canvas_whose_padding_does_not_vote_gets_what_the_image_alone_gets():
+    g = torch.Generator().manual_seed(3)
+    flow = torch.rand(1, 2, 14, 14, generator=g)
+    flow[..., :3] = 0.9  # three columns of padding that look like the image's rim (edge replication)
+    guide = torch.rand(1, 3, 14, 14, generator=g)
+    guide[..., :3] = guide[..., 3:4]
+    voters = torch.ones(1, 1, 14, 14)
+    voters[..., :3] = 0
+    alone = guided_median(flow[..., 3:], guide[..., 3:], 4, 40.0)
+    assert torch.equal(guided_median(flow, guide, 4, 40.0, voters)[..., 3:], alone)
+    assert not torch.equal(guided_median(flow, guide, 4, 40.0)[..., 3:], alone)  # voting padding pulls the rim
+
+
 def _model(**kw):
     torch.manual_seed(0)
     return COAT(COATConfig.tiny(pixel_latents=True, refine_dim=8, refine_radius=2, warp_style=True, **kw)).eval()
@@ -97,13 +117,51 @@ def test_align_takes_the_median_of_its_refined_matches_and_warps_the_style_along
         assert torch.equal(smooth.flow[scale], plain.flow[scale])
 
 
-def test_the_median_runs_inside_each_searched_pose_and_maps_back_like_the_other_flows():
-    model = _model(mirror_search=True, rotation_search=20.0, pose_fit=True)
-    c, s = model.encode(_images(2, 3)), model.encode(_images(1, 4))
+def test_only_the_image_s_own_pixels_and_the_object_vote_on_a_letterboxed_canvas():
+    model = _model()
+    portrait = torch.rand(2, 3, 32, 16, generator=torch.Generator().manual_seed(11))
+    mask = torch.zeros(2, 1, 32, 16)
+    mask[..., 4:28, 2:14] = 1
+    s = model.encode(_images(2, 12))
     with torch.no_grad():
-        plain, smooth = model.align(c, s), model.align(c, s, flow_median=2)
-    assert torch.equal(smooth.mirrored, plain.mirrored) and torch.equal(smooth.pose, plain.pose)
-    assert smooth.refined.flow.abs().max() <= 1 and not torch.equal(smooth.refined.flow, plain.refined.flow)
+        for content_mask in (None, mask):
+            c = model.encode(portrait, content_mask)
+            plain, smooth = model.align(c, s), model.align(c, s, flow_median=3)
+            voters = c.frame.image_area()  # columns 8-23 of the 32 px canvas
+            assert voters.sum() == 32 * 16 and voters[..., :, 8:24].all()
+            voters = voters if content_mask is None else voters * c.mask
+            guide = (c.image + 1) / 2
+            assert torch.equal(smooth.refined.flow, guided_median(plain.refined.flow, guide, 3, 10.0, voters))
+            assert not torch.equal(smooth.refined.flow, guided_median(plain.refined.flow, guide, 3, 10.0))
+
+
+def test_a_model_without_per_pixel_matches_records_no_median():
+    model = COAT(COATConfig.tiny()).eval()
+    c, s = model.encode(_images(1, 13)), model.encode(_images(1, 14))
+    with torch.no_grad():
+        assert model.align(c, s, flow_median=3).options.flow_median == 0
+
+
+def test_the_median_runs_in_the_picked_pose_s_coordinates_before_its_flows_are_mapped_back(monkeypatch):
+    import coat_model.model.coat as coat_module
+    from coat_model.model.pose import candidate_poses, in_style_coordinates
+
+    model = _model(mirror_search=True, rotation_search=20.0)
+    c, s = model.encode(_images(2, 3)), model.encode(_images(1, 4))
+    poses = candidate_poses(True, 20.0)
+    pick = torch.tensor([2, 5])  # +20 degrees as given, -20 degrees mirrored
+    monkeypatch.setattr(coat_module, "winners", lambda *args: pick)
+    with torch.no_grad():
+        smooth = model.align(c, s, flow_median=2)
+        assert torch.equal(smooth.rotation, torch.tensor([20.0, -20.0])) and torch.equal(smooth.mirrored, pick == 5)
+        for i, k in enumerate(pick.tolist()):  # oracle: the content against the posed style, then mapped back
+            posed, both = model.posed(s, poses[k]), torch.tensor([k, k])
+            alone = model.align(c, posed, mirror_search=False, rotation_search=0.0, flow_median=2)
+            back = in_style_coordinates(alone, poses, both).refined.flow[i]
+            assert torch.allclose(smooth.refined.flow[i], back, atol=1e-6)
+            raw = in_style_coordinates(model.align(c, posed, mirror_search=False, rotation_search=0.0), poses, both)
+            after = guided_median(raw.refined.flow, (c.image + 1) / 2, 2, 10.0)[i]  # the median of mapped flows
+            assert not torch.allclose(after, back, atol=1e-6)
 
 
 def test_flow_median_is_off_by_default_checked_and_never_on_the_soft_path():
@@ -114,11 +172,12 @@ def test_flow_median_is_off_by_default_checked_and_never_on_the_soft_path():
         assert soft.options.flow_median is None
         assert torch.equal(soft.refined.flow, model.align(c, s, mode="soft").refined.flow)
         assert torch.equal(model.align(c, s, flow_median=0).refined.flow, model.align(c, s).refined.flow)
-        for bad in (-1, 9, 1.5, float("nan"), float("inf")):
+        for bad in (-1, 9, 1.5, float("nan"), float("inf"), True, "3"):
             with pytest.raises(COATInputError, match="flow_median is a window radius"):
                 model.align(c, s, flow_median=bad)
-        with pytest.raises(COATInputError, match="flow_median_sigma"):
-            model.align(c, s, flow_median=2, flow_median_sigma=0.0)
+        for bad in (0.0, 1e-30, float("inf"), float("nan")):
+            with pytest.raises(COATInputError, match="flow_median_sigma is a colour difference"):
+                model.align(c, s, flow_median=2, flow_median_sigma=bad)
     assert COATConfig().flow_median == 0 and COATConfig.small().flow_median == 4
     with pytest.raises(ValueError, match="flow_median is a window radius"):
         COATConfig.tiny(flow_median=-2)

@@ -39,7 +39,8 @@ class AlignOptions:
     rotation_margin: float | None = None     # hard path with rotation_search: the lead a turned style needs
     pose_fit: bool | None = None             # hard path: the style re-posed by a similarity fitted to its matches
     pose_fit_margin: float | None = None     # hard path with pose_fit: the lead the re-posed style needs
-    flow_median: int | None = None           # hard path: the radius of the content-guided flow median (0: off)
+    flow_median: int | None = None           # hard path: the radius of the content-guided flow median (0: off, or
+                                             # a model without per-pixel matches)
     flow_median_sigma: float | None = None   # hard path with flow_median: its colour falloff (CIELAB units)
 
     @classmethod
@@ -66,7 +67,7 @@ class AlignOptions:
         mirror = bool(pick(mirror_search, config.mirror_search))
         rotation = float(pick(rotation_search, config.rotation_search))
         fit = bool(pick(pose_fit, config.pose_fit))
-        median = int(pick(flow_median, config.flow_median))
+        median = int(pick(flow_median, config.flow_median)) if config.pixel_latents or config.warp_style else 0
         return cls(**common, confidence_threshold=pick(confidence_threshold, 0.0),
                    sim_threshold=pick(sim_threshold, config.sim_threshold), geometric=geometric,
                    coarse_to_fine=pick(coarse_to_fine, config.coarse_to_fine),

@@ -419,7 +419,10 @@ class COAT(nn.Module):
                                   radius=max(1, cfg.refine_radius), temperature=cfg.refine_temperature,
                                   mode=options.mode)
         if options.flow_median and content.image is not None:  # the content canvas is in [-1, 1]
-            flow = guided_median(pixels.flow, (content.image + 1) / 2, options.flow_median, options.flow_median_sigma)
+            voters = content.frame.image_area(content.image.device)  # not the letterbox padding, nor the background
+            voters = voters if content.mask is None else voters * content.mask
+            flow = guided_median(pixels.flow, (content.image + 1) / 2, options.flow_median, options.flow_median_sigma,
+                                 voters)
             pixels = dataclasses.replace(pixels, flow=flow)
         return restrict_to_object(pixels, content.mask)
 

@@ -24,12 +24,18 @@ def check_search_options(error: type[Exception], **values: float | None) -> None
         "pose_fit_margin": (lambda v: v >= 0, "a lead in mean confidence (>= 0)"),
         "flow_median": (lambda v: float(v).is_integer() and 0 <= v <= MAX_MEDIAN_RADIUS,
                         f"a window radius in pixels, a whole number from 0 (off) to {MAX_MEDIAN_RADIUS}"),
-        "flow_median_sigma": (lambda v: v > 0, "a colour difference in CIELAB units (> 0)"),
+        "flow_median_sigma": (lambda v: 0.1 <= v <= 1000, "a colour difference in CIELAB units, from 0.1 to 1000"),
     }
     for name, value in values.items():
         ok, what = rules[name]
-        if value is not None and not ok(value):  # NaN fails every rule
-            raise error(f"{name} is {what}, got {value}")
+        if value is None:
+            continue
+        try:  # NaN fails every rule; a bool or a string is not a number here
+            valid = not isinstance(value, (bool, str)) and ok(value)
+        except (TypeError, ValueError, OverflowError):
+            valid = False
+        if not valid:
+            raise error(f"{name} is {what}, got {value!r}")
 
 
 @dataclass(frozen=True)

@@ -87,6 +87,12 @@ class Frame:
         ih, iw = max(1, round(self.inner_height * r)), max(1, round(self.inner_width * r))
         return _resize(maps[..., top : top + ih, left : left + iw], (self.height, self.width))
 
+    def image_area(self, device=None, dtype=torch.float32) -> torch.Tensor:
+        """[1, 1, R, R]: 1 on the image's own pixels of the canvas, 0 on the padding around it."""
+        area = torch.zeros(1, 1, self.resolution, self.resolution, device=device, dtype=dtype)
+        area[..., self.top : self.top + self.inner_height, self.left : self.left + self.inner_width] = 1
+        return area
+
 
 def _resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     if tuple(x.shape[-2:]) == tuple(size):
