@@ -292,39 +292,56 @@ class COAT(nn.Module):
         )
         given = style.expand(content.batch_size)
         if not (options.mirror_search or options.rotation_search):
-            alignment = self._assemble(content, given, self._match(content, given, options), options)
+            poses, styles = [Pose()], [given]
+            match_sets = [self._match(content, given, options)]
+            pick = torch.zeros(content.batch_size, dtype=torch.long, device=given.descriptors[scales[-1]].device)
         else:
             poses = candidate_poses(bool(options.mirror_search), options.rotation_search)  # as given first
             styles = [given] + [self.posed(style, p).expand(content.batch_size) for p in poses[1:]]  # one style: once
             match_sets = [self._match(content, s, options) for s in styles]
             pick = winners(match_sets, poses, content.mask, options.mirror_margin or 0.0,
                            options.rotation_margin or 0.0)
-            alignment = self._assemble(content, Latents.select(styles, pick), per_pair_matches(match_sets, pick),
-                                       options)
-            alignment = in_style_coordinates(alignment, poses, pick)
-        return self._refit(content, given, alignment, options) if options.pose_fit else alignment
+        to_style = (lambda a: in_style_coordinates(a, poses, pick)) if len(poses) > 1 else (lambda a: a)  # noqa: E731
+        matches = per_pair_matches(match_sets, pick)
+        if not options.pose_fit:
+            return to_style(self._assemble(content, Latents.select(styles, pick), matches, options))
+        return self._refit(content, given, Latents.select(styles, pick), matches, to_style, options)
 
-    def _refit(self, content: Latents, style: Latents, first: Alignment, options: AlignOptions) -> Alignment:
-        """The style re-posed by the similarity fitted to ``first``'s trusted finest matches (their confidence as
-        weights), matched again and kept per pair where its finest matches are surer over the content's object by
-        ``pose_fit_margin`` (:mod:`coat_model.model.pose`)."""
+    def _refit(self, content: Latents, style: Latents, searched: Latents, matches: dict[int, Match], to_style,
+               options: AlignOptions) -> Alignment:
+        """The style re-posed by the similarity fitted to the searched pose's trusted finest ``matches`` (their
+        confidence as weights; ``searched``: each pair's posed style, ``to_style`` maps an alignment to it back into
+        ``style``'s coordinates), matched again and kept per pair where its finest matches are surer over the
+        content's object by ``pose_fit_margin`` (:mod:`coat_model.model.pose`); each pair is then assembled once,
+        from the matches it keeps."""
         if style.image is None:
             raise COATInputError("these latents keep no image to re-pose: encode the style with COAT.encode (or "
                                  "align with pose_fit=False)")
-        r, finest = self.config.resolution, first.scales[-1]
+        r, finest = self.config.resolution, min(matches)
+        first = to_style(Alignment(flow={s: m.flow for s, m in matches.items()},
+                                   confidence={s: m.confidence for s, m in matches.items()},
+                                   mask={s: m.mask for s, m in matches.items()}, maps=[], mode=options.mode,
+                                   options=options))  # the matches alone, in the style's coordinates
         weight = first.confidence[finest] * first.mask[finest]
         theta, fitted = fit_similarity(first.flow[finest], weight, first.mirrored)
         before = pose_matrices(first.mirrored, first.rotation, content.batch_size, theta.device)
-        if not bool(fitted.any()):  # no pair has matches enough to fit: nothing to match again
-            return dataclasses.replace(first, fitted=fitted, pose=before)
-        pose = FittedPose.from_cells(theta, r, finest)
-        mask = None if style.mask is None else pose.apply(style.mask, fill="zeros")
-        posed = self._encode_canvas(pose.apply(style.image), style.frame, mask)
-        second = self._assemble(content, posed, self._match(content, posed, options), options)
-        second = map_flows(second, lambda flow, cell: pose.to_style(flow, r, cell))
-        score = lambda a: object_confidence(a.confidence[finest], content.mask)  # noqa: E731
-        take = fitted & (score(second) > score(first) + options.pose_fit_margin)
-        merged = first.where(take, dataclasses.replace(second, mirrored=first.mirrored, rotation=first.rotation))
+        take = fitted
+        if bool(fitted.any()):  # else no pair has matches enough to fit: nothing to match again
+            pose = FittedPose.from_cells(theta, r, finest)
+            mask = None if style.mask is None else pose.apply(style.mask, fill="zeros")
+            posed = self._encode_canvas(pose.apply(style.image), style.frame, mask)
+            again = self._match(content, posed, options)
+            score = lambda m: object_confidence(m[finest].confidence, content.mask)  # noqa: E731
+            take = fitted & (score(again) > score(matches) + options.pose_fit_margin)
+        if not bool(take.any()):
+            alignment = to_style(self._assemble(content, searched, matches, options))
+            return dataclasses.replace(alignment, fitted=take, pose=before)
+        pick = take.long()
+        assembled = self._assemble(content, Latents.select([searched, posed], pick),
+                                   per_pair_matches([matches, again], pick), options)
+        kept = to_style(assembled)
+        refit = map_flows(assembled, lambda flow, cell: pose.to_style(flow, r, cell))
+        merged = kept.where(take, dataclasses.replace(refit, mirrored=kept.mirrored, rotation=kept.rotation))
         return dataclasses.replace(merged, fitted=take, pose=torch.where(take[:, None, None], pose.theta, before))
 
     def _match(self, content: Latents, style: Latents, options: AlignOptions) -> dict[int, Match]:
