@@ -291,21 +291,19 @@ class COAT(nn.Module):
             pose_fit_margin=pose_fit_margin, flow_median=flow_median, flow_median_sigma=flow_median_sigma,
         )
         given = style.expand(content.batch_size)
-        if not (options.mirror_search or options.rotation_search):
-            poses, styles = [Pose()], [given]
-            match_sets = [self._match(content, given, options)]
-            pick = torch.zeros(content.batch_size, dtype=torch.long, device=given.descriptors[scales[-1]].device)
+        if not (options.mirror_search or options.rotation_search):  # the style as given (and the soft path)
+            searched, matches, to_style = given, self._match(content, given, options), lambda a: a
         else:
             poses = candidate_poses(bool(options.mirror_search), options.rotation_search)  # as given first
             styles = [given] + [self.posed(style, p).expand(content.batch_size) for p in poses[1:]]  # one style: once
             match_sets = [self._match(content, s, options) for s in styles]
             pick = winners(match_sets, poses, content.mask, options.mirror_margin or 0.0,
                            options.rotation_margin or 0.0)
-        to_style = (lambda a: in_style_coordinates(a, poses, pick)) if len(poses) > 1 else (lambda a: a)  # noqa: E731
-        matches = per_pair_matches(match_sets, pick)
-        if not options.pose_fit:
-            return to_style(self._assemble(content, Latents.select(styles, pick), matches, options))
-        return self._refit(content, given, Latents.select(styles, pick), matches, to_style, options)
+            searched, matches = Latents.select(styles, pick), per_pair_matches(match_sets, pick)
+            to_style = lambda a: in_style_coordinates(a, poses, pick)  # noqa: E731
+        if not options.pose_fit:  # each pair assembled once, from the pose it took
+            return to_style(self._assemble(content, searched, matches, options))
+        return self._refit(content, given, searched, matches, to_style, options)
 
     def _refit(self, content: Latents, style: Latents, searched: Latents, matches: dict[int, Match], to_style,
                options: AlignOptions) -> Alignment:
