@@ -67,7 +67,7 @@ class AlignOptions:
         mirror = bool(pick(mirror_search, config.mirror_search))
         rotation = float(pick(rotation_search, config.rotation_search))
         fit = bool(pick(pose_fit, config.pose_fit))
-        median = int(pick(flow_median, config.flow_median)) if config.pixel_latents or config.warp_style else 0
+        median = int(pick(flow_median, config.flow_median)) if config.pixel_matches else 0
         return cls(**common, confidence_threshold=pick(confidence_threshold, 0.0),
                    sim_threshold=pick(sim_threshold, config.sim_threshold), geometric=geometric,
                    coarse_to_fine=pick(coarse_to_fine, config.coarse_to_fine),

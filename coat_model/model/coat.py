@@ -113,6 +113,17 @@ class Alignment:
     fitted: torch.Tensor | None = None
     pose: torch.Tensor | None = None
 
+    @classmethod
+    def of_matches(cls, matches: dict[int, Match], options, maps: list | None = None, **assembled) -> "Alignment":
+        """The alignment of these matches (scale -> :class:`Match`): their flows, confidences, masks and cycle errors,
+        with whatever was assembled from them (``maps``, ``refined``, ``warped``, ``trust``; none: the matches
+        alone)."""
+        return cls(flow={s: m.flow for s, m in matches.items()},
+                   confidence={s: m.confidence for s, m in matches.items()},
+                   mask={s: m.mask for s, m in matches.items()},
+                   cycle_error={s: m.cycle_error for s, m in matches.items() if m.cycle_error is not None},
+                   maps=[] if maps is None else maps, mode=options.mode, options=options, **assembled)
+
     @property
     def scales(self) -> tuple[int, ...]:
         return tuple(self.flow)
@@ -316,10 +327,7 @@ class COAT(nn.Module):
             raise COATInputError("these latents keep no image to re-pose: encode the style with COAT.encode (or "
                                  "align with pose_fit=False)")
         r, finest = self.config.resolution, min(matches)
-        first = to_style(Alignment(flow={s: m.flow for s, m in matches.items()},
-                                   confidence={s: m.confidence for s, m in matches.items()},
-                                   mask={s: m.mask for s, m in matches.items()}, maps=[], mode=options.mode,
-                                   options=options))  # the matches alone, in the style's coordinates
+        first = to_style(Alignment.of_matches(matches, options))  # the matches alone, in the style's coordinates
         weight = first.confidence[finest] * first.mask[finest]
         theta, fitted = fit_similarity(first.flow[finest], weight, first.mirrored)
         before = pose_matrices(first.mirrored, first.rotation, content.batch_size, theta.device)
@@ -407,14 +415,8 @@ class COAT(nn.Module):
         if self.config.warp_style and pixels is not None and style.image is not None:
             warped, trust = warp_style_image(style.image, pixels, soft=options.mode == "soft",
                                              content_mask=content.mask, everywhere=bool(options.warp_everywhere))
-        return Alignment(
-            flow={s: m.flow for s, m in matches.items()},
-            confidence={s: m.confidence for s, m in matches.items()},
-            mask={s: m.mask for s, m in matches.items()},
-            maps=maps, mode=options.mode, options=options,
-            refined=pixels if options.refine else None, warped=warped, trust=trust,
-            cycle_error={s: m.cycle_error for s, m in matches.items() if m.cycle_error is not None},
-        )
+        return Alignment.of_matches(matches, options, maps=maps, refined=pixels if options.refine else None,
+                                    warped=warped, trust=trust)
 
     def _pixel_matches(self, content: Latents, style: Latents, matches: dict[int, Match],
                        options: AlignOptions) -> Match | None:
@@ -423,7 +425,7 @@ class COAT(nn.Module):
         window's with ``options.flow_median``), restricted to the content's object; None when no full-resolution
         consumer needs them."""
         cfg = self.config
-        if not (cfg.pixel_latents or cfg.warp_style):
+        if not cfg.pixel_matches:
             return None
         finest = min(matches)
         pixels = pixel_matches(matches[finest], finest, cfg.resolution)

@@ -214,6 +214,12 @@ class COATConfig:
         )
         return cls(**{**base, **overrides})
 
+    @property
+    def pixel_matches(self) -> bool:
+        """Whether alignments match every pixel of the canvas (for full-resolution latents or the warped-style
+        colours): what refinement and the flow median work on."""
+        return self.pixel_latents or self.warp_style
+
     def replace(self, **changes) -> "COATConfig":
         return dataclasses.replace(self, **changes)
 

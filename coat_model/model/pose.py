@@ -174,7 +174,8 @@ def fit_similarity(flow: torch.Tensor, weight: torch.Tensor, mirrored: torch.Ten
     """
     b, _, h, w = flow.shape
     flip = torch.ones(b, device=flow.device) if mirrored is None else 1 - 2 * mirrored.float()  # x -> flip * x
-    q = flow.float().flatten(2) * torch.stack([flip, torch.ones_like(flip)], 1)[..., None]  # unflipped: [B, 2, N]
+    signs = torch.stack([flip, torch.ones_like(flip)], 1)                                  # [B, 2]: (flip, 1)
+    q = flow.float().flatten(2) * signs[..., None]                                          # unflipped: [B, 2, N]
     p = coordinate_grid(h, w, flow.device).T[None]                                         # [1, 2, N]
     wt = weight.float().flatten(2)                                                          # [B, 1, N]
     total = wt.sum(-1)                                                                      # [B, 1]
@@ -193,8 +194,7 @@ def fit_similarity(flow: torch.Tensor, weight: torch.Tensor, mirrored: torch.Ten
     identity = torch.eye(2, device=flow.device).expand(b, -1, -1)
     a = torch.where(fitted[:, None, None], a, identity)
     t = torch.where(fitted[:, None], t, torch.zeros_like(t))
-    a = a * torch.stack([flip, torch.ones_like(flip)], 1)[..., None]  # flip back: rows of x times flip
-    t = t * torch.stack([flip, torch.ones_like(flip)], 1)
+    a, t = a * signs[..., None], t * signs  # flip back: the x rows times flip
     return torch.cat([a, t[..., None]], -1), fitted
 
 
