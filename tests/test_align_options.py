@@ -55,5 +55,6 @@ def test_resolving_is_the_same_as_aligning(model, latents):
     expected = AlignOptions.resolve(cfg, mode="hard", scales=cfg.scales, fill="content", cycle_sigma=2.0)
     with torch.no_grad():
         assert model.align(*latents, fill="content", cycle_sigma=2.0).options == expected
-    given = AlignOptions.given_matches((8,), "propagate")
+    given = AlignOptions.given_matches(cfg, (8,), "propagate")
     assert (given.mode, given.scales, given.fill, given.refine) == ("hard", (8,), "propagate", False)
+    assert (given.flow_median, given.flow_median_sigma) == (0, None)

@@ -146,6 +146,27 @@ def test_a_refined_warp_style_model_also_reports_its_unrefined_matches_and_its_m
     assert results["coat_modulation"]["pck05"] is None  # scores the colours only
     # the flow-warp ablation samples the style at the refined matches, the ones "coat" is scored on
     assert results["coat_flow_warp"]["pck05"] == results["coat"]["pck05"]
+    assert "coat_gt_refined" not in evaluate(COAT(COATConfig.tiny()).eval(), n_pairs=2, split="easy", batch_size=2)
+
+
+def test_the_true_cell_matches_through_the_models_own_pixel_stage():
+    torch.manual_seed(0)
+    model = COAT(COATConfig.tiny(pixel_latents=True, refine_dim=8, refine_radius=2, warp_style=True,
+                                 flow_median=2)).eval()
+    pairs = sample_pairs(3, seed=EVAL_SEED, size=32, split="easy")
+    with torch.no_grad():
+        out = coat_outputs(model, pairs.content, pairs.style, pairs.flow, pairs.visible, pairs.target)
+        c, s = model.encode(pairs.content), model.encode(pairs.style)
+        cells = gt_matches(pairs.flow, pairs.visible, 32, model.config.scales)
+        staged = model.align_from_matches(c, s, cells, refine=True, flow_median=2)
+        as_given = model.align_from_matches(c, s, cells)
+    # scored on the matches the refinement and the median made of the true cells, which differ from them
+    assert torch.equal(out["coat_gt_refined"]["pred_flow"], staged.refined.flow)
+    torch.testing.assert_close(out["coat_gt_refined"]["output"], model.decode(c, staged))
+    interpolated = resample_flow(cells[min(cells)].flow, min(cells), 1, 32, trusted=cells[min(cells)].mask)
+    assert not torch.allclose(staged.refined.flow, interpolated, atol=1e-3)
+    assert not torch.equal(out["coat_gt_refined"]["output"], out["coat_gt_matches"]["output"])
+    torch.testing.assert_close(out["coat_gt_matches"]["output"], model.decode(c, as_given))
 
 
 def test_figures_write_the_results_grid_and_the_n_content_sweep(tiny_model, tmp_path, capsys):

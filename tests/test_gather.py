@@ -191,7 +191,7 @@ def test_the_composition_gives_the_bits_of_the_implementation_it_replaced(setup,
         base = model.align(c, style, mode=mode)
         given = {s: Match(flow=base.flow[s], confidence=base.confidence[s], mask=base.mask[s]) for s in base.scales}
         for fill in ("propagate", "global"):
-            ref = _reference_assemble(model, c, style, given, AlignOptions.given_matches(tuple(given), fill))
+            ref = _reference_assemble(model, c, style, given, AlignOptions.given_matches(model.config, tuple(given), fill))
             _assert_same(model.align_from_matches(c, style, given, fill=fill), ref)
 
 

@@ -12,6 +12,7 @@ import coat_model.model.median as median
 from coat_model import COAT, COATConfig
 from coat_model.model.gather import sample_at
 from coat_model.model.inputs import COATInputError
+from coat_model.model.matching import Match
 from coat_model.model.median import guided_median, guided_median_reference
 
 
@@ -193,3 +194,30 @@ def test_the_bench_reports_the_defaults_without_the_median():
     assert "coat_no_median" not in plain and smooth["coat_no_median"] == plain["coat"]
     assert smooth["coat_trusted_warp"] == plain["coat"] and smooth["coat_global"] == plain["coat_global"]
     assert smooth["coat"] != plain["coat"]
+
+
+def test_given_matches_are_refined_and_smoothed_only_when_asked_as_align_does_its_own():
+    model = _model(flow_median=2)
+    c, s = model.encode(_images(2, 21)), model.encode(_images(2, 22))
+    with torch.no_grad():
+        own = model.align(c, s, flow_fill=0.0)
+        cells = {sc: Match(flow=own.flow[sc], confidence=own.confidence[sc], mask=own.mask[sc]) for sc in own.scales}
+        given = model.align_from_matches(c, s, cells, refine=True, flow_median=2)
+        as_given = model.align_from_matches(c, s, cells)
+    assert (given.options.refine, given.options.flow_median, given.options.flow_median_sigma) == (True, 2, 10.0)
+    assert torch.equal(given.refined.flow, own.refined.flow)
+    torch.testing.assert_close(given.warped, own.warped)
+    for got, want in zip(given.maps, own.maps):
+        torch.testing.assert_close(got, want)
+    # by default the cell matches are interpolated as given: nothing searched again, nothing smoothed
+    assert as_given.refined is None and as_given.options.flow_median == 0
+    assert not torch.equal(as_given.warped, given.warped)
+    with pytest.raises(COATInputError, match="flow_median is a window radius"):
+        model.align_from_matches(c, s, cells, flow_median=-1)
+    flat = COAT(COATConfig.tiny()).eval()  # no per-pixel matches: nothing to smooth, and none recorded
+    fc, fs = flat.encode(_images(1, 23)), flat.encode(_images(1, 24))
+    with torch.no_grad():
+        plain = flat.align(fc, fs)
+        cells = {sc: Match(flow=plain.flow[sc], confidence=plain.confidence[sc], mask=plain.mask[sc])
+                 for sc in plain.scales}
+        assert flat.align_from_matches(fc, fs, cells, refine=True, flow_median=3).options.flow_median == 0

@@ -17,7 +17,10 @@ Methods, all in one run on the same held-out pairs:
   Swapping-Autoencoder-like ablation that isolates correspondence);
 - ``coat_flow_warp``: the style image sampled at the network's own finest matches (no decoder);
 - ``coat_gt_matches``: the same decoder fed the ground-truth correspondence at every aligned scale (the decoder's
-  oracle: what perfect matching would give this network);
+  oracle: what perfect matching would give this network); ``coat_gt_refined`` (a model whose defaults refine the
+  per-pixel matches or take their flow median): the same true cell matches passed through the model's own pixel
+  stage, refinement and median as its defaults run them, scored on the per-pixel matches that stage makes of them
+  (what the pixel stage adds to, or takes from, perfect cell matches);
 - ``coat_autoencode``: the network rebuilding the true transfer itself from its own latents (every cell matched to
   itself): no transfer at all, the fidelity ceiling of its encoder and decoder at this resolution;
 - zero-training baselines: ``identity``, ``style_copy`` (its matches, scored by PCK, are every pixel to itself: what
@@ -121,8 +124,14 @@ def coat_outputs(model, content: torch.Tensor, style: torch.Tensor, gt_flow: tor
     if alignment.warped is not None:
         out["coat_modulation"] = dict(output=model.decode(c, dataclasses.replace(alignment, warped=None, trust=None)))
     if gt_flow is not None:
-        oracle = model.align_from_matches(c, s, gt_matches(gt_flow, visible, r, model.config.scales))
+        true_cells = gt_matches(gt_flow, visible, r, model.config.scales)
+        oracle = model.align_from_matches(c, s, true_cells)
         out["coat_gt_matches"] = dict(output=model.decode(c, oracle))
+        if defaults.refine or defaults.flow_median:  # the model's own pixel stage fed the true cell matches
+            staged = model.align_from_matches(c, s, true_cells, refine=defaults.refine,
+                                              flow_median=defaults.flow_median or 0,
+                                              flow_median_sigma=defaults.flow_median_sigma)
+            out["coat_gt_refined"] = dict(output=model.decode(c, staged), pred_flow=staged.refined.flow)
     if target is not None:
         t = model.encode(target)
         itself = gt_matches(identity_flow(r).to(target).expand(len(target), -1, -1, -1),

@@ -88,6 +88,14 @@ class AlignOptions:
         return bool(self.mirror_search or self.rotation_search or self.pose_fit)
 
     @classmethod
-    def given_matches(cls, scales: tuple[int, ...], fill: str) -> "AlignOptions":
-        """The options of an alignment built from matches found elsewhere (sampled as the hard path does)."""
-        return cls(mode="hard", scales=tuple(scales), fill=fill)
+    def given_matches(cls, config: COATConfig, scales: tuple[int, ...], fill: str, *, refine: bool = False,
+                      flow_median: int = 0, flow_median_sigma: float | None = None) -> "AlignOptions":
+        """The options of an alignment built from matches found elsewhere (sampled as the hard path does); their
+        per-pixel matches refined (``refine``, a model with refinement descriptors) and passed through the flow
+        median (``flow_median`` > 0, a model with per-pixel matches; ``flow_median_sigma`` None: the config's)
+        only when asked."""
+        median = int(flow_median) if config.pixel_matches else 0
+        return cls(mode="hard", scales=tuple(scales), fill=fill,
+                   refine=bool(refine) and bool(config.refine_dim), flow_median=median,
+                   flow_median_sigma=(config.flow_median_sigma if flow_median_sigma is None else float(flow_median_sigma))
+                   if median else None)

@@ -377,13 +377,19 @@ class COAT(nn.Module):
         return matches
 
     def align_from_matches(self, content: Latents, style: Latents, matches: dict[int, Match], *,
-                           fill: str | None = None) -> Alignment:
+                           fill: str | None = None, refine: bool = False, flow_median: int = 0,
+                           flow_median_sigma: float | None = None) -> Alignment:
         """Aligned latents from matches found elsewhere: ground truth, another matcher, edited matches.
 
         ``matches[s]`` gives, for every content cell of scale s (a subset of the model's scales), its style location
         (``flow``, cell-centre convention in [-1, 1]) and whether it is trusted (``mask``); style maps are sampled
         there as in the hard path (nearest cell), and untrusted cells are filled by ``fill``. With the ground truth
         this is the decoder's oracle: the transfer with perfect correspondence.
+
+        The per-pixel matches are the finest ones interpolated, as given. ``refine`` searches them again in the
+        model's full-resolution descriptors and ``flow_median`` (a radius; ``flow_median_sigma`` None: the config's)
+        passes them through the content-guided median, as :meth:`align` does: with the ground truth, what the
+        model's own pixel stage makes of perfect cell matches.
         """
         cfg = self.config
         pair_batches(content.batch_size, style.batch_size)
@@ -397,12 +403,14 @@ class COAT(nn.Module):
         fill = cfg.fill if fill is None else fill
         if fill not in FILL_MODES:
             raise COATInputError(f"fill must be one of {FILL_MODES}, got {fill!r}")
+        check_search_options(COATInputError, flow_median=flow_median, flow_median_sigma=flow_median_sigma)
         # Only where the matches point and which are trusted: values a soft alignment carried are not reused.
         # The content mask restricts them as it does the matches align finds.
         matches = {s: restrict_to_object(Match(flow=matches[s].flow, confidence=matches[s].confidence,
                                                mask=matches[s].mask.bool()), content.mask)
                    for s in cfg.scales if s in matches}
-        options = AlignOptions.given_matches(tuple(matches), fill)
+        options = AlignOptions.given_matches(cfg, tuple(matches), fill, refine=refine, flow_median=flow_median,
+                                             flow_median_sigma=flow_median_sigma)
         return self._assemble(content, style.expand(content.batch_size), matches, options)
 
     def _assemble(self, content: Latents, style: Latents, matches: dict[int, Match],
