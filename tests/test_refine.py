@@ -1,6 +1,8 @@
 """Matches below the cell (``refine_radius``), the warped-style colour path (``warp_style``), the cycle term, and
 old checkpoints giving the outputs they gave before these existed."""
 
+import dataclasses
+import json
 from pathlib import Path
 
 import pytest
@@ -159,11 +161,13 @@ def _term_after(trainer, name):
         return float(trainer.step_module(batch, 0, counts)[1][name])
 
 
-@pytest.mark.parametrize("term, extra", [("ccl_fine", {}), ("ccl_fine", {"ccl_fine_detail": 4.0}), ("cycle", {}),
-                                         ("rec", {})], ids=["ccl_fine", "ccl_fine_detail", "cycle", "rec"])
+@pytest.mark.parametrize("term, extra", [("ccl_fine", {}), ("ccl_fine", {"ccl_fine_detail": 4.0}),
+                                         ("ccl_fine", {"ccl_fine_exclusion": 0}), ("cycle", {}), ("rec", {})],
+                         ids=["ccl_fine", "ccl_fine_detail", "ccl_fine_exclusion", "cycle", "rec"])
 def test_a_few_cpu_steps_lower_each_new_term(term, extra):
     """Trained on that term alone (the others weighted 0), a few steps lower it on a fixed batch; detail-weighted
-    queries (``ccl_fine_detail``) score another sample of the same batch than uniform ones."""
+    queries (``ccl_fine_detail``) score another sample of the same batch than uniform ones, and negatives allowed
+    next to the positive (``ccl_fine_exclusion`` 0) other negatives than those kept 2 pixels away."""
     torch.manual_seed(0)
     weights = dict(rec_weight=0.0, ssim_weight=0.5, reg_weight=0.0, ccl_weight=0.0, ccl_hybrid_weight=0.0,
                    ccl_fine_weight=0.0, cycle_weight=0.0)
@@ -223,3 +227,11 @@ def test_grow_to_a_higher_resolution_keeps_every_weight_but_the_gate_of_the_last
     x = torch.rand(1, 3, 64, 64)
     with torch.no_grad():
         assert grown.eval().transfer(x, x)[0].shape == (1, 3, 64, 64)
+
+
+def test_the_fine_exclusion_is_checked_and_older_runs_keep_theirs():
+    for bad in (-1, 1.5, True, "1"):
+        with pytest.raises(ValueError, match="ccl_fine_exclusion is a distance in pixels"):
+            TrainConfig(ccl_fine_exclusion=bad)
+    older = {k: v for k, v in dataclasses.asdict(TrainConfig()).items() if k != "ccl_fine_exclusion"}
+    assert TrainConfig.from_json(json.dumps(older)).ccl_fine_exclusion == 2  # a run.json from before the option

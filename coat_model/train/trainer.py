@@ -81,6 +81,9 @@ class TrainConfig:
     ccl_fine_detail: float = 0.0             # > 0: its queries favour the content's edges and small parts
                                              # (losses.detail_weights: weight 1 + this * edge / mean edge);
                                              # 4 measured no better than uniform (BENCHMARKS, stage L's control)
+    ccl_fine_exclusion: int = 2              # its negatives lie outside this many pixels (L-inf) of the positive:
+                                             # pixels nearer are never pushed away, so the refinement cannot tell
+                                             # them apart (2: every scale's rule until 2026-12-02)
     cycle_weight: float = 0.1                # forward-backward consistency of the finest soft matches, every pair
     hard_ramp: float = 0.2                   # hard-negative share ramps 0 -> 1 over this fraction of steps
     bootstrap: float = 0.1                   # random pairs join CCL (confident matches) after this fraction
@@ -114,6 +117,7 @@ class TrainConfig:
         data.setdefault("cycle_weight", 0.0)  # runs from before the cycle term
         data.setdefault("palette_share", 0.0)  # runs from before the appearance augmentations
         data.setdefault("blur_share", 0.0)
+        data.setdefault("ccl_fine_exclusion", 2)  # runs from before the option kept every scale's 2 cells
         return cls(**data)
 
     def __post_init__(self):
@@ -128,6 +132,10 @@ class TrainConfig:
         if self.local_grid < 2:
             raise ValueError(f"local_grid must be >= 2 (a lattice of local_grid x local_grid nodes), "
                              f"got {self.local_grid}")
+        if isinstance(self.ccl_fine_exclusion, bool) or not isinstance(self.ccl_fine_exclusion, int) \
+                or self.ccl_fine_exclusion < 0:
+            raise ValueError(f"ccl_fine_exclusion is a distance in pixels, a whole number >= 0 (0: only the "
+                             f"positive itself is never a negative), got {self.ccl_fine_exclusion!r}")
 
 
 class StepResult(NamedTuple):
@@ -201,7 +209,8 @@ class TrainingStep(nn.Module):
             detail = detail_weights(batch.content, cfg.ccl_fine_detail) if cfg.ccl_fine_detail else None
             terms["ccl_fine"] = correspondence_nce(
                 content.descriptors[1], kf, target, ok & batch.has_flow[:, None], seeds=seeds, salt=2 * n_scales,
-                query_weight=detail, **{**kw, "n_queries": cfg.ccl_fine_queries}).sum() / global_counts["all"]
+                query_weight=detail, exclusion=cfg.ccl_fine_exclusion,
+                **{**kw, "n_queries": cfg.ccl_fine_queries}).sum() / global_counts["all"]
         cycle = alignment.cycle_error.get(mcfg.scales[-1])  # the finest soft matches (none on the hard path)
         if cfg.cycle_weight and cycle is not None:
             terms["cycle"] = cycle_loss(cycle).sum() / global_counts["all"]
