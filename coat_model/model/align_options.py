@@ -67,7 +67,6 @@ class AlignOptions:
         mirror = bool(pick(mirror_search, config.mirror_search))
         rotation = float(pick(rotation_search, config.rotation_search))
         fit = bool(pick(pose_fit, config.pose_fit))
-        median = int(pick(flow_median, config.flow_median)) if config.pixel_matches else 0
         return cls(**common, confidence_threshold=pick(confidence_threshold, 0.0),
                    sim_threshold=pick(sim_threshold, config.sim_threshold), geometric=geometric,
                    coarse_to_fine=pick(coarse_to_fine, config.coarse_to_fine),
@@ -78,8 +77,7 @@ class AlignOptions:
                    rotation_search=rotation,
                    rotation_margin=float(pick(rotation_margin, config.rotation_margin)) if rotation else None,
                    pose_fit=fit, pose_fit_margin=float(pick(pose_fit_margin, config.pose_fit_margin)) if fit else None,
-                   flow_median=median,
-                   flow_median_sigma=float(pick(flow_median_sigma, config.flow_median_sigma)) if median else None)
+                   **_median_options(config, pick(flow_median, config.flow_median), flow_median_sigma))
 
     @property
     def poses_searched(self) -> bool:
@@ -94,8 +92,13 @@ class AlignOptions:
         per-pixel matches refined (``refine``, a model with refinement descriptors) and passed through the flow
         median (``flow_median`` > 0, a model with per-pixel matches; ``flow_median_sigma`` None: the config's)
         only when asked."""
-        median = int(flow_median) if config.pixel_matches else 0
-        return cls(mode="hard", scales=tuple(scales), fill=fill,
-                   refine=bool(refine) and bool(config.refine_dim), flow_median=median,
-                   flow_median_sigma=(config.flow_median_sigma if flow_median_sigma is None else float(flow_median_sigma))
-                   if median else None)
+        return cls(mode="hard", scales=tuple(scales), fill=fill, refine=bool(refine) and bool(config.refine_dim),
+                   **_median_options(config, flow_median, flow_median_sigma))
+
+
+def _median_options(config: COATConfig, radius: int, sigma: float | None) -> dict:
+    """The flow median as an alignment records it: its radius (0 for a model without per-pixel matches) and, when
+    on, its sigma (None: the config's)."""
+    median = int(radius) if config.pixel_matches else 0
+    return dict(flow_median=median,
+                flow_median_sigma=float(config.flow_median_sigma if sigma is None else sigma) if median else None)
