@@ -38,6 +38,7 @@ from .pairs import GlobalSampler, PairBatch, PairRecipe, draw_pairs, flow_target
 from .run_dir import RunDirectory
 from .state import load_state, save_state
 from .step_stats import StepStats
+from .teacher import with_teacher_flow
 
 AMP_MODES = ("auto", "off", "bf16", "fp16")
 
@@ -87,6 +88,8 @@ class TrainConfig:
     cycle_weight: float = 0.1                # forward-backward consistency of the finest soft matches, every pair
     hard_ramp: float = 0.2                   # hard-negative share ramps 0 -> 1 over this fraction of steps
     bootstrap: float = 0.1                   # random pairs join CCL (confident matches) after this fraction
+    teacher_flow: bool = False               # random pairs take the EMA's inference matches (hard path, refined,
+                                             # median) as their flow where it trusts them (train/teacher.py)
     adv_weight: float = 0.0                  # > 0 trains a discriminator (from-scratch variant)
     r1_gamma: float = 10.0
     r1_every: int = 16
@@ -343,6 +346,8 @@ class Trainer:
         totals: dict[str, torch.Tensor] = {}
         for micro, batch in enumerate(self._next_batches() if batches is None else batches):
             batch = batch.to(self.device)
+            if cfg.teacher_flow:  # before autocast: the teacher's matches in the precision inference uses
+                batch = with_teacher_flow(batch, self.ema)
             counts = self._global_counts(self.step, micro)
             with autocast(self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None):
                 result: StepResult = self.step_runner(batch, self.step, counts, discriminator=self.disc)
