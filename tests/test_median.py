@@ -70,6 +70,20 @@ def test_a_flow_edge_a_pixel_off_moves_onto_the_contents_edge():
     assert torch.equal(guided_median(flow, _two_parts(edge=7), 3, 1e6), flow)
 
 
+def test_over_matched_positions_a_pixel_by_a_parts_edge_reads_from_inside_its_part():
+    # (over displacements an image matched to itself stays the identity: tests/test_teacher.py)
+    from coat_model.model.coords import identity_flow
+
+    itself = identity_flow(14)  # an image matched to itself; the content's left part ends after column 6
+    guide = _two_parts(edge=7)
+    out = guided_median(itself, guide, 3, 10.0)
+    shift = (out - itself)[0] / (2 / 13)  # [2, 14, 14] in pixels; rows 3-10 are 3 or more from the canvas's edges
+    assert shift[1, 3:11].abs().max() < 1e-4  # the part's edge is vertical: y stays
+    assert (shift[0, 3:11, 6] < -0.5).all() and (shift[0, 3:11, 6] > -3.01).all()  # the last left column reads left
+    assert (shift[0, 3:11, 7] > 0.5).all() and (shift[0, 3:11, 7] < 3.01).all()  # the first right one reads right
+    assert shift[0, 3:11][:, [2, 3, 9, 10]].abs().max() < 1e-4  # 3 px or more from either edge: itself
+
+
 def test_stray_matches_inside_a_part_take_the_parts_match():
     flow = torch.empty(1, 2, 14, 14)
     flow[:, 0], flow[:, 1] = 0.25, -0.5

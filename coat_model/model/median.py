@@ -7,10 +7,14 @@ inside a part they should agree. Each pixel's flow becomes the weighted median, 
     w = exp(-|lab_p - lab_q|^2 / (2 sigma^2))
 
 by how alike the content looks at p and q (CIELAB, :mod:`coat_model.colour`); neighbours outside the image (the
-canvas, its letterbox padding) or outside the content's object weigh 0, and p itself 1. The median keeps the flow a warp (the style's textures stay sharp, nothing is averaged), moves its edges onto the
-content's edges, and gives a pixel whose match went astray the match of most of its part: the non-local term of
-"Secrets of optical flow estimation" (Sun, Roth and Black, CVPR 2010), the joint weighted median of Zhang et al.
-("100+ times faster weighted median filter", CVPR 2014) computed directly by sorting each window.
+canvas, its letterbox padding) or outside the content's object weigh 0, and p itself 1. The median keeps the flow a
+warp (the style's textures stay sharp, nothing is averaged), moves its edges onto the content's edges, and gives a
+pixel whose match went astray the match of most of its part. Given matched positions (as inference gives it), a
+pixel near a part's edge also takes the match of a neighbour further inside its part, so colours are read from the
+part's inside (what lifts PAA; docs/CORRESPONDENCE.md section 7); given displacements, an identity stays the
+identity. It is the non-local term of "Secrets of optical flow estimation" (Sun, Roth and Black, CVPR 2010), the
+joint weighted median of Zhang et al. ("100+ times faster weighted median filter", CVPR 2014) computed directly by
+sorting each window.
 
 :func:`guided_median` is the fast path (every window of a band of rows at once, bands that bound memory);
 :func:`guided_median_reference` is its test oracle, one pixel at a time.
