@@ -10,6 +10,7 @@ import torch
 
 import coat_model.model.median as median
 from coat_model import COAT, COATConfig
+from coat_model.model.coords import identity_flow
 from coat_model.model.gather import sample_at
 from coat_model.model.inputs import COATInputError
 from coat_model.model.matching import Match
@@ -72,8 +73,6 @@ def test_a_flow_edge_a_pixel_off_moves_onto_the_contents_edge():
 
 def test_over_matched_positions_a_pixel_by_a_parts_edge_reads_from_inside_its_part():
     # (over displacements an image matched to itself stays the identity: tests/test_teacher.py)
-    from coat_model.model.coords import identity_flow
-
     itself = identity_flow(14)  # an image matched to itself; the content's left part ends after column 6
     guide = _two_parts(edge=7)
     out = guided_median(itself, guide, 3, 10.0)

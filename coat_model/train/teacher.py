@@ -3,10 +3,11 @@
 Warp and self pairs know their flow; random pairs (two different images of the category) do not, and they are what
 a transfer meets. ``TrainConfig.teacher_flow`` gives them one: the EMA model aligns each random pair with its
 inference path (hard argmax matches, the cycle and pair-wise distance checks, the fill, the per-pixel refinement, the
-content-guided median of the displacements; no pose search and no pose fit, which pairs drawn from one training set rarely need), and its
-per-pixel flow becomes the pair's flow where the teacher trusts it. Every contrastive term then treats the pair as it
-treats a warp pair: the coarse scales through ``flow_targets``, the full-resolution refinement descriptors through
-the fine term. No ground truth and no labels reach training: the teacher sees only the two images.
+content-guided median of the displacements; no pose search and no pose fit, which pairs drawn from one training set
+rarely need), and its per-pixel flow becomes the pair's flow where the teacher trusts it. Every contrastive term
+then treats the pair as it treats a warp pair: the coarse scales through ``flow_targets``, the full-resolution
+refinement descriptors through the fine term. No ground truth and no labels reach training: the teacher sees only
+the two images.
 
 The teacher is stricter than the soft path's bootstrap (``TrainConfig.bootstrap``), which trusts the student's own
 differentiable matches: the hard path's checks decide what is trusted, and the inference steps the network does not
