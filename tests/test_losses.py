@@ -55,6 +55,31 @@ def test_ccl_gradients_reach_queries_but_not_keys():
     assert q.grad.abs().sum() > 0 and k.grad[0].abs().sum() > 0 and k.grad[1].abs().sum() == 0
 
 
+@pytest.mark.parametrize("exclusion", [0, 1, 2])
+def test_ccl_with_every_negative_is_infonce_over_the_cells_outside_the_window(exclusion):
+    """``n_negatives=0``: each query's loss is -log softmax of its positive among the positive and every style cell
+    more than ``exclusion`` cells from it, computed here cell by cell (the oracle); the image's loss is the mean
+    over its valid queries (all of them queried)."""
+    g = torch.Generator().manual_seed(4)
+    h, w, tau = 4, 5, 0.1
+    q = F.normalize(torch.randn(2, 6, h, w, generator=g), dim=1)
+    k = F.normalize(torch.randn(2, 6, h, w, generator=g), dim=1)
+    target = torch.randint(h * w, (2, h * w), generator=g)
+    valid = torch.rand(2, h * w, generator=g) > 0.3
+    loss = correspondence_nce(q, k, target, valid, n_queries=h * w, n_negatives=0, tau=tau, exclusion=exclusion,
+                              hard_share=0.3, seeds=torch.tensor([1, 2]))
+    expected = []
+    for b in range(2):
+        per_query = []
+        for cell in valid[b].nonzero()[:, 0].tolist():
+            pos = int(target[b, cell])
+            sims = (q[b].flatten(1)[:, cell:cell + 1] * k[b].flatten(1)).sum(0) / tau
+            far = [j for j in range(h * w) if max(abs(j // w - pos // w), abs(j % w - pos % w)) > exclusion]
+            per_query.append(torch.logsumexp(torch.cat([sims[pos:pos + 1], sims[far]]), 0) - sims[pos])
+        expected.append(torch.stack(per_query).mean())
+    torch.testing.assert_close(loss, torch.stack(expected))
+
+
 @pytest.mark.parametrize("hard_share", [0.0, 0.5, 1.0])
 def test_negatives_never_inside_the_exclusion_zone(hard_share):
     g = torch.Generator().manual_seed(2)

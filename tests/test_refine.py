@@ -229,9 +229,18 @@ def test_grow_to_a_higher_resolution_keeps_every_weight_but_the_gate_of_the_last
         assert grown.eval().transfer(x, x)[0].shape == (1, 3, 64, 64)
 
 
-def test_the_fine_exclusion_is_checked_and_older_runs_keep_theirs():
+@pytest.mark.parametrize("name, message", [("ccl_fine_exclusion", "a distance in pixels"),
+                                           ("ccl_exclusion", "a distance in cells"),
+                                           ("ccl_negatives", "a count of negatives per query")])
+def test_the_contrastive_windows_and_counts_are_checked(name, message):
     for bad in (-1, 1.5, True, "1"):
-        with pytest.raises(ValueError, match="ccl_fine_exclusion is a distance in pixels"):
-            TrainConfig(ccl_fine_exclusion=bad)
-    older = {k: v for k, v in dataclasses.asdict(TrainConfig()).items() if k != "ccl_fine_exclusion"}
-    assert TrainConfig.from_json(json.dumps(older)).ccl_fine_exclusion == 2  # a run.json from before the option
+        with pytest.raises(ValueError, match=f"{name} is {message}"):
+            TrainConfig(**{name: bad})
+    assert getattr(TrainConfig(**{name: 0}), name) == 0  # 0 is allowed: no window, or every negative
+
+
+def test_older_runs_keep_the_exclusions_they_trained_with():
+    older = {k: v for k, v in dataclasses.asdict(TrainConfig()).items()
+             if k not in ("ccl_fine_exclusion", "ccl_exclusion")}
+    config = TrainConfig.from_json(json.dumps(older))  # a run.json from before the options
+    assert (config.ccl_fine_exclusion, config.ccl_exclusion) == (2, 2)

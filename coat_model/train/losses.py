@@ -135,7 +135,9 @@ def correspondence_nce(
         target: [B, h*w] long, the style cell corresponding to each content cell.
         valid: [B, h*w] bool, the content cells with a known positive.
         n_queries: queries sampled per image (among its valid cells); n_negatives: negatives per query, of which
-            a share ``hard_share`` are the most similar cells outside ``exclusion`` cells (L-inf) of the positive.
+            a share ``hard_share`` are the most similar cells outside ``exclusion`` cells (L-inf) of the positive;
+            0: every cell outside that window is a negative (the full softmax over the style, as InfoNCE over
+            all keys; ``hard_share`` then plays no part).
         seeds: [B] integer seeds of the images' sampling streams (:mod:`coat_model.train.streams`; an image then draws
             the same queries and negatives in any batch, on any device and in any process); ``salt`` tells
             apart the calls of one step (scales, loss terms). None: the global torch RNG.
@@ -168,6 +170,10 @@ def _nce(query, key, target, valid, *, n_queries, n_negatives, hard_share, tau, 
     logits = torch.einsum("bcq,bcn->bqn", q, k).div_(tau)  # [B, Q, Ns], in place: the product needs q and k only
     pos = torch.gather(target, 1, cells)  # [B, Q]
     far = outside_window(pos, hs, ws, exclusion)
+    positive = logits.gather(2, pos[..., None])  # [B, Q, 1]
+    if n_negatives == 0:  # every cell outside the window: the softmax over the whole style
+        per_query = torch.logsumexp(torch.cat([positive, logits.masked_fill(~far, float("-inf"))], 2), 2)
+        return _query_mean(per_query - positive[..., 0], weight)
     noise = None
     if min(int(round(hard_share * n_negatives)), hs * ws) < n_negatives:  # select_negatives needs random picks
         # Random negatives: one uniform per style cell, shifted on the circle by one uniform per query, so every
@@ -176,8 +182,12 @@ def _nce(query, key, target, valid, *, n_queries, n_negatives, hard_share, tau, 
     negatives = select_negatives(logits.flatten(0, 1), far.flatten(0, 1), n_negatives=n_negatives,
                                  hard_share=hard_share,
                                  noise=None if noise is None else noise.flatten(0, 1)).view(b, cells.shape[1], -1)
-    all_logits = torch.cat([logits.gather(2, pos[..., None]), logits.gather(2, negatives)], dim=2)
-    per_query = torch.logsumexp(all_logits, dim=2) - all_logits[..., 0]
+    all_logits = torch.cat([positive, logits.gather(2, negatives)], dim=2)
+    return _query_mean(torch.logsumexp(all_logits, dim=2) - all_logits[..., 0], weight)
+
+
+def _query_mean(per_query: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """[B] the weighted mean of each image's per-query losses [B, Q] (0 for an image without queries)."""
     return (per_query * weight).sum(1) / weight.sum(1).clamp_min(1.0) * (weight.sum(1) > 0)
 
 

@@ -74,7 +74,9 @@ class TrainConfig:
     ccl_weight: float = 1.0                  # CCL on the real content descriptors
     ccl_hybrid_weight: float = 1.0           # CCL on the hybrid's descriptors (one more encoder pass)
     ccl_queries: int = 256
-    ccl_negatives: int = 64
+    ccl_negatives: int = 64                  # per query; 0: every style cell outside the exclusion window
+    ccl_exclusion: int = 2                   # the aligned scales' negatives lie outside this many cells (L-inf) of
+                                             # the positive
     ccl_tau: float = 0.07
     ccl_detach_keys: bool = False            # CUT stops gradients at the keys; both sides learning is ~2x faster here
     ccl_fine_weight: float = 1.0             # CCL of the full-resolution refinement descriptors (refine_dim > 0)
@@ -121,6 +123,7 @@ class TrainConfig:
         data.setdefault("palette_share", 0.0)  # runs from before the appearance augmentations
         data.setdefault("blur_share", 0.0)
         data.setdefault("ccl_fine_exclusion", 2)  # runs from before the option kept every scale's 2 cells
+        data.setdefault("ccl_exclusion", 2)
         return cls(**data)
 
     def __post_init__(self):
@@ -135,10 +138,14 @@ class TrainConfig:
         if self.local_grid < 2:
             raise ValueError(f"local_grid must be >= 2 (a lattice of local_grid x local_grid nodes), "
                              f"got {self.local_grid}")
-        if isinstance(self.ccl_fine_exclusion, bool) or not isinstance(self.ccl_fine_exclusion, int) \
-                or self.ccl_fine_exclusion < 0:
-            raise ValueError(f"ccl_fine_exclusion is a distance in pixels, a whole number >= 0 (0: only the "
-                             f"positive itself is never a negative), got {self.ccl_fine_exclusion!r}")
+        for name, unit in (("ccl_fine_exclusion", "pixels"), ("ccl_exclusion", "cells")):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"{name} is a distance in {unit}, a whole number >= 0 (0: only the positive "
+                                 f"itself is never a negative), got {value!r}")
+        if isinstance(self.ccl_negatives, bool) or not isinstance(self.ccl_negatives, int) or self.ccl_negatives < 0:
+            raise ValueError(f"ccl_negatives is a count of negatives per query, a whole number >= 0 (0: every style "
+                             f"cell outside the exclusion window), got {self.ccl_negatives!r}")
 
 
 class StepResult(NamedTuple):
@@ -189,7 +196,7 @@ class TrainingStep(nn.Module):
         use_random = step >= cfg.bootstrap * cfg.steps
         ccl_real, ccl_hybrid = 0.0, 0.0
         kw = dict(n_queries=cfg.ccl_queries, n_negatives=cfg.ccl_negatives, hard_share=hard_share, tau=cfg.ccl_tau,
-                  detach_keys=cfg.ccl_detach_keys)
+                  detach_keys=cfg.ccl_detach_keys, exclusion=cfg.ccl_exclusion)
         seeds = torch.tensor(batch.seeds, dtype=torch.long).to(batch.content.device, non_blocking=True)  # once, unwaited
         for i, s in enumerate(mcfg.scales):
             ks = style.descriptors[s]
@@ -212,8 +219,8 @@ class TrainingStep(nn.Module):
             detail = detail_weights(batch.content, cfg.ccl_fine_detail) if cfg.ccl_fine_detail else None
             terms["ccl_fine"] = correspondence_nce(
                 content.descriptors[1], kf, target, ok & batch.has_flow[:, None], seeds=seeds, salt=2 * n_scales,
-                query_weight=detail, exclusion=cfg.ccl_fine_exclusion,
-                **{**kw, "n_queries": cfg.ccl_fine_queries}).sum() / global_counts["all"]
+                query_weight=detail, **{**kw, "n_queries": cfg.ccl_fine_queries, "exclusion": cfg.ccl_fine_exclusion},
+            ).sum() / global_counts["all"]
         cycle = alignment.cycle_error.get(mcfg.scales[-1])  # the finest soft matches (none on the hard path)
         if cfg.cycle_weight and cycle is not None:
             terms["cycle"] = cycle_loss(cycle).sum() / global_counts["all"]
