@@ -138,14 +138,14 @@ class TrainConfig:
         if self.local_grid < 2:
             raise ValueError(f"local_grid must be >= 2 (a lattice of local_grid x local_grid nodes), "
                              f"got {self.local_grid}")
-        for name, unit in (("ccl_fine_exclusion", "pixels"), ("ccl_exclusion", "cells")):
+        near = "0: only the positive itself is never a negative"
+        for name, what, zero in (("ccl_fine_exclusion", "a distance in pixels", near),
+                                 ("ccl_exclusion", "a distance in cells", near),
+                                 ("ccl_negatives", "a count of negatives per query",
+                                  "0: every style cell outside the exclusion window")):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise ValueError(f"{name} is a distance in {unit}, a whole number >= 0 (0: only the positive "
-                                 f"itself is never a negative), got {value!r}")
-        if isinstance(self.ccl_negatives, bool) or not isinstance(self.ccl_negatives, int) or self.ccl_negatives < 0:
-            raise ValueError(f"ccl_negatives is a count of negatives per query, a whole number >= 0 (0: every style "
-                             f"cell outside the exclusion window), got {self.ccl_negatives!r}")
+                raise ValueError(f"{name} is {what}, a whole number >= 0 ({zero}), got {value!r}")
 
 
 class StepResult(NamedTuple):
