@@ -7,6 +7,7 @@ import torch
 
 from coat_model import COAT, COATConfig, COATInputError
 from coat_model.model.fill import fill_unconfident
+from coat_model.model.layers import GroupNorm
 
 
 @pytest.fixture(scope="module")
@@ -197,6 +198,34 @@ def test_config_round_trip_and_validation():
     del legacy["position_input"]
     assert COATConfig.from_json(json.dumps(legacy)).position_input is False
     assert COATConfig.tiny().position_input is True
+
+
+def test_encoder_norm_groups_add_groupnorm_to_new_presets_only():
+    plain, normed = COAT(COATConfig.tiny()), COAT(COATConfig.tiny(encoder_norm_groups=4))
+    norms = [m for m in normed.encoder.modules() if isinstance(m, GroupNorm)]
+    # from_rgb, two convolutions per residual block, a smoothing and a latent trunk per encoder scale
+    cfg = normed.config
+    assert len(norms) == 1 + 2 * (cfg.encoder_levels - 1) + 2 * len(cfg.latent_scales)
+    assert all(m.groups == 4 for m in norms)
+    assert not any(isinstance(m, GroupNorm) for m in plain.modules())
+    x, norm = torch.randn(2, 16, 5, 5), GroupNorm(4, 16)
+    torch.nn.init.normal_(norm.weight), torch.nn.init.normal_(norm.bias)
+    groups = x.view(2, 4, -1)  # the closed form: each group of 4 channels to zero mean and unit variance
+    expected = ((groups - groups.mean(-1, keepdim=True)) / (groups.var(-1, unbiased=False, keepdim=True) + 1e-5).sqrt())
+    expected = expected.view_as(x) * norm.weight[:, None, None] + norm.bias[:, None, None]
+    assert torch.allclose(norm(x), expected, atol=1e-5)
+    assert COATConfig.small().encoder_norm_groups == 8
+    # Checkpoints from before the option have no GroupNorm: same state-dict keys as before, and they load so.
+    legacy = json.loads(COATConfig.small().to_json())
+    del legacy["encoder_norm_groups"]
+    assert COATConfig.from_json(json.dumps(legacy)).encoder_norm_groups == 0
+    assert "encoder.from_rgb.1.bias" in plain.state_dict()  # the activation's bias, right after the convolution
+    with pytest.raises(ValueError, match="encoder_norm_groups must be 0 or divide"):
+        COATConfig.tiny(encoder_norm_groups=3)
+    with pytest.raises(ValueError, match="encoder_norm_groups"):
+        COATConfig.tiny(encoder_norm_groups=-1)
+    out = normed.eval().transfer(torch.rand(1, 3, 32, 32), torch.rand(1, 3, 32, 32))[0]
+    assert out.shape == (1, 3, 32, 32) and torch.isfinite(out).all()
 
 
 def test_position_input_tells_mirrored_places_apart():

@@ -12,6 +12,7 @@ import torch
 from coat_model import COATConfig
 from coat_model.train.cli import make_dataset
 from coat_model.train.pairs import flow_targets, identity_flow
+from coat_model.train.state import load_state, save_state
 from coat_model.train.trainer import TrainConfig, Trainer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -37,6 +38,51 @@ def test_twenty_steps_lower_the_loss():
         stats = trainer.train_step()
         assert all(torch.isfinite(torch.tensor(v)) for v in stats.values())
     assert _fixed_loss(trainer) < before * 0.9
+
+
+def test_twenty_steps_with_groupnorm_in_the_encoder_lower_the_loss():
+    torch.manual_seed(0)
+    trainer = Trainer(COATConfig.tiny(encoder_norm_groups=4), TrainConfig(steps=20, batch_size=4, seed=3),
+                      make_dataset("procedural:faces", 32, seed=3))
+    before = _fixed_loss(trainer)
+    for _ in range(20):
+        trainer.train_step()
+    assert _fixed_loss(trainer) < before * 0.9
+
+
+def test_the_encoder_learns_at_its_own_rate():
+    trainer = _trainer(steps=10, encoder_lr_mult=10.0, lr=1e-3)
+    encoder = {id(p) for p in trainer.model.encoder.parameters()}
+    rest, enc = trainer.opt.param_groups
+    assert {id(p) for p in enc["params"]} == encoder and not encoder & {id(p) for p in rest["params"]}
+    assert len(rest["params"]) + len(enc["params"]) == len(list(trainer.model.parameters()))
+    stats = trainer.train_step()
+    assert enc["lr"] == pytest.approx(1e-2) and rest["lr"] == pytest.approx(1e-3)
+    assert stats["lr"] == pytest.approx(1e-3)  # the reported learning rate is the base one
+    trainer.step = 9  # in the decay, both follow the schedule
+    trainer._set_lr()
+    assert enc["lr"] == pytest.approx(10 * rest["lr"]) and rest["lr"] < 1e-3
+    # One group, as runs before the option had, when the encoder learns at lr.
+    assert len(_trainer(encoder_lr_mult=1.0).opt.param_groups) == 1
+    with pytest.raises(ValueError, match="encoder_lr_mult"):
+        TrainConfig(encoder_lr_mult=0)
+
+
+def test_train_states_from_before_encoder_lr_mult_resume_at_one_rate(tmp_path):
+    legacy = json.loads(TrainConfig().to_json())
+    del legacy["encoder_lr_mult"]
+    assert TrainConfig.from_json(json.dumps(legacy)).encoder_lr_mult == 1.0
+    assert TrainConfig().encoder_lr_mult == 10.0
+    old = _trainer(steps=6, encoder_lr_mult=1.0)
+    old.train_step()
+    old.save(tmp_path)
+    state = load_state(tmp_path / "train_state.safetensors")
+    for group in state["opt"]["param_groups"]:  # what an optimiser state of before the option holds
+        del group["lr_mult"]
+    save_state(state, tmp_path / "train_state.safetensors")
+    resumed = _trainer(steps=6, encoder_lr_mult=1.0)
+    resumed.load(tmp_path / "train_state.safetensors")
+    assert resumed.train_step()["lr"] == pytest.approx(resumed.config.lr)
 
 
 def test_resume_equals_an_uninterrupted_run(tmp_path):

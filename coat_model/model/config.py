@@ -54,6 +54,9 @@ class COATConfig:
     feature_dim: int = 256                     # FPN feature channels at every aligned scale
     descriptor_dim: int = 128                  # matching descriptor channels (L2-normalised)
     position_input: bool = True                # append the (x, y) grid to the encoder's input (CoordConv)
+    encoder_norm_groups: int = 0               # > 0: GroupNorm of this many groups after every encoder convolution
+                                               # of the trunk (descriptors leave the identity sooner from scratch,
+                                               # with TrainConfig.encoder_lr_mult; BENCHMARKS, Learning speed)
     # -- decoder (StyleGAN2 synthesis) ----------------------------------------------------------------------
     w_dim: int = 256                           # latent channels per layer
     channel_base: int = 8192                   # decoder channels at resolution r: min(channel_base / r, channel_max)
@@ -120,6 +123,10 @@ class COATConfig:
                 f"encoder_channels needs {self.encoder_levels} entries to reach 1/{self.scales[0]}, "
                 f"got {len(self.encoder_channels)}"
             )
+        g = self.encoder_norm_groups
+        if g < 0 or (g and any(c % g for c in (*self.encoder_channels, self.feature_dim))):
+            raise ValueError(f"encoder_norm_groups must be 0 or divide every encoder channel count "
+                             f"{(*self.encoder_channels, self.feature_dim)}, got {g}")
         if self.fill not in FILL_MODES:
             raise ValueError(f"fill must be one of {FILL_MODES}, got {self.fill!r}")
         if self.pixel_latents and self.scales[-1] == 1:
@@ -204,13 +211,13 @@ class COATConfig:
         untrusted pixel matches filled from trusted ones, the colour path offered everywhere, the style's mirror
         image and +-20 degree turns tried at inference, then the style re-posed by its matches, and last each
         pixel's match the median of its neighbours' that look alike in the content (each one a ``False``/0 override
-        away: ``COATConfig.small(warp_style=False, warp_everywhere=False, mirror_search=False, rotation_search=0,
+        away; GroupNorm in the encoder, ``encoder_norm_groups=0`` for the encoder of checkpoints before 2026-12-03: ``COATConfig.small(warp_style=False, warp_everywhere=False, mirror_search=False, rotation_search=0,
         pose_fit=False, flow_median=0)``)."""
         base = dict(
             resolution=64, scales=(8, 4, 2), encoder_channels=(32, 48, 64, 96), feature_dim=64,
             descriptor_dim=64, w_dim=32, channel_base=2048, channel_max=64, n_content_layers=4,
             pixel_latents=True, refine_dim=16, refine_radius=3, warp_style=True, flow_fill=2.0, warp_everywhere=True,
-            mirror_search=True, rotation_search=20.0, pose_fit=True, flow_median=4,
+            mirror_search=True, rotation_search=20.0, pose_fit=True, flow_median=4, encoder_norm_groups=8,
         )
         return cls(**{**base, **overrides})
 

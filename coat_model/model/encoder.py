@@ -17,23 +17,27 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import COATConfig
-from .layers import Downsample, EqualConv2d, FusedLeakyReLU
+from .layers import Downsample, EqualConv2d, FusedLeakyReLU, GroupNorm
 from .matching import coordinate_grid, untokens
 
 
 class ConvAct(nn.Sequential):
-    def __init__(self, in_ch: int, out_ch: int, kernel: int = 3):
-        super().__init__(EqualConv2d(in_ch, out_ch, kernel, padding=kernel // 2, bias=False), FusedLeakyReLU(out_ch))
+    """Convolution, GroupNorm of ``groups`` groups when > 0 (``COATConfig.encoder_norm_groups``), leaky ReLU."""
+
+    def __init__(self, in_ch: int, out_ch: int, kernel: int = 3, groups: int = 0):
+        conv = EqualConv2d(in_ch, out_ch, kernel, padding=kernel // 2, bias=False)
+        norm = (GroupNorm(groups, out_ch),) if groups else ()
+        super().__init__(conv, *norm, FusedLeakyReLU(out_ch))
 
 
 class ResBlock(nn.Module):
     """StyleGAN2 discriminator block: two convs with blur-downsampling, a 1x1 skip, sum scaled by 1/sqrt(2)."""
 
-    def __init__(self, in_ch: int, out_ch: int):
+    def __init__(self, in_ch: int, out_ch: int, groups: int = 0):
         super().__init__()
-        self.conv1 = ConvAct(in_ch, in_ch)
+        self.conv1 = ConvAct(in_ch, in_ch, groups=groups)
         self.down = Downsample()
-        self.conv2 = ConvAct(in_ch, out_ch)
+        self.conv2 = ConvAct(in_ch, out_ch, groups=groups)
         self.skip = EqualConv2d(in_ch, out_ch, 1, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -46,14 +50,14 @@ class Encoder(nn.Module):
         super().__init__()
         self.config = config
         ch = config.encoder_channels
-        levels = config.encoder_levels
-        self.from_rgb = ConvAct(3 + 2 * config.position_input, ch[0], kernel=1)
-        self.blocks = nn.ModuleList(ResBlock(ch[i - 1], ch[i]) for i in range(1, levels))
+        levels, g = config.encoder_levels, config.encoder_norm_groups
+        self.from_rgb = ConvAct(3 + 2 * config.position_input, ch[0], kernel=1, groups=g)
+        self.blocks = nn.ModuleList(ResBlock(ch[i - 1], ch[i], groups=g) for i in range(1, levels))
         level_of = {s: int(math.log2(s)) for s in config.latent_scales}
         self.level_of = level_of
         d = config.feature_dim
         self.lateral = nn.ModuleDict({str(s): EqualConv2d(ch[level_of[s]], d, 1) for s in config.latent_scales})
-        self.smooth = nn.ModuleDict({str(s): ConvAct(d, d) for s in config.latent_scales})
+        self.smooth = nn.ModuleDict({str(s): ConvAct(d, d, groups=g) for s in config.latent_scales})
         self.descriptor = nn.ModuleDict({
             str(s): nn.Sequential(EqualConv2d(d, d, 1), nn.ReLU(), EqualConv2d(d, config.descriptor_dim, 1))
             for s in config.scales
@@ -61,7 +65,7 @@ class Encoder(nn.Module):
         if config.refine_dim:  # full-resolution descriptors of the refinement stage
             self.descriptor["1"] = nn.Sequential(EqualConv2d(d, d, 1), nn.ReLU(), EqualConv2d(d, config.refine_dim, 1))
         # Latent heads: one 3x3 trunk per scale shared by the layers that read it, then a 1x1 map per layer.
-        self.latent_trunk = nn.ModuleDict({str(s): ConvAct(d, d) for s in config.latent_scales})
+        self.latent_trunk = nn.ModuleDict({str(s): ConvAct(d, d, groups=g) for s in config.latent_scales})
         self.latent_heads = nn.ModuleList(EqualConv2d(d, config.w_dim, 1) for _ in range(config.n_layers))
         for head in self.latent_heads:  # start small, so that latents start near the average latent
             head.weight.data.mul_(0.1)

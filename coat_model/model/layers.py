@@ -88,6 +88,19 @@ class FusedLeakyReLU(nn.Module):
         return fused_leaky_relu(x, self.bias)
 
 
+class GroupNorm(nn.Module):
+    """Group normalisation with a per-channel affine map (``nn.GroupNorm``'s parameters and state-dict names)."""
+
+    def __init__(self, groups: int, channels: int, eps: float = 1e-5):
+        super().__init__()
+        self.groups, self.eps = groups, eps
+        self.weight = nn.Parameter(torch.ones(channels))
+        self.bias = nn.Parameter(torch.zeros(channels))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.group_norm(x, self.groups, self.weight, self.bias, self.eps)
+
+
 class EqualConv2d(nn.Module):
     """Conv with the equalised learning rate of StyleGAN (weights ~ N(0, 1), scaled at run time)."""
 
