@@ -211,8 +211,9 @@ class COATConfig:
         untrusted pixel matches filled from trusted ones, the colour path offered everywhere, the style's mirror
         image and +-20 degree turns tried at inference, then the style re-posed by its matches, and last each
         pixel's match the median of its neighbours' that look alike in the content (each one a ``False``/0 override
-        away; GroupNorm in the encoder, ``encoder_norm_groups=0`` for the encoder of checkpoints before 2026-12-03: ``COATConfig.small(warp_style=False, warp_everywhere=False, mirror_search=False, rotation_search=0,
-        pose_fit=False, flow_median=0)``)."""
+        away: ``COATConfig.small(warp_style=False, warp_everywhere=False, mirror_search=False, rotation_search=0,
+        pose_fit=False, flow_median=0)``). Its encoder normalises every convolution of the trunk (GroupNorm,
+        ``encoder_norm_groups=8``; checkpoints from before 2026-12-03 have ``encoder_norm_groups=0``)."""
         base = dict(
             resolution=64, scales=(8, 4, 2), encoder_channels=(32, 48, 64, 96), feature_dim=64,
             descriptor_dim=64, w_dim=32, channel_base=2048, channel_max=64, n_content_layers=4,
