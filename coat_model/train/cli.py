@@ -37,14 +37,13 @@ PRESETS = {"tiny": COATConfig.tiny, "small": COATConfig.small, "default": COATCo
 
 
 def make_dataset(spec: str, resolution: int, seed: int = 0):
-    """``procedural:faces`` (optionally ``procedural:faces-hard``) or an image folder path."""
+    """``procedural:faces`` or ``procedural:cars`` (``-hard`` for the hard split), or an image folder path."""
     if spec.startswith("procedural:"):
-        from .data.faces import FaceDataset
+        from .data.categories import parse_procedural
+        from .data.faces import ProceduralDataset
 
-        name = spec.split(":", 1)[1]
-        if name not in ("faces", "faces-hard"):
-            raise ValueError(f"unknown procedural dataset {name!r}; use procedural:faces or procedural:faces-hard")
-        return FaceDataset(size=resolution, length=1_000_000, seed=seed, split="hard" if name.endswith("hard") else "easy")
+        category, split = parse_procedural(spec)
+        return ProceduralDataset(size=resolution, length=1_000_000, seed=seed, split=split, category=category)
     from .data.folder import ImageFolderDataset
 
     return ImageFolderDataset(spec, resolution)
@@ -182,7 +181,8 @@ def _train_option(p: argparse.ArgumentParser, field: str, help: str, **kw) -> No
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="coat-train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", default="procedural:faces", help="procedural:faces, procedural:faces-hard or an image folder")
+    p.add_argument("--data", default="procedural:faces",
+                   help="procedural:faces, procedural:cars (-hard: their hard split) or an image folder")
     p.add_argument("--out", required=True, type=Path, help="run directory (checkpoints, logs, samples)")
     p.add_argument("--preset", choices=sorted(PRESETS), default="small", help="architecture preset")
     p.add_argument("--resolution", type=int, default=None, help="model resolution (overrides the preset)")

@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, fields, replace
-from typing import NamedTuple, Sequence
+from typing import Callable, NamedTuple, Sequence
 
 import torch
 
@@ -50,9 +50,9 @@ from ...model.coords import pixel_axis
 from ..streams import mix_seed
 
 __all__ = [
-    "LABELS", "INSTANCES", "NUM_LABELS", "Structure", "Appearance", "FacePairs",
+    "LABELS", "INSTANCES", "NUM_LABELS", "SPLITS", "Structure", "Appearance", "FacePairs", "Category", "FACES",
     "sample_structure", "sample_appearance", "render", "true_transfer", "true_correspondence",
-    "sample_pairs", "FaceDataset", "FaceDraw", "make_generator",
+    "sample_pairs", "ProceduralDataset", "FaceDataset", "FaceDraw", "make_generator",
 ]
 
 LABELS: tuple[str, ...] = (
@@ -89,7 +89,6 @@ INSTANCES: tuple[Instance, ...] = (         # back to front
     Instance("hair_top", _L["hair"], None, (1.0, 1.25)),
 )
 _I = {inst.name: i for i, inst in enumerate(INSTANCES)}
-_TOP_TO_LABEL = torch.tensor([0] + [inst.label for inst in INSTANCES])   # front-most instance + 1 -> label
 _HEAD_PARTS = torch.tensor([inst.name not in ("neck", "clothing") for inst in INSTANCES])
 _TEXTURE_GROUPS = {
     "blotch": ("neck", "ear_l", "ear_r", "head", "nose"),       # shared skin texture (hard negatives)
@@ -204,6 +203,13 @@ _SPLITS = {
     "easy": _Split(8.0, (0.36, 0.44), 0.06, 4.0, 0.0, 0.25, (0.55, 0.9), (-0.9, 0.3)),
     "hard": _Split(30.0, (0.30, 0.50), 0.15, 20.0, 0.5, 0.45, (0.4, 1.4), (-1.6, 0.8)),
 }
+SPLITS = tuple(_SPLITS)   # every category has these two
+
+
+def check_split(split: str) -> str:
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {sorted(SPLITS)}, got {split!r}")
+    return split
 
 
 def make_generator(seed: int | torch.Generator) -> torch.Generator:
@@ -289,10 +295,10 @@ def _face_parts(g: torch.Generator, n: int, cfg: _Split) -> tuple[dict[str, _Par
     return parts, b
 
 
-def _stack(parts: dict[str, _Part], n: int) -> dict[str, torch.Tensor]:
-    """Per-field tensors [n, P] (cut: [n, P, 4]) in INSTANCES order."""
+def _stack(parts: dict[str, _Part], n: int, instances: Sequence[Instance] = INSTANCES) -> dict[str, torch.Tensor]:
+    """Per-field tensors [n, P] (cut: [n, P, 4]) in the order of ``instances`` (the faces' by default)."""
     full = lambda v: v if isinstance(v, torch.Tensor) else torch.full((n,), v)  # noqa: E731
-    ordered = [parts[inst.name] for inst in INSTANCES]
+    ordered = [parts[inst.name] for inst in instances]
     out = {field: torch.stack([full(getattr(p, field)) for p in ordered], 1)
            for field in _Part._fields if field != "cut"}
     out["cut"] = torch.stack([torch.stack([full(v) for v in p.cut], -1) for p in ordered], 1)
@@ -302,9 +308,7 @@ def _stack(parts: dict[str, _Part], n: int) -> dict[str, torch.Tensor]:
 
 def sample_structure(n: int, generator: int | torch.Generator = 0, split: str = "easy") -> Structure:
     """Sample ``n`` face geometries. ``split="hard"`` adds flips, larger poses and articulation."""
-    if split not in _SPLITS:
-        raise ValueError(f"split must be one of {sorted(_SPLITS)}, got {split!r}")
-    cfg, g = _SPLITS[split], make_generator(generator)
+    cfg, g = _SPLITS[check_split(split)], make_generator(generator)
     parts, b = _face_parts(g, n, cfg)
     p = _stack(parts, n)
     tilt = torch.deg2rad(_sym(g, n, cfg.tilt))
@@ -441,12 +445,13 @@ def _shape_field(s: Structure, i: int, ux: torch.Tensor, uy: torch.Tensor) -> to
     return torch.where(_b(s.present[:, i]), f, _OUTSIDE)
 
 
-def _instance_field(s: Structure, i: int, x: torch.Tensor, y: torch.Tensor):
+def _instance_field(s: Structure, i: int, x: torch.Tensor, y: torch.Tensor, category: "Category"):
     """(u_x, u_y, f) [B, H, W] of instance i at points x, y, with f clipped to the clip instance if any."""
     ux, uy = _local_coords(s, i, x, y)
     f = _shape_field(s, i, ux, uy)
-    if INSTANCES[i].clip is not None:
-        j = _I[INSTANCES[i].clip]
+    clip = category.instances[i].clip
+    if clip is not None:
+        j = category.index(clip)
         f = torch.maximum(f, _shape_field(s, j, *_local_coords(s, j, x, y)))
     return ux, uy, f
 
@@ -530,14 +535,39 @@ _TEXTURES = {
     "blotch": _texture_blotch, "strands": _texture_strands, "cloth": _texture_cloth,
     "iris": _texture_iris, "sclera": _texture_sclera, "lips": _texture_lips,
 }
+TEXTURES = _TEXTURES  # what other categories draw their parts with (data/cars.py)
 _TEXTURE_OF = {name: _TEXTURES[group] for group, names in _TEXTURE_GROUPS.items() for name in names}
 
 
-def _instance_colour(a: Appearance, i: int, ux: torch.Tensor, uy: torch.Tensor) -> torch.Tensor:
+class Category(NamedTuple):
+    """A procedural object category: its labels, its part instances (back to front), the texture of each, and
+    how to draw a structure and an appearance. The renderer, the true transfer and the true correspondence work
+    for any of them; :data:`FACES` is the default, ``data/cars.py`` another (kept out of training and tuning: the
+    check that the recipe works on a category it was not made on)."""
+
+    name: str
+    labels: tuple[str, ...]
+    instances: tuple[Instance, ...]
+    texture_of: dict[str, Callable]                                   # instance name -> texture function
+    sample_structure: Callable[[int, "int | torch.Generator", str], Structure]
+    sample_appearance: Callable[[int, "int | torch.Generator"], Appearance]
+
+    def index(self, name: str) -> int:
+        return next(i for i, inst in enumerate(self.instances) if inst.name == name)
+
+    def top_to_label(self) -> torch.Tensor:
+        """Front-most instance + 1 -> label [P + 1] (0 = background)."""
+        return torch.tensor([0] + [inst.label for inst in self.instances])
+
+
+FACES = Category("faces", LABELS, INSTANCES, _TEXTURE_OF, sample_structure, sample_appearance)
+
+
+def _instance_colour(a: Appearance, i: int, ux: torch.Tensor, uy: torch.Tensor, category: "Category") -> torch.Tensor:
     """Colour [B, 3, H, W] of instance i at local coordinates (ux, uy) [B, H, W]: base mixed with accent."""
-    inst = INSTANCES[i]
+    inst = category.instances[i]
     sx, sy = inst.texture_scale
-    pattern = _TEXTURE_OF[inst.name](ux * sx, uy * sy, ux, uy, a)[:, None]
+    pattern = category.texture_of[inst.name](ux * sx, uy * sy, ux, uy, a)[:, None]
     base, accent = a.base[:, inst.label, :, None, None], a.accent[:, inst.label, :, None, None]
     return base + (accent - base) * pattern
 
@@ -570,26 +600,28 @@ class _Raster:
     image: torch.Tensor | None      # [B, 3, H, W] when an appearance was given
 
 
-def _rasterise(s: Structure, size: int, a: Appearance | None = None, windowed: bool = True) -> _Raster:
+def _rasterise(s: Structure, size: int, a: Appearance | None = None, windowed: bool = True,
+               category: "Category | None" = None) -> _Raster:
     """Painter's algorithm over the instances, each evaluated only inside its bounding window (``windowed``; the
     windows are read back to the host, so off the CPU every instance is evaluated over the whole frame instead)."""
+    category = category or FACES
     b, device = len(s), s.matrix.device
     x, y = _pixel_grid(size, device)
     top = torch.zeros(b, size, size, dtype=torch.long, device=device)
     local = torch.stack([x.expand(b, size, size), y.expand(b, size, size)], 1).clone()
     image = None if a is None else _background(a, x, y)
-    for i in range(len(INSTANCES)):
+    for i in range(len(category.instances)):
         window = _window(s, i, size) if windowed else (slice(None), slice(None))
         if window is None:
             continue
         rows, cols = window
-        ux, uy, f = _instance_field(s, i, x[..., cols], y[:, rows])
+        ux, uy, f = _instance_field(s, i, x[..., cols], y[:, rows], category)
         inside = f < 0
         top[:, rows, cols] = torch.where(inside, i + 1, top[:, rows, cols])
         local[:, :, rows, cols] = torch.where(inside[:, None], torch.stack([ux, uy], 1), local[:, :, rows, cols])
         if image is not None:
             region = image[:, :, rows, cols]        # a view: blended in place
-            region.lerp_(_instance_colour(a, i, ux, uy), _coverage(f)[:, None])
+            region.lerp_(_instance_colour(a, i, ux, uy, category), _coverage(f)[:, None])
     return _Raster(top, local, image)
 
 
@@ -598,8 +630,9 @@ def _rasterise(s: Structure, size: int, a: Appearance | None = None, windowed: b
 WINDOWED_FROM = 48
 
 
-def render(structure: Structure, appearance: Appearance, size: int, chunk: int = 16, windowed: bool | None = None):
-    """Render faces where their parameters are (``structure.to(device)``).
+def render(structure: Structure, appearance: Appearance, size: int, chunk: int = 16, windowed: bool | None = None,
+           category: "Category | None" = None):
+    """Render faces (or another ``category``'s objects) where their parameters are (``structure.to(device)``).
 
     Returns ``(images [B, 3, size, size] float in [0, 1], labels [B, size, size] int64 (see LABELS),
     local_coords [B, 2, size, size])``: the local coordinates of the front-most part at each pixel centre
@@ -615,10 +648,12 @@ def render(structure: Structure, appearance: Appearance, size: int, chunk: int =
     if windowed is None:
         windowed = structure.matrix.device.type == "cpu" and size >= WINDOWED_FROM
     chunk = chunk if windowed else max(1, len(structure))
-    to_label = _TOP_TO_LABEL.to(structure.matrix.device, non_blocking=True)
+    category = category or FACES
+    to_label = category.top_to_label().to(structure.matrix.device, non_blocking=True)
     images, labels, local = [], [], []
     for i in range(0, len(structure), chunk):
-        r = _rasterise(structure.index(slice(i, i + chunk)), size, appearance.index(slice(i, i + chunk)), windowed)
+        r = _rasterise(structure.index(slice(i, i + chunk)), size, appearance.index(slice(i, i + chunk)), windowed,
+                       category)
         images.append(r.image.clamp(0.0, 1.0))
         labels.append(to_label[r.top])
         local.append(r.local)
@@ -626,7 +661,7 @@ def render(structure: Structure, appearance: Appearance, size: int, chunk: int =
 
 
 def true_transfer(s_content: Structure, a_style: Appearance, size: int,
-                  a_content: Appearance | None = None) -> torch.Tensor:
+                  a_content: Appearance | None = None, category: "Category | None" = None) -> torch.Tensor:
     """Exact appearance transfer ``render(S_content, A_style)`` [B, 3, size, size].
 
     The evaluation keeps the content background (docs/METHOD.md): pass ``a_content`` and the background colours
@@ -635,18 +670,19 @@ def true_transfer(s_content: Structure, a_style: Appearance, size: int,
     """
     if a_content is not None:
         a_style = a_style.with_background_of(a_content)
-    return render(s_content, a_style, size)[0]
+    return render(s_content, a_style, size, category=category)[0]
 
 
-def _top_at(s: Structure, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+def _top_at(s: Structure, x: torch.Tensor, y: torch.Tensor, category: "Category") -> torch.Tensor:
     """Front-most instance + 1 (0 = background) at arbitrary image points x, y [B, H, W]."""
     top = torch.zeros(x.shape, dtype=torch.long, device=x.device)
-    for i in range(len(INSTANCES)):
-        top = torch.where(_instance_field(s, i, x, y)[2] < 0, i + 1, top)
+    for i in range(len(category.instances)):
+        top = torch.where(_instance_field(s, i, x, y, category)[2] < 0, i + 1, top)
     return top
 
 
-def true_correspondence(s_content: Structure, s_style: Structure, size: int, chunk: int = 16):
+def true_correspondence(s_content: Structure, s_style: Structure, size: int, chunk: int = 16,
+                        category: "Category | None" = None):
     """Dense ground-truth correspondence from content to style pixels.
 
     Returns ``(flow [B, 2, size, size], visible [B, 1, size, size] bool)``. ``flow[:, :, i, j]`` is the
@@ -658,14 +694,15 @@ def true_correspondence(s_content: Structure, s_style: Structure, size: int, chu
     """
     if len(s_content) != len(s_style):
         raise ValueError(f"{len(s_content)} content structures but {len(s_style)} style structures")
+    category = category or FACES
     flows, visibles = [], []
     for i in range(0, len(s_content), chunk):
         content, style = s_content.index(slice(i, i + chunk)), s_style.index(slice(i, i + chunk))
-        r = _rasterise(content, size)
+        r = _rasterise(content, size, category=category)
         qx, qy = _local_to_image(style, (r.top - 1).clamp_min(0), r.local[:, 0], r.local[:, 1])
         is_object = r.top > 0
         inside = (qx.abs() <= 1.0 + _EDGE_TOLERANCE) & (qy.abs() <= 1.0 + _EDGE_TOLERANCE)
-        visibles.append((is_object & inside & (_top_at(style, qx, qy) == r.top))[:, None])
+        visibles.append((is_object & inside & (_top_at(style, qx, qy, category) == r.top))[:, None])
         flows.append(torch.where(is_object[:, None], torch.stack([qx, qy], 1), r.local))
     return torch.cat(flows), torch.cat(visibles)
 
@@ -695,41 +732,44 @@ class FacePairs:
     style_appearance: Appearance
 
 
-def sample_pairs(n: int, seed: int = 0, size: int = 64, split: str = "easy") -> FacePairs:
+def sample_pairs(n: int, seed: int = 0, size: int = 64, split: str = "easy",
+                 category: Category = FACES) -> FacePairs:
     """``n`` evaluation pairs; content and style structures and appearances are four independent draws."""
-    s_c, s_s = (sample_structure(n, mix_seed(seed, k), split) for k in (0, 1))
-    a_c, a_s = (sample_appearance(n, mix_seed(seed, k)) for k in (2, 3))
-    content, content_labels, _ = render(s_c, a_c, size)
-    style, style_labels, _ = render(s_s, a_s, size)
-    flow, visible = true_correspondence(s_c, s_s, size)
-    return FacePairs(content, style, true_transfer(s_c, a_s, size, a_content=a_c), content_labels,
-                     style_labels, flow, visible, s_c, s_s, a_c, a_s)
+    s_c, s_s = (category.sample_structure(n, mix_seed(seed, k), split) for k in (0, 1))
+    a_c, a_s = (category.sample_appearance(n, mix_seed(seed, k)) for k in (2, 3))
+    content, content_labels, _ = render(s_c, a_c, size, category=category)
+    style, style_labels, _ = render(s_s, a_s, size, category=category)
+    flow, visible = true_correspondence(s_c, s_s, size, category=category)
+    return FacePairs(content, style, true_transfer(s_c, a_s, size, a_content=a_c, category=category),
+                     content_labels, style_labels, flow, visible, s_c, s_s, a_c, a_s)
 
 
 class FaceDraw(NamedTuple):
-    """Drawn faces, not yet rendered: what batch workers hand to the device that renders them."""
+    """Drawn objects (faces by default), not yet rendered: what batch workers hand to the device that renders them."""
 
     structure: Structure
     appearance: Appearance
     size: int
+    category: Category = FACES
 
     def render(self, device=None) -> torch.Tensor:
         """Images [N, 3, size, size] in [0, 1], rendered on ``device`` (default: the CPU)."""
         device = torch.device(device or "cpu")
-        return render(self.structure.to(device), self.appearance.to(device), self.size)[0]
+        return render(self.structure.to(device), self.appearance.to(device), self.size, category=self.category)[0]
 
 
-class FaceDataset(torch.utils.data.Dataset):
-    """Map-style dataset of single face images; item ``i`` is fully determined by ``(seed, i)``.
+class ProceduralDataset(torch.utils.data.Dataset):
+    """Map-style dataset of single images of a procedural ``category`` (faces by default); item ``i`` is fully
+    determined by ``(seed, i)``.
 
     Structure and appearance of item ``i`` come from two independent generators. ``dataset[i]`` is a
     float tensor [3, size, size] in [0, 1]; :meth:`batch` renders many items at once (much faster).
     """
 
-    def __init__(self, size: int = 64, length: int = 30_000, seed: int = 0, split: str = "easy"):
-        if split not in _SPLITS:
-            raise ValueError(f"split must be one of {sorted(_SPLITS)}, got {split!r}")
-        self.size, self.length, self.seed, self.split = size, length, seed, split
+    def __init__(self, size: int = 64, length: int = 30_000, seed: int = 0, split: str = "easy",
+                 category: Category = FACES):
+        self.size, self.length, self.seed, self.split = size, length, seed, check_split(split)
+        self.category = category
 
     def __len__(self) -> int:
         return self.length
@@ -737,15 +777,16 @@ class FaceDataset(torch.utils.data.Dataset):
     def parameters(self, index: int) -> tuple[Structure, Appearance]:
         """Structure and appearance (batch of one) of item ``index``."""
         if not -self.length <= index < self.length:
-            raise IndexError(f"index {index} out of range for FaceDataset of length {self.length}")
+            raise IndexError(f"index {index} out of range for a dataset of length {self.length}")
         index %= self.length
-        return (sample_structure(1, mix_seed(self.seed, index, 0), self.split),
-                sample_appearance(1, mix_seed(self.seed, index, 1)))
+        return (self.category.sample_structure(1, mix_seed(self.seed, index, 0), self.split),
+                self.category.sample_appearance(1, mix_seed(self.seed, index, 1)))
 
     def draw(self, indices: Sequence[int]) -> "FaceDraw":
-        """The parameters of the given items (CPU, a few hundred numbers per face), to render where wanted."""
+        """The parameters of the given items (CPU, a few hundred numbers per object), to render where wanted."""
         params = [self.parameters(int(i)) for i in indices]
-        return FaceDraw(Structure.cat([p[0] for p in params]), Appearance.cat([p[1] for p in params]), self.size)
+        return FaceDraw(Structure.cat([p[0] for p in params]), Appearance.cat([p[1] for p in params]), self.size,
+                        self.category)
 
     def batch(self, indices: Sequence[int]) -> torch.Tensor:
         """Images [N, 3, size, size] of the given items, rendered in one call."""
@@ -753,3 +794,6 @@ class FaceDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int) -> torch.Tensor:
         return self.batch([index])[0]
+
+
+FaceDataset = ProceduralDataset  # the faces' (its default category)
