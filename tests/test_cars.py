@@ -22,13 +22,15 @@ SIZE = 64
 
 def _identity_flow(n: int, size: int) -> torch.Tensor:
     t = torch.linspace(-1, 1, size)
-    return torch.stack([t.view(1, size).expand(size, size), t.view(size, 1).expand(size, size)])[None].expand(n, -1, -1, -1)
+    grid = torch.stack([t.view(1, size).expand(size, size), t.view(size, 1).expand(size, size)])
+    return grid[None].expand(n, -1, -1, -1)
 
 
 def test_every_car_part_appears_and_the_same_parameters_render_the_same_pixels():
     s, a = sample_car_structure(16, 3), sample_car_appearance(16, 4)
     images, labels, local = render(s, a, SIZE, category=CARS)
-    assert images.shape == (16, 3, SIZE, SIZE) and labels.shape == (16, SIZE, SIZE) and local.shape == (16, 2, SIZE, SIZE)
+    assert images.shape == (16, 3, SIZE, SIZE) and labels.shape == (16, SIZE, SIZE)
+    assert local.shape == (16, 2, SIZE, SIZE)
     assert set(labels.unique().tolist()) == set(range(len(CAR_LABELS)))
     assert 0.08 < (labels != 0).float().mean() < 0.4                     # an elongated object on a background
     assert torch.equal(images, render(sample_car_structure(16, 3), sample_car_appearance(16, 4), SIZE,
@@ -89,6 +91,7 @@ def test_the_true_transfer_has_the_style_colours_on_the_content_shape():
     inside = pairs.content_labels == body
     # plain liveries: the target's body is the style's paint where the style's body is plain
     plain = pairs.style_appearance.cloth[:, 0] == 0
+    assert plain.any()
     for i in torch.nonzero(plain).flatten().tolist():
         paint = pairs.style_appearance.base[i, body]
         assert torch.allclose(pairs.target[i][:, inside[i]].median(1).values, paint, atol=0.02)
@@ -102,6 +105,10 @@ def test_categories_by_name_and_the_datasets_they_make():
     assert parse_procedural("procedural:faces-hard") == (FACES, "hard")
     with pytest.raises(ValueError, match="procedural:cars"):
         parse_procedural("procedural:boats")
+    with pytest.raises(ValueError, match="unknown procedural dataset 'cars'"):
+        parse_procedural("cars")                                    # the prefix is what says "not a folder"
+    with pytest.raises(ValueError, match="or an image folder path"):
+        make_dataset("procedural:boats", 32)
     data = make_dataset("procedural:cars-hard", 32, seed=4)
     assert isinstance(data, ProceduralDataset) and data.category is CARS and data.split == "hard"
     draw = pickle.loads(pickle.dumps(data.draw([0, 5])))  # what batch workers hand over
@@ -120,6 +127,42 @@ def test_the_quality_bench_scores_cars_per_car_part(tmp_path, capsys):
     assert set(record["parts"]["coat"]) <= set(CAR_LABELS[1:]) and "rims" in record["parts"]["coat"]
     assert record["methods"]["gt_warp"]["paa"] > record["methods"]["style_copy"]["paa"]
     capsys.readouterr()
+    for wrong in ("procedural:boats", "cars", str(tmp_path)):       # the bench needs a category's truth, no folder
+        with pytest.raises(SystemExit):
+            quality_main(["--ckpt", str(ckpt), "--data", wrong])
+        assert "unknown procedural dataset" in capsys.readouterr().err
     with pytest.raises(SystemExit):
-        quality_main(["--ckpt", str(ckpt), "--data", "procedural:boats"])
-    assert "unknown procedural dataset" in capsys.readouterr().err
+        quality_main(["--ckpt", str(ckpt), "--data", "procedural:cars-hard"])
+    assert "--split" in capsys.readouterr().err
+
+
+def test_parameters_of_another_category_are_refused_with_the_fix():
+    cars, faces = (sample_car_structure(2, 1), sample_car_appearance(2, 1)), (FACES.sample_structure(2, 1, "easy"),
+                                                                                FACES.sample_appearance(2, 1))
+    with pytest.raises(ValueError, match="category="):
+        render(*cars, SIZE)                                          # faces by default
+    with pytest.raises(ValueError, match="category="):
+        render(*faces, SIZE, category=CARS)
+    with pytest.raises(ValueError, match="category="):
+        render(cars[0], faces[1], SIZE, category=CARS)
+    with pytest.raises(ValueError, match="category="):
+        true_correspondence(cars[0], cars[0], SIZE)
+
+
+def test_render_folder_writes_the_category_as_a_folder_the_trainer_reads(tmp_path):
+    """benchmarks/render_folder.py: the held-out check's data, PNG files a user's folder would hold, read back by
+    ``--data FOLDER`` as the images the renderer draws (to 8 bits)."""
+    import importlib.util
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "render_folder.py"
+    spec = importlib.util.spec_from_file_location("render_folder", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    module.main([str(tmp_path), "--category", "cars", "--count", "3", "--size", "32", "--seed", "5"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cars_00000.png", "cars_00001.png", "cars_00002.png"]
+    folder = make_dataset(str(tmp_path), 32)
+    drawn = ProceduralDataset(size=32, length=3, seed=5, category=CARS).batch(range(3))
+    read = folder.draw(range(3)).render(torch.device("cpu"))
+    assert read.shape == drawn.shape
+    assert (read - drawn).abs().max() <= 1 / 255 + 1e-6

@@ -22,7 +22,10 @@ DATA = Path(__file__).parent / "data"
 MODEL, OUTPUTS = DATA / "parity_model.safetensors", DATA / "parity_outputs.safetensors"
 TERMS = ("loss", "rec", "ccl", "ccl_fine", "cycle", "reg")
 ATOL_IMAGE = 1e-5        # fp32 on a CPU, any thread count (reduction order moves the last bits)
-RTOL_LOSS = 1e-4
+RTOL_LOSS = 1e-4         # the first step's terms
+RTOL_LOSS_STEPPED = 1e-3  # after one Adam step: the encoder's 10x rate carries the first step's last-bit differences
+                          # (another CPU's SIMD kernels): 1.8e-4 measured between the Intel Xeon that wrote the
+                          # references and an AMD EPYC, the same at 1 and 2 threads; a recipe change moves them by %
 
 
 def _inputs():
@@ -66,7 +69,8 @@ def test_the_recipe_trains_as_it_did():
     keys = [k for k in expected if k.startswith("step")]
     assert sorted(got) == sorted(keys) and len(keys) >= 8
     for k in keys:
-        assert torch.allclose(got[k], expected[k], rtol=RTOL_LOSS, atol=0), (k, float(got[k]), float(expected[k]))
+        rtol = RTOL_LOSS if k.startswith("step0.") else RTOL_LOSS_STEPPED
+        assert torch.allclose(got[k], expected[k], rtol=rtol, atol=0), (k, float(got[k]), float(expected[k]))
 
 
 if __name__ == "__main__":  # write the references (see the module docstring)

@@ -240,7 +240,8 @@ def main(argv=None) -> int:
     p.add_argument("--pairs", type=int, default=200)
     p.add_argument("--split", choices=("easy", "hard"), default="easy")
     p.add_argument("--data", default="procedural:faces",
-                   help="the procedural category the pairs come from: procedural:faces or procedural:cars")
+                   help="the procedural category the pairs come from: procedural:faces or procedural:cars (not a "
+                        "folder: the bench needs the category's true parts and correspondence)")
     p.add_argument("--json", type=Path, default=None)
     p.add_argument("--device", default="cpu")
     args = p.parse_args(argv)

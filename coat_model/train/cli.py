@@ -42,7 +42,10 @@ def make_dataset(spec: str, resolution: int, seed: int = 0):
         from .data.categories import parse_procedural
         from .data.faces import ProceduralDataset
 
-        category, split = parse_procedural(spec)
+        try:
+            category, split = parse_procedural(spec)
+        except ValueError as error:
+            raise ValueError(f"{error}, or an image folder path") from None
         return ProceduralDataset(size=resolution, length=1_000_000, seed=seed, split=split, category=category)
     from .data.folder import ImageFolderDataset
 

@@ -22,8 +22,8 @@ from dataclasses import dataclass
 import torch
 
 from .faces import (
-    TEXTURES, Appearance, Category, Instance, Structure, _choice, _mix, _Part, _random_colour, _rot, _stack,
-    _sym, _uniform, check_split, make_generator,
+    TEXTURES, Appearance, Category, Instance, Structure, _choice, _mix, _Part, _posed, _random_colour, _rot,
+    _stack, _strands, _sym, _uniform, _waves, check_split, make_generator,
 )
 
 __all__ = ["CARS", "CAR_LABELS", "CAR_INSTANCES", "sample_car_structure", "sample_car_appearance"]
@@ -73,7 +73,7 @@ _SPLITS = {
 
 
 def _car_parts(g: torch.Generator, n: int) -> dict[str, _Part]:
-    """Random car-space placement of every instance (body centre at the origin, half-length about 1, front at +x,
+    """Random car-space placement of every instance (the body near the origin, half-length about 1, front at +x,
     y down)."""
     u = lambda lo, hi: _uniform(g, n, lo, hi)  # noqa: E731
     s = lambda amplitude: _sym(g, n, amplitude)  # noqa: E731
@@ -116,12 +116,7 @@ def sample_car_structure(n: int, generator: int | torch.Generator = 0, split: st
     shift = torch.stack([_sym(g, n, cfg.translate), 0.1 * scale + _sym(g, n, cfg.translate)], -1)  # roof to wheels
     flipped = torch.rand(n, generator=g) < cfg.flip
     matrix = _rot(p["rotation"]) @ torch.diag_embed(torch.stack([p["rx"], p["ry"]], -1))
-    offset = torch.stack([p["cx"], p["cy"]], -1)
-    mirror = torch.diag_embed(torch.stack([1.0 - 2.0 * flipped.float(), torch.ones(n)], -1))
-    pose = (scale[:, None, None] * _rot(rotation) @ mirror)[:, None]
-    matrix = pose @ matrix
-    offset = (pose @ offset[..., None])[..., 0] + shift[:, None]
-    return Structure(matrix, offset, p["taper"], p["bend"], p["lens"], p["cut"], p["present"], flipped)
+    return _posed(p, matrix, torch.stack([p["cx"], p["cy"]], -1), scale, rotation, shift, flipped)
 
 
 def sample_car_appearance(n: int, generator: int | torch.Generator = 0) -> Appearance:
@@ -148,11 +143,7 @@ def sample_car_appearance(n: int, generator: int | torch.Generator = 0) -> Appea
     accent = accent.clamp(0.0, 1.0)
     accent[:, 0] = _random_colour(g, n, (0.0, 0.5), (0.3, 1.0))                     # background gradient end
     accent[:, _L["body"]] = _random_colour(g, n)                                     # the livery's second colour
-    wave_angle = torch.rand(n, 3, generator=g) * 2 * math.pi
-    wave_freq = 3.0 + 6.0 * torch.rand(n, 3, generator=g)
-    waves = torch.stack([wave_freq * torch.cos(wave_angle), wave_freq * torch.sin(wave_angle),
-                         torch.rand(n, 3, generator=g) * 2 * math.pi], -1)
-    tread = torch.stack([u(0.0, math.pi), u(12.0, 24.0), u(0.0, 1.5), u(2.0, 6.0)], -1)
+    waves, tread = _waves(g, n), _strands(g, n)
     livery = torch.stack([_choice(g, n, (0.4, 0.3, 0.1, 0.2)).float(), u(0.0, math.pi), u(3.0, 7.0),
                           u(0.0, 2 * math.pi)], -1)
     spokes = torch.stack([torch.randint(4, 11, (n,), generator=g).float(), u(0.0, 2 * math.pi), u(0.25, 0.4)], -1)

@@ -12,9 +12,9 @@ PREFIX = "procedural:"
 
 def parse_procedural(spec: str) -> tuple[Category, str]:
     """``procedural:NAME`` or ``procedural:NAME-hard`` -> (the category, its split: "easy" or "hard")."""
-    name = spec[len(PREFIX):] if spec.startswith(PREFIX) else spec
-    base, split = (name[:-5], "hard") if name.endswith("-hard") else (name, "easy")
+    name = spec[len(PREFIX):] if spec.startswith(PREFIX) else None
+    base, split = (name[:-5], "hard") if name and name.endswith("-hard") else (name, "easy")
     if base not in CATEGORIES:
         known = ", ".join(f"{PREFIX}{n} ({PREFIX}{n}-hard)" for n in CATEGORIES)
-        raise ValueError(f"unknown procedural dataset {name!r}; use one of {known}, or an image folder path")
+        raise ValueError(f"unknown procedural dataset {spec!r}; use one of {known}")
     return CATEGORIES[base], split

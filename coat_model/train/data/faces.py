@@ -88,7 +88,6 @@ INSTANCES: tuple[Instance, ...] = (         # back to front
     Instance("brow_r", _L["brows"], None, (0.26, 0.07)),
     Instance("hair_top", _L["hair"], None, (1.0, 1.25)),
 )
-_I = {inst.name: i for i, inst in enumerate(INSTANCES)}
 _HEAD_PARTS = torch.tensor([inst.name not in ("neck", "clothing") for inst in INSTANCES])
 _TEXTURE_GROUPS = {
     "blotch": ("neck", "ear_l", "ear_r", "head", "nose"),       # shared skin texture (hard negatives)
@@ -133,7 +132,8 @@ class _TensorBatch:
 
 @dataclass(frozen=True)
 class Structure(_TensorBatch):
-    """Geometry of a batch of B faces, per part instance (P = len(INSTANCES) = 15, see INSTANCES).
+    """Geometry of a batch of B objects (faces, or another category's), per part instance (P = the category's
+    ``len(instances)``: 15 for faces, see INSTANCES).
 
     matrix:  [B, P, 2, 2] linear part of the local -> image map (includes flip, so det may be < 0)
     offset:  [B, P, 2]    translation of that map, image units
@@ -157,7 +157,9 @@ class Structure(_TensorBatch):
 
 @dataclass(frozen=True)
 class Appearance(_TensorBatch):
-    """Colours and textures of a batch of B faces, per label (L = NUM_LABELS = 11, 0 = background).
+    """Colours and textures of a batch of B objects, per label (L = the category's ``len(labels)``: NUM_LABELS = 11
+    for faces; 0 = background). The texture fields below are named for the faces; another category's parts draw
+    from them through its ``texture_of``.
 
     base:       [B, L, 3] main RGB colour of each part in [0, 1] (background: gradient start)
     accent:     [B, L, 3] texture colour mixed in by the part's pattern (background: gradient end)
@@ -324,7 +326,14 @@ def sample_structure(n: int, generator: int | torch.Generator = 0, split: str = 
     head_rot = torch.where(_HEAD_PARTS[None, :, None, None], _rot(tilt)[:, None], torch.eye(2))
     matrix = head_rot @ matrix
     offset = (head_rot @ (offset - pivot)[..., None])[..., 0] + pivot
-    # global pose: image = scale * R(rotation) * Flip * face + shift
+    return _posed(p, matrix, offset, scale, rotation, shift, flipped)
+
+
+def _posed(p: dict[str, torch.Tensor], matrix: torch.Tensor, offset: torch.Tensor, scale: torch.Tensor,
+           rotation: torch.Tensor, shift: torch.Tensor, flipped: torch.Tensor) -> Structure:
+    """The structure of parts placed in object space (``matrix`` [n, P, 2, 2], ``offset`` [n, P, 2], the shapes in
+    ``p``) under the global pose: image = scale * R(rotation) * Flip * object + shift (every category's)."""
+    n = len(scale)
     mirror = torch.diag_embed(torch.stack([1.0 - 2.0 * flipped.float(), torch.ones(n)], -1))
     pose = (scale[:, None, None] * _rot(rotation) @ mirror)[:, None]           # [n, 1, 2, 2]
     matrix = pose @ matrix
@@ -346,6 +355,20 @@ _HAIR_PALETTE = torch.tensor([
     (0.06, 0.05, 0.05), (0.20, 0.12, 0.07), (0.38, 0.24, 0.13), (0.55, 0.27, 0.12),
     (0.85, 0.70, 0.42), (0.75, 0.74, 0.72), (0.62, 0.18, 0.08),
 ])
+
+
+def _waves(g, n: int) -> torch.Tensor:
+    """Three plane waves per sample [n, 3, (kx, ky, phase)]: the blotch texture's."""
+    angle = torch.rand(n, 3, generator=g) * 2 * math.pi
+    freq = 3.0 + 6.0 * torch.rand(n, 3, generator=g)
+    return torch.stack([freq * torch.cos(angle), freq * torch.sin(angle), torch.rand(n, 3, generator=g) * 2 * math.pi],
+                       -1)
+
+
+def _strands(g, n: int) -> torch.Tensor:
+    """Strand texture per sample [n, (angle, frequency, wave amplitude, wave frequency)]."""
+    u = lambda lo, hi: _uniform(g, n, lo, hi)  # noqa: E731
+    return torch.stack([u(0.0, math.pi), u(12.0, 24.0), u(0.0, 1.5), u(2.0, 6.0)], -1)
 
 
 def _mix(g, n: int, p: float, first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
@@ -383,11 +406,7 @@ def sample_appearance(n: int, generator: int | torch.Generator = 0) -> Appearanc
     ], 1)[..., None]
     accent[:, 0] = _random_colour(g, n, (0.0, 0.6), (0.3, 1.0))              # background gradient end
     accent[:, _L["clothing"]] = _random_colour(g, n)                          # second colour of the pattern
-    wave_angle = torch.rand(n, 3, generator=g) * 2 * math.pi
-    wave_freq = 3.0 + 6.0 * torch.rand(n, 3, generator=g)
-    skin_waves = torch.stack([wave_freq * torch.cos(wave_angle), wave_freq * torch.sin(wave_angle),
-                              torch.rand(n, 3, generator=g) * 2 * math.pi], -1)
-    strands = torch.stack([u(0.0, math.pi), u(12.0, 24.0), u(0.0, 1.5), u(2.0, 6.0)], -1)
+    skin_waves, strands = _waves(g, n), _strands(g, n)
     cloth = torch.stack([_choice(g, n, (0.2, 0.3, 0.25, 0.25)).float(), u(0.0, math.pi), u(4.0, 9.0),
                          u(0.0, 2 * math.pi)], -1)
     iris = torch.stack([torch.randint(10, 25, (n,), generator=g).float(), u(0.0, 2 * math.pi), u(0.3, 0.5)], -1)
@@ -531,12 +550,11 @@ def _texture_lips(_px, _py, _ux, uy, _a) -> torch.Tensor:
     return torch.exp(-(uy / 0.16) ** 2)
 
 
-_TEXTURES = {
+TEXTURES = {  # by group; other categories draw their parts with these too (data/cars.py)
     "blotch": _texture_blotch, "strands": _texture_strands, "cloth": _texture_cloth,
     "iris": _texture_iris, "sclera": _texture_sclera, "lips": _texture_lips,
 }
-TEXTURES = _TEXTURES  # what other categories draw their parts with (data/cars.py)
-_TEXTURE_OF = {name: _TEXTURES[group] for group, names in _TEXTURE_GROUPS.items() for name in names}
+_TEXTURE_OF = {name: TEXTURES[group] for group, names in _TEXTURE_GROUPS.items() for name in names}
 
 
 class Category(NamedTuple):
@@ -554,6 +572,15 @@ class Category(NamedTuple):
 
     def index(self, name: str) -> int:
         return next(i for i, inst in enumerate(self.instances) if inst.name == name)
+
+    def check(self, structure: Structure, appearance: "Appearance | None" = None) -> None:
+        """Refuse parameters drawn for another category (they would index the wrong parts or fail deep inside)."""
+        if structure.matrix.shape[1] != len(self.instances):
+            raise ValueError(f"the structure has {structure.matrix.shape[1]} part instances but {self.name} have "
+                             f"{len(self.instances)}: pass the category it was sampled for (category=...)")
+        if appearance is not None and appearance.base.shape[1] != len(self.labels):
+            raise ValueError(f"the appearance has {appearance.base.shape[1]} labels but {self.name} have "
+                             f"{len(self.labels)}: pass the category it was sampled for (category=...)")
 
     def top_to_label(self) -> torch.Tensor:
         """Front-most instance + 1 -> label [P + 1] (0 = background)."""
@@ -634,7 +661,7 @@ def render(structure: Structure, appearance: Appearance, size: int, chunk: int =
            category: "Category | None" = None):
     """Render faces (or another ``category``'s objects) where their parameters are (``structure.to(device)``).
 
-    Returns ``(images [B, 3, size, size] float in [0, 1], labels [B, size, size] int64 (see LABELS),
+    Returns ``(images [B, 3, size, size] float in [0, 1], labels [B, size, size] int64 (the category's labels),
     local_coords [B, 2, size, size])``: the local coordinates of the front-most part at each pixel centre
     (background: the image coordinates). Faces are processed ``chunk`` at a time: every part is evaluated
     in the union of its bounding boxes over the chunk, so small chunks keep those windows tight. ``windowed``
@@ -644,11 +671,12 @@ def render(structure: Structure, appearance: Appearance, size: int, chunk: int =
     depends on the other faces of the chunk), so small frames are always rendered whole, which is faster there too.
     """
     if len(structure) != len(appearance):
-        raise ValueError(f"structure has {len(structure)} faces but appearance has {len(appearance)}")
+        raise ValueError(f"structure has {len(structure)} objects but appearance has {len(appearance)}")
+    category = category or FACES
+    category.check(structure, appearance)
     if windowed is None:
         windowed = structure.matrix.device.type == "cpu" and size >= WINDOWED_FROM
     chunk = chunk if windowed else max(1, len(structure))
-    category = category or FACES
     to_label = category.top_to_label().to(structure.matrix.device, non_blocking=True)
     images, labels, local = [], [], []
     for i in range(0, len(structure), chunk):
@@ -695,6 +723,8 @@ def true_correspondence(s_content: Structure, s_style: Structure, size: int, chu
     if len(s_content) != len(s_style):
         raise ValueError(f"{len(s_content)} content structures but {len(s_style)} style structures")
     category = category or FACES
+    category.check(s_content)
+    category.check(s_style)
     flows, visibles = [], []
     for i in range(0, len(s_content), chunk):
         content, style = s_content.index(slice(i, i + chunk)), s_style.index(slice(i, i + chunk))
