@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import numpy as np
 import torch
 from PIL import Image
 
@@ -32,9 +31,9 @@ def main(argv: list[str] | None = None) -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     for start in range(0, args.count, 64):
         images = data.batch(range(start, min(start + 64, args.count)))
-        for offset, image in enumerate(images):
-            pixels = (image.permute(1, 2, 0).clamp(0, 1) * 255).round().to(torch.uint8).numpy()
-            Image.fromarray(np.ascontiguousarray(pixels)).save(args.out / f"{args.category}_{start + offset:05d}.png")
+        pixels = (images.permute(0, 2, 3, 1).clamp(0, 1) * 255).round().to(torch.uint8).contiguous().numpy()
+        for offset, image in enumerate(pixels):
+            Image.fromarray(image).save(args.out / f"{args.category}_{start + offset:05d}.png")
     print(f"wrote {args.count} {args.category} images ({args.split}, {args.size} px) to {args.out}")
 
 

@@ -361,8 +361,8 @@ def _waves(g, n: int) -> torch.Tensor:
     """Three plane waves per sample [n, 3, (kx, ky, phase)]: the blotch texture's."""
     angle = torch.rand(n, 3, generator=g) * 2 * math.pi
     freq = 3.0 + 6.0 * torch.rand(n, 3, generator=g)
-    return torch.stack([freq * torch.cos(angle), freq * torch.sin(angle), torch.rand(n, 3, generator=g) * 2 * math.pi],
-                       -1)
+    phase = torch.rand(n, 3, generator=g) * 2 * math.pi
+    return torch.stack([freq * torch.cos(angle), freq * torch.sin(angle), phase], -1)
 
 
 def _strands(g, n: int) -> torch.Tensor:
