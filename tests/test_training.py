@@ -218,6 +218,24 @@ def test_command_line_overrides_are_typed_and_checked():
     assert args.train_overrides == {"lr_decay_start": 0.5} and args.model_overrides == {"w_dim": 16}
     with pytest.raises(SystemExit):  # a resumed run keeps its architecture
         parse_args(["--out", "x", "--resume", "--model-set", "w_dim=16"])
+    # --set of a field with its own option is that option (it used to reach TrainConfig twice: a TypeError)
+    args = parse_args(["--out", "x", "--set", "ccl_hybrid_weight=0", "--set", "lr=1e-3", "--set", "pair_mix=1,0,0"])
+    assert (args.ccl_hybrid_weight, args.lr) == (0.0, 1e-3) and args.train_overrides == {"pair_mix": (1.0, 0.0, 0.0)}
+    assert parse_args(["--out", "x", "--lr", "1e-3", "--set", "lr=1e-3"]).lr == 1e-3  # the same value twice
+    for clash in (["--lr", "5e-4", "--set", "lr=1e-3"], ["--set", "freeze_decoder=true"]):
+        with pytest.raises(SystemExit):
+            parse_args(["--out", "x", *clash])
+
+
+def test_set_of_a_flagged_field_reaches_the_run(tmp_path, capsys):
+    from coat_model.train.cli import main
+
+    out = tmp_path / "run"
+    assert main(["--data", "procedural:faces", "--preset", "tiny", "--resolution", "32", "--out", str(out),
+                 "--set", "steps=1", "--set", "ccl_hybrid_weight=0", "--batch-size", "2", "--threads", "1",
+                 "--sample-every", "0", "--log-every", "1"]) == 0
+    saved = json.loads((out / "run.json").read_text())
+    assert saved["train_config"]["steps"] == 1 and saved["train_config"]["ccl_hybrid_weight"] == 0.0
 
 
 def test_train_states_from_before_ccl_detach_keys_keep_the_stop_gradient():

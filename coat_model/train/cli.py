@@ -182,6 +182,26 @@ def _train_option(p: argparse.ArgumentParser, field: str, help: str, **kw) -> No
                    help=f"{help} (default: %(default)s)", **kw)
 
 
+_FLAGGED = ("steps", "batch_size", "accumulate", "lr", "seed", "adv_weight", "ccl_hybrid_weight", "amp")
+
+
+def _fold_flagged_overrides(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """``--set FIELD=V`` for a field that has its own option (``--set lr=1e-3``) is that option: one value, one
+    place. Both given with different values is an error that names them; ``--set freeze_decoder`` belongs to
+    ``--stylegan2``."""
+    for field in _FLAGGED:
+        if field not in args.train_overrides:
+            continue
+        value, flag = args.train_overrides.pop(field), "--" + field.replace("_", "-")
+        given = getattr(args, field)
+        if given != _TRAIN_DEFAULTS[field] and given != value:
+            p.error(f"{flag} {given} and --set {field}={value} disagree: give the value once")
+        setattr(args, field, value)
+    if "freeze_decoder" in args.train_overrides:
+        p.error("--set freeze_decoder: the decoder is frozen by --stylegan2 (training the encoder for an imported "
+                "generator), not by a setting")
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="coat-train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", default="procedural:faces",
@@ -221,6 +241,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         args.model_overrides = parse_overrides(COATConfig, args.model_set)
     except ValueError as error:
         p.error(str(error))
+    _fold_flagged_overrides(p, args)
     if args.model_overrides and (args.resume or args.stylegan2):
         p.error("--model-set only applies to a new run, or with --init to grow a checkpoint (a resumed run keeps "
                 "its architecture)")
