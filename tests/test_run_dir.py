@@ -85,3 +85,6 @@ def test_set_on_a_resumed_run_is_refused_not_ignored(tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 2 and "--set changes the settings of a new run" in err and "--init" in err
     assert (tmp_path / "train_state.safetensors").read_bytes() == b"a state"
+    # lr above has its own option (--set lr=... is --lr); a field without one is refused the same way
+    assert train.main(["--out", str(tmp_path), "--preset", "tiny", "--device", "cpu", "--resume", "--set",
+                       "pair_mix=1,0,0"]) == 2

@@ -188,7 +188,8 @@ _FLAGGED = ("steps", "batch_size", "accumulate", "lr", "seed", "adv_weight", "cc
 def _fold_flagged_overrides(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """``--set FIELD=V`` for a field that has its own option (``--set lr=1e-3``) is that option: one value, one
     place. Both given with different values is an error that names them; ``--set freeze_decoder`` belongs to
-    ``--stylegan2``."""
+    ``--stylegan2``. ``args.set_fields`` keeps every field ``--set`` named (a resumed run refuses them all)."""
+    args.set_fields = sorted(args.train_overrides)
     for field in _FLAGGED:
         if field not in args.train_overrides:
             continue
@@ -280,7 +281,7 @@ def _run(args, device, rank: int, world_size: int) -> int:
     out: Path = args.out
     run = RunDirectory(out, CLI_RECORD)
     resume = run.resumes(args.resume)
-    if resume and args.train_overrides:  # they would be ignored: a resumed run keeps its own settings
+    if resume and args.set_fields:  # they would be ignored: a resumed run keeps its own settings
         print(f"coat-train: --set changes the settings of a new run, and {out} resumes with its own (see its "
               f"run.json). To train on with other settings, start a new run from its model: --init {run.model} "
               f"--out NEW_FOLDER --set ...", file=sys.stderr)

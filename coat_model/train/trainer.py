@@ -75,7 +75,10 @@ class TrainConfig:
     ssim_weight: float = 0.5
     reg_weight: float = 0.005
     ccl_weight: float = 1.0                  # CCL on the real content descriptors
-    ccl_hybrid_weight: float = 1.0           # CCL on the hybrid's descriptors (one more encoder pass)
+    ccl_hybrid_weight: float = 0.0           # > 0: CCL on the hybrid's descriptors too (one more encoder pass,
+                                             # ~15 % of a CPU step); off, an hour from scratch matched and
+                                             # transferred better (BENCHMARKS, Learning speed, 2026-12-04), and
+                                             # every bundled stage since B trained without it
     ccl_queries: int = 256
     ccl_negatives: int = 64                  # per query; 0: every style cell outside the exclusion window
     ccl_exclusion: int = 2                   # the aligned scales' negatives lie outside this many cells (L-inf) of
