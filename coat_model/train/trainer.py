@@ -76,7 +76,7 @@ class TrainConfig:
     reg_weight: float = 0.005
     ccl_weight: float = 1.0                  # CCL on the real content descriptors
     ccl_hybrid_weight: float = 0.0           # > 0: CCL on the hybrid's descriptors too (one more encoder pass,
-                                             # ~15 % of a CPU step); off, an hour from scratch matched and
+                                             # ~15 % of a CPU step); off, 40 minutes from scratch matched and
                                              # transferred better (BENCHMARKS, Learning speed, 2026-12-04), and
                                              # every bundled stage since B trained without it
     ccl_queries: int = 256
