@@ -73,7 +73,7 @@ def test_train_states_from_before_encoder_lr_mult_resume_at_one_rate(tmp_path):
     del legacy["encoder_lr_mult"]
     assert TrainConfig.from_json(json.dumps(legacy)).encoder_lr_mult == 1.0
     assert TrainConfig().encoder_lr_mult == 10.0
-    assert TrainConfig().ccl_hybrid_weight == 0.0  # the hour from scratch learns faster without it (BENCHMARKS)
+    assert TrainConfig().ccl_hybrid_weight == 0.0  # 40 minutes from scratch learn faster without it (BENCHMARKS)
     old = _trainer(steps=6, encoder_lr_mult=1.0)
     old.train_step()
     old.save(tmp_path)

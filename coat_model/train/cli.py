@@ -182,7 +182,19 @@ def _train_option(p: argparse.ArgumentParser, field: str, help: str, **kw) -> No
                    help=f"{help} (default: %(default)s)", **kw)
 
 
-_FLAGGED = ("steps", "batch_size", "accumulate", "lr", "seed", "adv_weight", "ccl_hybrid_weight", "amp")
+# The TrainConfig fields with an option of their own: (field, help, extra add_argument keywords). The one list the
+# parser, the ``--set`` fold and the run's TrainConfig all read.
+_TRAIN_OPTIONS = (
+    ("steps", "optimiser steps of the run (with --resume: its new total)", {}),
+    ("batch_size", "global batch over all processes", {}),
+    ("accumulate", "micro-batches per optimiser step", {}),
+    ("lr", "Adam learning rate", {}),
+    ("seed", "seed of the weights, the pairs and the augmentations", {}),
+    ("adv_weight", "> 0 adds a discriminator (from scratch)", {}),
+    ("ccl_hybrid_weight", "weight of the contrastive loss on the hybrid's descriptors", {}),
+    ("amp", "mixed precision (auto: bf16 on CUDA)", {"choices": AMP_MODES}),
+)
+_FLAGGED = tuple(field for field, _, _ in _TRAIN_OPTIONS)
 
 
 def _fold_flagged_overrides(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
@@ -214,14 +226,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--stylegan2", type=Path, default=None,
                    help="rosinality StyleGAN2 checkpoint (g_ema): its generator becomes the frozen decoder")
     p.add_argument("--resume", action="store_true", help="continue the run in --out exactly where it stopped")
-    _train_option(p, "steps", "optimiser steps of the run (with --resume: its new total)")
-    _train_option(p, "batch_size", "global batch over all processes")
-    _train_option(p, "accumulate", "micro-batches per optimiser step")
-    _train_option(p, "lr", "Adam learning rate")
-    _train_option(p, "seed", "seed of the weights, the pairs and the augmentations")
-    _train_option(p, "adv_weight", "> 0 adds a discriminator (from scratch)")
-    _train_option(p, "ccl_hybrid_weight", "weight of the contrastive loss on the hybrid's descriptors")
-    _train_option(p, "amp", "mixed precision (auto: bf16 on CUDA)", choices=AMP_MODES)
+    for field, text, kw in _TRAIN_OPTIONS:
+        _train_option(p, field, text, **kw)
     p.add_argument("--set", dest="train_set", action="append", metavar="FIELD=VALUE",
                    help="override any TrainConfig field, e.g. --set betas=0,0.99 --set ccl_detach_keys=true")
     p.add_argument("--model-set", action="append", metavar="FIELD=VALUE",
@@ -287,9 +293,8 @@ def _run(args, device, rank: int, world_size: int) -> int:
               f"--out NEW_FOLDER --set ...", file=sys.stderr)
         return 2
     train_cfg = TrainConfig(
-        steps=args.steps, batch_size=args.batch_size, accumulate=args.accumulate, lr=args.lr, seed=args.seed,
-        adv_weight=args.adv_weight, ccl_hybrid_weight=args.ccl_hybrid_weight, amp=args.amp,
-        freeze_decoder=args.stylegan2 is not None, **args.train_overrides,
+        **{field: getattr(args, field) for field in _FLAGGED}, freeze_decoder=args.stylegan2 is not None,
+        **args.train_overrides,
     )
     model = None
     if resume:
