@@ -90,7 +90,7 @@ def test_pairs_built_the_way_a_gpu_builds_them_read_nothing_back(monkeypatch):
 
     from coat_model.train.data import faces
 
-    trainer = Trainer(COATConfig.tiny(resolution=64), TrainConfig(steps=10, batch_size=8, seed=3),
+    trainer = Trainer(COATConfig.tiny(resolution=64), TrainConfig(steps=10, batch_size=8, seed=3, bootstrap=0.0),
                       make_dataset("procedural:faces", 64, seed=3))  # 64 px: the CPU renders with part windows
     recipes = trainer.recipes(0)
     assert {"warp", "self", "random"} <= {k for r in recipes for k in r.kinds}

@@ -115,6 +115,25 @@ def test_background_workers_give_the_same_batches():
         assert torch.equal(x, y)
 
 
+def test_random_pairs_join_the_mix_when_they_join_the_contrastive_loss():
+    """Before ``bootstrap`` a random pair would feed only the cycle term: its share goes to the same-image pairs."""
+    cfg = TrainConfig(steps=100, bootstrap=0.1)
+    assert cfg.mix_at(0) == cfg.mix_at(9) == (0.5, 0.25, 0.0) and cfg.mix_at(10) == cfg.mix_at(None) == cfg.pair_mix
+    assert TrainConfig(steps=100, teacher_flow=True).mix_at(0) == cfg.pair_mix  # the teacher's flow: they join at once
+    assert TrainConfig(steps=100, random_at_bootstrap=False).mix_at(0) == cfg.pair_mix
+    assert TrainConfig(steps=100, pair_mix=(0.0, 0.0, 1.0)).mix_at(0) == (0.0, 0.0, 1.0)  # nothing to give it to
+    legacy = json.loads(cfg.to_json())
+    del legacy["random_at_bootstrap"]
+    assert TrainConfig.from_json(json.dumps(legacy)).random_at_bootstrap is False  # old runs resume as they trained
+    t = _trainer(steps=40, bootstrap=0.5)
+    early = [k for step in range(20) for r in t.recipes(step) for k in r.kinds]
+    late = [k for step in range(20, 40) for r in t.recipes(step) for k in r.kinds]
+    assert "random" not in early and {"warp", "self"} <= set(early)
+    assert 0.15 < late.count("random") / len(late) < 0.35
+    assert t._global_counts(0, 0)["target"] == t._global_counts(0, 0)["all"]
+    assert t._global_counts(39, 0)["target"] == sum(k != "random" for k in t.recipes(39)[0].kinds)
+
+
 def test_pairs_are_drawn_ahead_and_built_where_asked():
     """Trainer.recipes is what batch workers make (the draws; procedural images as parameters); building them gives
     the trainer's batches, the same on every call."""

@@ -59,6 +59,10 @@ class TrainConfig:
                                              # GroupNorm) makes matching start sooner (BENCHMARKS, Learning speed)
     seed: int = 0
     pair_mix: tuple[float, float, float] = (0.5, 0.25, 0.25)  # warp, self, random
+    random_at_bootstrap: bool = True         # random pairs enter the mix when they join CCL (``bootstrap``; at once
+                                             # with ``teacher_flow``); before, they would feed only the cycle term,
+                                             # and their share goes to the same-image pairs (BENCHMARKS, Learning
+                                             # speed)
     colour_remap: bool = True
     palette_share: float = 0.5               # share of same-image pairs whose content is recoloured by a random
                                              # colour lattice (parts independently; pairs.appearance_change)
@@ -107,9 +111,22 @@ class TrainConfig:
     amp: str = "auto"                        # auto (bf16 on CUDA), off, bf16, fp16
     align_mode: str = "soft"
 
-    def pair_options(self) -> dict:
-        """The pair builder's settings (:func:`~coat_model.train.pairs.draw_pairs`' keywords)."""
-        return dict(mix=self.pair_mix, colour_remap=self.colour_remap, palette_share=self.palette_share,
+    def random_pairs_join(self, step: int) -> bool:
+        """Whether random pairs join CCL (their confident matches as positives) at ``step``."""
+        return step >= self.bootstrap * self.steps
+
+    def mix_at(self, step: int | None) -> tuple[float, float, float]:
+        """The pair mix (warp, self, random) of ``step``: without random pairs before they join CCL when
+        ``random_at_bootstrap`` (a teacher's flow makes them join at once; and there must be same-image pairs to
+        give their share to); ``step`` None: the whole mix."""
+        if (step is not None and self.random_at_bootstrap and not self.teacher_flow
+                and not self.random_pairs_join(step) and sum(self.pair_mix[:2]) > 0):
+            return (*self.pair_mix[:2], 0.0)
+        return self.pair_mix
+
+    def pair_options(self, step: int | None = None) -> dict:
+        """The pair builder's settings of ``step`` (:func:`~coat_model.train.pairs.draw_pairs`' keywords)."""
+        return dict(mix=self.mix_at(step), colour_remap=self.colour_remap, palette_share=self.palette_share,
                     blur_share=self.blur_share, warp_strength=self.warp_strength,
                     local_warp=self.local_warp, local_grid=self.local_grid)
 
@@ -131,6 +148,7 @@ class TrainConfig:
         data.setdefault("ccl_fine_exclusion", 2)  # runs from before the option kept every scale's 2 cells
         data.setdefault("ccl_exclusion", 2)
         data.setdefault("encoder_lr_mult", 1.0)  # runs from before the option trained every module at lr
+        data.setdefault("random_at_bootstrap", False)  # runs from before it drew random pairs from the start
         return cls(**data)
 
     def __post_init__(self):
@@ -203,7 +221,7 @@ class TrainingStep(nn.Module):
         hybrid_desc = (model.encoder.descriptors(model.encoder.pyramid(hybrid * 2 - 1, finest=mcfg.scales[-1]))
                        if cfg.ccl_hybrid_weight else None)
         hard_share = hardness_schedule(step, cfg.steps, cfg.hard_ramp)
-        use_random = step >= cfg.bootstrap * cfg.steps
+        use_random = cfg.random_pairs_join(step)
         ccl_real, ccl_hybrid = 0.0, 0.0
         kw = dict(n_queries=cfg.ccl_queries, n_negatives=cfg.ccl_negatives, hard_share=hard_share, tau=cfg.ccl_tau,
                   detach_keys=cfg.ccl_detach_keys, exclusion=cfg.ccl_exclusion)
@@ -396,7 +414,7 @@ class Trainer:
     def recipes(self, step: int) -> list[PairRecipe]:
         """The random part of this rank's micro-batches of ``step``, drawn on the CPU (what batch workers do)."""
         cfg = self.config
-        return [draw_pairs(self.dataset, self.sampler, self.positions(step, m), cfg.seed, **cfg.pair_options())
+        return [draw_pairs(self.dataset, self.sampler, self.positions(step, m), cfg.seed, **cfg.pair_options(step))
                 for m in range(cfg.accumulate)]
 
     def pairs(self, step: int, device=None) -> list[PairBatch]:
@@ -434,7 +452,7 @@ class Trainer:
         from .pairs import pair_kind
 
         cfg = self.config
-        kinds = [pair_kind(p, cfg.pair_mix) for p in self.micro_batch(step, micro)]
+        kinds = [pair_kind(p, cfg.mix_at(step)) for p in self.micro_batch(step, micro)]
         return {"all": len(kinds) * cfg.accumulate, "target": sum(k != "random" for k in kinds) * cfg.accumulate}
 
     def _disc_step(self, batch: PairBatch, hybrid: torch.Tensor) -> dict[str, torch.Tensor]:
