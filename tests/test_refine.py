@@ -13,6 +13,7 @@ from safetensors.torch import load_file
 from coat_model import COAT, COATConfig
 from coat_model.bench.quality import gt_matches
 from coat_model.io import grow, load
+from coat_model.model.inputs import COATInputError
 from coat_model.model.matching import (
     Match, coordinate_grid, cycle_error, refine_match, untokens, window_correlation, window_correlation_reference,
 )
@@ -60,6 +61,73 @@ def test_refinement_recovers_a_known_sub_cell_shift(shift):
     soft = refine_match(content, style, coarse, radius=3, mode="soft", temperature=0.02)
     assert (soft.flow - truth)[0][:, inside].abs().max() * (r - 1) / 2 < 0.01
     assert torch.equal(hard.mask, coarse.mask) and torch.equal(hard.confidence, coarse.confidence)  # carried
+
+
+def test_the_refinement_prior_moves_only_for_a_clearly_more_alike_pixel_and_keeps_the_sub_pixel_match():
+    """One pixel, closed form: its coarse match lies 0.3 px right of pixel (x0, y0), which looks 0.9 alike; the
+    pixel 2 to the right looks exactly alike. The penalty there is prior x 4/9, so the search moves for a prior
+    below 0.225 and stays for one above; staying keeps the coarse match below the pixel."""
+    r, (x0, y0) = 16, (6, 7)
+    content, style = _descriptors(1, 16, r, seed=7), _descriptors(1, 16, r, seed=8)
+    q = content[0, :, y0, x0]
+    other = F.normalize(style[0, :, y0, x0] - (style[0, :, y0, x0] @ q) * q, dim=0)  # orthogonal to q
+    style[0, :, y0, x0] = 0.9 * q + (1 - 0.9 ** 2) ** 0.5 * other
+    style[0, :, y0, x0 + 2] = q
+    window = style[0, :, y0 - 3:y0 + 4, x0 - 3:x0 + 4].reshape(16, -1)
+    assert sorted((q @ window).tolist())[-3] < 0.8  # the construction: no third pixel of the window comes close
+    ones = torch.ones(1, 1, r, r)
+    coarse_flow = _pixel_grid(r) + torch.tensor([0.3, 0.0]).view(1, 2, 1, 1) * 2 / (r - 1)
+    coarse = Match(flow=coarse_flow, confidence=ones, mask=ones.bool())
+    px = lambda m: (m.flow[0, :, y0, x0] + 1) * (r - 1) / 2  # noqa: E731  the pixel's match in style pixels
+
+    def refined(prior):
+        return refine_match(content, style, coarse, radius=3, mode="hard", prior=prior)
+
+    assert torch.allclose(px(refined(0.0)), torch.tensor([x0 + 2.0, y0]), atol=1e-4)
+    assert torch.allclose(px(refined(0.2)), torch.tensor([x0 + 2.0, y0]), atol=1e-4)
+    stayed = refined(0.25)
+    assert torch.allclose(px(stayed), torch.tensor([x0 + 0.3, y0]), atol=1e-4)  # not the rounded pixel x0
+    assert stayed.similarity[0, 0, y0, x0].item() == pytest.approx(0.9, abs=1e-5)  # the chosen pixel's
+    assert torch.allclose(px(refine_match(content, style, coarse, radius=3, mode="hard")),
+                          px(refined(0.0)))  # 0: the refinement as it was
+
+
+def test_the_refinement_prior_is_an_inference_option_checked_and_recorded():
+    torch.manual_seed(0)
+    cfg = COATConfig.tiny(pixel_latents=True, refine_dim=8, refine_radius=2, warp_style=True, refine_prior=0.4)
+    model = COAT(cfg).eval()
+    g = torch.Generator().manual_seed(3)
+    content, style = torch.rand(2, 3, 32, 32, generator=g), torch.rand(2, 3, 32, 32, generator=g)
+    with torch.no_grad():
+        c, s = model.encode(content), model.encode(style)
+        assert model.align(c, s).options.refine_prior == 0.4
+        assert model.align(c, s, refine_prior=0.0).options.refine_prior == 0.0
+        assert model.align(c, s, refine=False).options.refine_prior is None  # nothing refined
+        assert model.align(c, s, mode="soft").options.refine_prior is None  # the soft path has no prior
+        # a prior too large to ever leave the centre keeps the interpolated matches (the refinement off)
+        kept, off, searched = (model.align(c, s, refine_prior=10.0), model.align(c, s, refine=False),
+                               model.align(c, s))
+        assert torch.equal(kept.warped, off.warped) and all(torch.equal(a, b) for a, b in zip(kept.maps, off.maps))
+        assert not torch.equal(searched.warped, off.warped)  # while 0.4 lets some of them move
+        with pytest.raises(COATInputError, match="refine_prior is a similarity penalty"):
+            model.align(c, s, refine_prior=-1.0)
+    with pytest.raises(ValueError, match="refine_prior is a similarity penalty"):
+        COATConfig.tiny(refine_prior=float("nan"))
+    assert COATConfig.from_json(json.dumps({k: v for k, v in json.loads(COATConfig.small().to_json()).items()
+                                            if k != "refine_prior"})).refine_prior == 0.0  # older checkpoints: off
+
+
+def test_the_bench_reports_the_defaults_without_the_prior():
+    from coat_model.bench.quality import evaluate
+
+    cfg = dict(pixel_latents=True, refine_dim=8, refine_radius=2, warp_style=True, resolution=32)
+    torch.manual_seed(0)
+    plain = COAT(COATConfig.tiny(**cfg)).eval()
+    prior = COAT(COATConfig.tiny(**cfg, refine_prior=0.3)).eval()
+    prior.load_state_dict(plain.state_dict())
+    without, with_prior = (evaluate(m, n_pairs=4, split="easy", batch_size=4) for m in (plain, prior))
+    assert "coat_no_prior" not in without and with_prior["coat_no_prior"] == without["coat"]
+    assert with_prior["coat_unrefined"] == without["coat_unrefined"]
 
 
 def test_soft_refinement_passes_gradients_to_descriptors_and_straight_through_to_the_coarse_flow():

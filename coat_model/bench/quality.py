@@ -12,8 +12,9 @@ Methods, all in one run on the same held-out pairs:
 - ``coat_trusted_warp`` (a checkpoint whose inference defaults set ``flow_fill``, ``warp_everywhere``,
   ``mirror_search``, ``rotation_search``, ``pose_fit`` or ``flow_median``): the same network without them: untrusted
   pixels keep their own matches, the decoder renders them, and the style is matched as given; ``coat_no_mirror``
-  (with ``mirror_search``), ``coat_no_rotation`` (with ``rotation_search``), ``coat_no_fit`` (with ``pose_fit``) and
-  ``coat_no_median`` (with ``flow_median``): the defaults without that one alone;
+  (with ``mirror_search``), ``coat_no_rotation`` (with ``rotation_search``), ``coat_no_fit`` (with ``pose_fit``),
+  ``coat_no_median`` (with ``flow_median``) and ``coat_no_prior`` (with ``refine_prior``): the defaults without
+  that one alone;
 - ``coat_modulation``: the same network and matches through the paper's pure modulation path (for a
   ``warp_style`` model: without the warped style's colours);
 - ``coat_global``: the same network with every aligned map replaced by the global style code (the
@@ -120,7 +121,8 @@ def coat_outputs(model, content: torch.Tensor, style: torch.Tensor, gt_flow: tor
         out["coat_trusted_warp"] = dict(
             output=model.decode(c, plain), confidence=trusted(plain), pred_flow=pixel_flow(plain))
     for name, option in (("coat_no_mirror", "mirror_search"), ("coat_no_rotation", "rotation_search"),
-                         ("coat_no_fit", "pose_fit"), ("coat_no_median", "flow_median")):
+                         ("coat_no_fit", "pose_fit"), ("coat_no_median", "flow_median"),
+                         ("coat_no_prior", "refine_prior")):
         if getattr(defaults, option):  # the defaults without this one alone
             without = model.align(c, s, **{option: 0})
             out[name] = dict(output=model.decode(c, without), confidence=trusted(without),

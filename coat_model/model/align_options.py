@@ -42,6 +42,7 @@ class AlignOptions:
     flow_median: int | None = None           # hard path: the radius of the content-guided flow median (0: off, or
                                              # a model without per-pixel matches)
     flow_median_sigma: float | None = None   # hard path with flow_median: its colour falloff (CIELAB units)
+    refine_prior: float | None = None        # hard path with refine: the similarity penalty at the window's edge
 
     @classmethod
     def resolve(cls, config: COATConfig, *, mode: str, scales: tuple[int, ...], backend: str = "auto",
@@ -53,7 +54,7 @@ class AlignOptions:
                 mirror_margin: float | None = None, rotation_search: float | None = None,
                 rotation_margin: float | None = None, pose_fit: bool | None = None,
                 pose_fit_margin: float | None = None, flow_median: int | None = None,
-                flow_median_sigma: float | None = None) -> "AlignOptions":
+                flow_median_sigma: float | None = None, refine_prior: float | None = None) -> "AlignOptions":
         """The options :meth:`COAT.align` runs with for these overrides (``None``: the config's value)."""
         pick = lambda value, default: default if value is None else value  # noqa: E731
         common = dict(
@@ -77,7 +78,8 @@ class AlignOptions:
                    rotation_search=rotation,
                    rotation_margin=float(pick(rotation_margin, config.rotation_margin)) if rotation else None,
                    pose_fit=fit, pose_fit_margin=float(pick(pose_fit_margin, config.pose_fit_margin)) if fit else None,
-                   **_median_options(config, pick(flow_median, config.flow_median), flow_median_sigma))
+                   **_median_options(config, pick(flow_median, config.flow_median), flow_median_sigma),
+                   refine_prior=float(pick(refine_prior, config.refine_prior)) if common["refine"] else None)
 
     @property
     def poses_searched(self) -> bool:
@@ -91,9 +93,11 @@ class AlignOptions:
         """The options of an alignment built from matches found elsewhere (sampled as the hard path does); their
         per-pixel matches refined (``refine``, a model with refinement descriptors) and passed through the flow
         median (``flow_median`` > 0, a model with per-pixel matches; ``flow_median_sigma`` None: the config's)
-        only when asked."""
-        return cls(mode="hard", scales=tuple(scales), fill=fill, refine=bool(refine) and bool(config.refine_dim),
-                   **_median_options(config, flow_median, flow_median_sigma))
+        only when asked (the refinement with the config's ``refine_prior``)."""
+        refine = bool(refine) and bool(config.refine_dim)
+        return cls(mode="hard", scales=tuple(scales), fill=fill, refine=refine,
+                   **_median_options(config, flow_median, flow_median_sigma),
+                   refine_prior=float(config.refine_prior) if refine else None)
 
 
 def _median_options(config: COATConfig, radius: int, sigma: float | None) -> dict:

@@ -254,6 +254,7 @@ class COAT(nn.Module):
         pose_fit_margin: float | None = None,
         flow_median: int | None = None,
         flow_median_sigma: float | None = None,
+        refine_prior: float | None = None,
     ) -> Alignment:
         """Align the style latents to the content through dense correspondence (docs/CORRESPONDENCE.md).
 
@@ -280,6 +281,8 @@ class COAT(nn.Module):
             flow_median, flow_median_sigma: hard path only, override the config's: last, each pixel's match becomes
                 the weighted median of the matches within ``flow_median`` pixels, neighbours weighed by how alike
                 the content looks (:mod:`coat_model.model.median`; 0 = off).
+            refine_prior: hard path with refinement, overrides the config's: a window offset's similarity is
+                lowered by this x (offset / radius)^2, and a pixel that stays keeps its interpolated match (0 = off).
         """
         cfg = self.config
         if mode not in ALIGN_MODES:
@@ -292,7 +295,7 @@ class COAT(nn.Module):
         check_search_options(COATInputError, flow_fill=flow_fill, mirror_margin=mirror_margin,
                              rotation_search=rotation_search, rotation_margin=rotation_margin,
                              pose_fit_margin=pose_fit_margin, flow_median=flow_median,
-                             flow_median_sigma=flow_median_sigma)
+                             flow_median_sigma=flow_median_sigma, refine_prior=refine_prior)
         options = AlignOptions.resolve(
             cfg, mode=mode, scales=scales, backend=backend, temperature=temperature,
             confidence_threshold=confidence_threshold, sim_threshold=sim_threshold, cycle_sigma=cycle_sigma,
@@ -300,6 +303,7 @@ class COAT(nn.Module):
             warp_everywhere=warp_everywhere, mirror_search=mirror_search, mirror_margin=mirror_margin,
             rotation_search=rotation_search, rotation_margin=rotation_margin, pose_fit=pose_fit,
             pose_fit_margin=pose_fit_margin, flow_median=flow_median, flow_median_sigma=flow_median_sigma,
+            refine_prior=refine_prior,
         )
         given = style.expand(content.batch_size)
         if not (options.mirror_search or options.rotation_search):  # the style as given (and the soft path)
@@ -442,7 +446,7 @@ class COAT(nn.Module):
         if options.refine and 1 in content.descriptors and 1 in style.descriptors:
             pixels = refine_match(content.descriptors[1], style.descriptors[1], pixels,
                                   radius=max(1, cfg.refine_radius), temperature=cfg.refine_temperature,
-                                  mode=options.mode)
+                                  mode=options.mode, prior=options.refine_prior or 0.0)
         if options.flow_median and content.image is not None:  # the content canvas is in [-1, 1]
             voters = content.frame.image_area(content.image.device)  # not the letterbox padding, nor the background
             voters = voters if content.mask is None else voters * content.mask

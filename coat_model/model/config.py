@@ -25,6 +25,7 @@ def check_search_options(error: type[Exception], **values: float | None) -> None
         "flow_median": (lambda v: float(v).is_integer() and 0 <= v <= MAX_MEDIAN_RADIUS,
                         f"a window radius in pixels, a whole number from 0 (off) to {MAX_MEDIAN_RADIUS}"),
         "flow_median_sigma": (lambda v: 0.1 <= v <= 1000, "a colour difference in CIELAB units, from 0.1 to 1000"),
+        "refine_prior": (lambda v: 0 <= v <= 10, "a similarity penalty at the window's edge, from 0 (off) to 10"),
     }
     for name, value in values.items():
         ok, what = rules[name]
@@ -84,6 +85,9 @@ class COATConfig:
     refine_radius: int = 0                     # > 0: refine the finest matches at full resolution in a (2r+1)^2
                                                # pixel window of those descriptors (inference default; needs refine_dim)
     refine_temperature: float = 0.05           # softmax temperature of the soft (training) refinement
+    refine_prior: float = 0.0                  # hard path (inference default): a window offset's similarity is
+                                               # lowered by this x (offset / radius)^2, and a pixel that stays keeps
+                                               # its interpolated match (docs/CORRESPONDENCE.md section 7; 0: off)
     warp_style: bool = False                   # the last ToRGB also receives the style image warped along the
                                                # (refined) matches, blended in by a learned gate where trusted
     # -- inference defaults of the hard path (0 / False: as trained; the soft path never uses them) ------------
@@ -138,7 +142,7 @@ class COATConfig:
         check_search_options(ValueError, flow_fill=self.flow_fill, mirror_margin=self.mirror_margin,
                              rotation_search=self.rotation_search, rotation_margin=self.rotation_margin,
                              pose_fit_margin=self.pose_fit_margin, flow_median=self.flow_median,
-                             flow_median_sigma=self.flow_median_sigma)
+                             flow_median_sigma=self.flow_median_sigma, refine_prior=self.refine_prior)
         if self.warp_everywhere and not self.warp_style:
             raise ValueError("warp_everywhere widens the warped-style colour path: set warp_style=True as well")
         if self.refine_dim and not self.pixel_latents:
@@ -210,15 +214,17 @@ class COATConfig:
         plus full-resolution latents, matches refined below the cell and the warped-style colour path, with
         untrusted pixel matches filled from trusted ones, the colour path offered everywhere, the style's mirror
         image and +-20 degree turns tried at inference, then the style re-posed by its matches, and last each
-        pixel's match the median of its neighbours' that look alike in the content (each one a ``False``/0 override
-        away: ``COATConfig.small(warp_style=False, warp_everywhere=False, mirror_search=False, rotation_search=0,
-        pose_fit=False, flow_median=0)``). Its encoder normalises every convolution of the trunk (GroupNorm,
+        pixel's match the median of its neighbours' that look alike in the content, the refinement leaving an
+        interpolated match only for a clearly more alike pixel (each one a ``False``/0 override away:
+        ``COATConfig.small(warp_style=False, warp_everywhere=False, mirror_search=False, rotation_search=0,
+        pose_fit=False, flow_median=0, refine_prior=0)``). Its encoder normalises every convolution of the trunk (GroupNorm,
         ``encoder_norm_groups=8``; checkpoints from before 2026-12-03 have ``encoder_norm_groups=0``)."""
         base = dict(
             resolution=64, scales=(8, 4, 2), encoder_channels=(32, 48, 64, 96), feature_dim=64,
             descriptor_dim=64, w_dim=32, channel_base=2048, channel_max=64, n_content_layers=4,
             pixel_latents=True, refine_dim=16, refine_radius=3, warp_style=True, flow_fill=2.0, warp_everywhere=True,
             mirror_search=True, rotation_search=20.0, pose_fit=True, flow_median=4, encoder_norm_groups=8,
+            refine_prior=0.4,
         )
         return cls(**{**base, **overrides})
 

@@ -380,7 +380,7 @@ def window_correlation_reference(query, key, centres, radius: int):
 
 
 def refine_match(content_desc: torch.Tensor, style_desc: torch.Tensor, coarse: Match, *, radius: int,
-                 temperature: float = 0.05, mode: str = "hard") -> Match:
+                 temperature: float = 0.05, mode: str = "hard", prior: float = 0.0) -> Match:
     """Matches below the cell: every pixel's coarse match (already per pixel, e.g. from :func:`resample_flow`) is
     searched again in a (2r+1)^2 pixel window of the style's full-resolution descriptors.
 
@@ -389,7 +389,11 @@ def refine_match(content_desc: torch.Tensor, style_desc: torch.Tensor, coarse: M
         coarse: per-pixel Match ([B, 2, R, R] flow in [-1, 1], align_corners=True over pixels; confidence, mask).
         mode: "hard" takes the best pixel of the window; "soft" (training) the softmax-weighted mean offset, with
             gradients to the descriptors and, straight through, to the coarse flow.
-    Returns: the refined Match; confidence and mask carried from ``coarse``, ``similarity`` the best window sim.
+        prior: hard mode, > 0: each offset's similarity is lowered by ``prior * (|offset| / radius)^2`` before the
+            best is taken (a match leaves its coarse place only for a clearly more alike pixel: descriptors that do
+            not yet tell neighbours apart keep the interpolated matches), and a pixel whose best offset is the
+            window's centre keeps its coarse match below the pixel instead of the centre's rounded pixel.
+    Returns: the refined Match; confidence and mask carried from ``coarse``, ``similarity`` the chosen pixel's sim.
     """
     r_h, r_w = style_desc.shape[-2:]
     pixel = flow_to_cells(coarse.flow, r_h, r_w)  # [B, 2, R, R] style pixel coordinates (the cells of scale 1)
@@ -397,7 +401,12 @@ def refine_match(content_desc: torch.Tensor, style_desc: torch.Tensor, coarse: M
     sims, inside = window_correlation(content_desc, style_desc, centre.long(), radius)
     sims = sims.float().masked_fill(~inside, float("-inf"))
     offsets = window_offsets(radius, sims.device).to(pixel.dtype).view(1, -1, 2, 1, 1)
-    best, arg = sims.max(dim=1, keepdim=True)
+    if prior and mode == "hard":
+        distance = (offsets[:, :, 0] ** 2 + offsets[:, :, 1] ** 2) / radius ** 2  # [1, K, 1, 1]
+        arg = (sims - prior * distance.to(sims.dtype)).argmax(dim=1, keepdim=True)
+        best = sims.gather(1, arg)
+    else:
+        best, arg = sims.max(dim=1, keepdim=True)
     if mode == "soft":
         weights = torch.softmax(sims / temperature, dim=1)  # [B, K, R, R]
         shift = (weights[:, :, None] * offsets).sum(1)
@@ -406,5 +415,7 @@ def refine_match(content_desc: torch.Tensor, style_desc: torch.Tensor, coarse: M
         shift = torch.gather(offsets.expand(sims.shape[0], -1, -1, *sims.shape[-2:]), 1,
                              arg[:, :, None].expand(-1, -1, 2, -1, -1))[:, 0]
         refined = centre + shift
+        if prior:  # stayed put: the coarse match as it was, below the pixel
+            refined = torch.where((shift == 0).all(1, keepdim=True), pixel, refined)
     flow = cells_to_flow(refined, r_h, r_w).clamp(-1, 1)
     return Match(flow=flow, confidence=coarse.confidence, mask=coarse.mask, similarity=best)
