@@ -40,6 +40,7 @@ def main(argv: list[str] | None = None) -> None:
     variants = {f"refine_prior={p}": dict(refine_prior=float(p)) for p in args.priors.split(",")}
     variants["unrefined"] = dict(refine=False)
     sums = {name: dict.fromkeys(KEYS, 0.0) for name in variants}
+    counts = {name: dict.fromkeys(KEYS, 0) for name in variants}
     with torch.no_grad():
         for start in range(0, args.pairs, 25):
             n = min(25, args.pairs - start)
@@ -51,11 +52,14 @@ def main(argv: list[str] | None = None) -> None:
                 flow = a.refined.flow if a.refined is not None else cell_flow_to_pixels(a.flow[finest], finest, r)
                 m = compute_metrics(model.decode(c, a).float(), pairs.target, pairs.content_labels, pairs.content,
                                     pred_flow=flow.float(), gt_flow=pairs.flow, visible=pairs.visible)
-                for k in KEYS:
-                    sums[name][k] += m[k] * n
+                for k in KEYS:  # pooled as the bench pools them: a batch without the metric (None) is left out
+                    if m[k] is not None:
+                        sums[name][k] += m[k] * n
+                        counts[name][k] += n
     print(f"{args.ckpt} {args.split} {args.pairs} pairs, seed {args.seed}")
     for name, total in sums.items():
-        print(f"{name:<20}" + "".join(f"  {k} {v / args.pairs:.4f}" for k, v in total.items()))
+        print(f"{name:<20}" + "".join(f"  {k} {v / counts[name][k]:.4f}" if counts[name][k] else f"  {k} -"
+                                      for k, v in total.items()))
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
 """The trainer: a short run learns, resume is exact, two gloo processes equal one, flow targets are right."""
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -84,6 +85,30 @@ def test_train_states_from_before_encoder_lr_mult_resume_at_one_rate(tmp_path):
     resumed = _trainer(steps=6, encoder_lr_mult=1.0)
     resumed.load(tmp_path / "train_state.safetensors")
     assert resumed.train_step()["lr"] == pytest.approx(resumed.config.lr)
+
+
+def test_a_run_resumes_under_other_inference_defaults_not_another_model(tmp_path):
+    """A preset's inference defaults may change between releases (the Train node rebuilds the preset to resume):
+    they touch no weight, so the saved run goes on; another architecture is still refused."""
+    _trainer(steps=4).save(tmp_path)
+    state = tmp_path / "train_state.safetensors"
+    newer = Trainer(COATConfig.tiny(flow_median=2, refine_prior=0.4, mirror_search=True),
+                    TrainConfig(steps=4, batch_size=4, seed=3), make_dataset("procedural:faces", 32, seed=3))
+    newer.load(state)
+    assert newer.model.config.refine_prior == 0.4  # the caller's inference defaults
+    other = Trainer(COATConfig.tiny(w_dim=8), TrainConfig(steps=4, batch_size=4, seed=3),
+                    make_dataset("procedural:faces", 32, seed=3))
+    with pytest.raises(ValueError, match="another model config"):
+        other.load(state)
+
+
+def test_new_settings_reach_the_batch_workers():
+    """--fit-to-time replaces the settings mid-run; the pair mix follows the schedule, so workers drawing ahead
+    with the old copy are let go and the next step starts new ones."""
+    trainer = _trainer(steps=40)
+    trainer._loader = iter(())  # as if workers were drawing ahead
+    trainer.config = dataclasses.replace(trainer.config, steps=10)
+    assert trainer._loader is None and trainer.config.steps == 10
 
 
 def test_resume_equals_an_uninterrupted_run(tmp_path):

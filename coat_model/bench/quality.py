@@ -117,7 +117,7 @@ def coat_outputs(model, content: torch.Tensor, style: torch.Tensor, gt_flow: tor
     defaults = alignment.options
     if defaults.flow_fill or defaults.warp_everywhere or defaults.poses_searched or defaults.flow_median:
         plain = model.align(c, s, flow_fill=0.0, warp_everywhere=False, mirror_search=False, rotation_search=0.0,
-                            pose_fit=False, flow_median=0)  # the hard path as trained
+                            pose_fit=False, flow_median=0, refine_prior=0.0)  # the hard path as trained
         out["coat_trusted_warp"] = dict(
             output=model.decode(c, plain), confidence=trusted(plain), pred_flow=pixel_flow(plain))
     for name, option in (("coat_no_mirror", "mirror_search"), ("coat_no_rotation", "rotation_search"),

@@ -42,7 +42,7 @@ class AlignOptions:
     flow_median: int | None = None           # hard path: the radius of the content-guided flow median (0: off, or
                                              # a model without per-pixel matches)
     flow_median_sigma: float | None = None   # hard path with flow_median: its colour falloff (CIELAB units)
-    refine_prior: float | None = None        # hard path with refine: the similarity penalty at the window's edge
+    refine_prior: float | None = None        # hard path with refine: the similarity penalty at the window's radius
 
     @classmethod
     def resolve(cls, config: COATConfig, *, mode: str, scales: tuple[int, ...], backend: str = "auto",

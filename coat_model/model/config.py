@@ -11,6 +11,11 @@ FILL_MODES = ("propagate", "global", "average", "content", "none")
 ALIGN_MODES = ("hard", "soft")
 BACKENDS = ("auto", "xformers", "sdpa", "chunked", "naive")
 MAX_MEDIAN_RADIUS = 8  # flow_median: a (2r+1)^2 window sorted per pixel
+#: The hard path's inference defaults: what ``align`` does at inference, never a weight's shape nor a training step's
+#: loss (a teacher's matches aside), so a run may resume under other values of them.
+INFERENCE_FIELDS = ("flow_fill", "warp_everywhere", "mirror_search", "mirror_margin", "rotation_search",
+                    "rotation_margin", "pose_fit", "pose_fit_margin", "flow_median", "flow_median_sigma",
+                    "refine_prior")
 
 
 def check_search_options(error: type[Exception], **values: float | None) -> None:
@@ -25,7 +30,7 @@ def check_search_options(error: type[Exception], **values: float | None) -> None
         "flow_median": (lambda v: float(v).is_integer() and 0 <= v <= MAX_MEDIAN_RADIUS,
                         f"a window radius in pixels, a whole number from 0 (off) to {MAX_MEDIAN_RADIUS}"),
         "flow_median_sigma": (lambda v: 0.1 <= v <= 1000, "a colour difference in CIELAB units, from 0.1 to 1000"),
-        "refine_prior": (lambda v: 0 <= v <= 10, "a similarity penalty at the window's edge, from 0 (off) to 10"),
+        "refine_prior": (lambda v: 0 <= v <= 10, "a similarity penalty at a distance of the window's radius, from 0 (off) to 10"),
     }
     for name, value in values.items():
         ok, what = rules[name]
@@ -87,7 +92,7 @@ class COATConfig:
     refine_temperature: float = 0.05           # softmax temperature of the soft (training) refinement
     refine_prior: float = 0.0                  # hard path (inference default): a window offset's similarity is
                                                # lowered by this x (offset / radius)^2, and a pixel that stays keeps
-                                               # its interpolated match (docs/CORRESPONDENCE.md section 7; 0: off)
+                                               # its interpolated match (docs/CORRESPONDENCE.md section 4; 0: off)
     warp_style: bool = False                   # the last ToRGB also receives the style image warped along the
                                                # (refined) matches, blended in by a learned gate where trusted
     # -- inference defaults of the hard path (0 / False: as trained; the soft path never uses them) ------------

@@ -30,8 +30,9 @@ from .pairs import PairBatch
 
 #: The teacher's inference options beyond the model's own defaults: no pose search and no pose fit (each costs one
 #: more alignment per pose; pairs drawn from one training set are as posed as its images, and on the easy split,
-#: whose pairs are like them, neither moved PAA: BENCHMARKS, Quality).
-TEACHER_OPTIONS = dict(mirror_search=False, rotation_search=0.0, pose_fit=False)
+#: whose pairs are like them, neither moved PAA: BENCHMARKS, Quality), and the refinement without its distance prior
+#: (the teacher was measured before the prior existed).
+TEACHER_OPTIONS = dict(mirror_search=False, rotation_search=0.0, pose_fit=False, refine_prior=0.0)
 
 
 @torch.no_grad()

@@ -26,7 +26,7 @@ from torch import nn
 from torch.amp import autocast
 
 from ..model.coat import COAT
-from ..model.config import COATConfig
+from ..model.config import COATConfig, INFERENCE_FIELDS
 from ..model.coords import flow_to_index
 from .denormals import flush_denormals
 from .discriminator import Discriminator
@@ -359,6 +359,7 @@ class Trainer:
     @config.setter
     def config(self, config: TrainConfig) -> None:
         self.step_module.config = config
+        self._loader = None  # batch workers hold a copy of the old settings (the pair mix follows the schedule)
 
     def _amp_dtype(self):
         amp = self.config.amp
@@ -534,7 +535,8 @@ class Trainer:
 
     def load(self, path) -> None:
         state = load_state(path)
-        if COATConfig.from_json(state["model_config"]) != self.model.config:
+        saved = COATConfig.from_json(state["model_config"])  # inference defaults may differ (a preset's changed)
+        if saved.replace(**{f: getattr(self.model.config, f) for f in INFERENCE_FIELDS}) != self.model.config:
             raise ValueError(f"{path} was trained with another model config; start a new run directory")
         self.step = state["step"]
         self.model.load_state_dict(state["model"])
