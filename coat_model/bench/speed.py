@@ -310,8 +310,8 @@ def bench_train(st: Settings, log=print) -> dict:
             row.update(projected_seconds=projected, skipped=f"projected {projected:.0f} s/step > budget")
             last = (preset, batch, r, projected)
         else:
-            trainer = Trainer(_model_config(preset, r), TrainConfig(steps=10_000, batch_size=batch, random_at_bootstrap=False),  # a long run's whole mix
-                              make_dataset("procedural:faces", r), device=device)
+            cfg = TrainConfig(steps=10_000, batch_size=batch, random_at_bootstrap=False)  # a long run's whole mix
+            trainer = Trainer(_model_config(preset, r), cfg, make_dataset("procedural:faces", r), device=device)
             seconds, runs, warmup = time_runs(trainer.train_step, device, max(1, st.repeats // 2), st.run_budget,
                                               min_runs=1)
             batches = trainer.pairs(trainer.step, device)  # drawn on the CPU, built on the device

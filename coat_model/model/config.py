@@ -30,7 +30,8 @@ def check_search_options(error: type[Exception], **values: float | None) -> None
         "flow_median": (lambda v: float(v).is_integer() and 0 <= v <= MAX_MEDIAN_RADIUS,
                         f"a window radius in pixels, a whole number from 0 (off) to {MAX_MEDIAN_RADIUS}"),
         "flow_median_sigma": (lambda v: 0.1 <= v <= 1000, "a colour difference in CIELAB units, from 0.1 to 1000"),
-        "refine_prior": (lambda v: 0 <= v <= 10, "a similarity penalty at a distance of the window's radius, from 0 (off) to 10"),
+        "refine_prior": (lambda v: 0 <= v <= 10,
+                         "a similarity penalty at a distance of the window's radius, from 0 (off) to 10"),
     }
     for name, value in values.items():
         ok, what = rules[name]
@@ -222,8 +223,8 @@ class COATConfig:
         pixel's match the median of its neighbours' that look alike in the content, the refinement leaving an
         interpolated match only for a clearly more alike pixel (each one a ``False``/0 override away:
         ``COATConfig.small(warp_style=False, warp_everywhere=False, mirror_search=False, rotation_search=0,
-        pose_fit=False, flow_median=0, refine_prior=0)``). Its encoder normalises every convolution of the trunk (GroupNorm,
-        ``encoder_norm_groups=8``; checkpoints from before 2026-12-03 have ``encoder_norm_groups=0``)."""
+        pose_fit=False, flow_median=0, refine_prior=0)``). Its encoder normalises every convolution of the trunk
+        (GroupNorm, ``encoder_norm_groups=8``; checkpoints from before 2026-12-03 have ``encoder_norm_groups=0``)."""
         base = dict(
             resolution=64, scales=(8, 4, 2), encoder_channels=(32, 48, 64, 96), feature_dim=64,
             descriptor_dim=64, w_dim=32, channel_base=2048, channel_max=64, n_content_layers=4,
