@@ -38,7 +38,7 @@ def parse_scales(text: str, config: COATConfig) -> tuple[int, ...] | None:
 def align_options(config: COATConfig, mode="hard", scales="all", fill="default", temperature=-1.0,
                   confidence_threshold=-1.0, sim_threshold=-1.0, cycle_sigma=-1.0, flow_fill=-1.0,
                   warp_colours="default", mirror_search="default", rotation_search=-1.0,
-                  pose_fit="default", flow_median=-1) -> dict:
+                  pose_fit="default", flow_median=-1, refine_prior=-1.0) -> dict:
     """Node widget values -> ``COAT.align`` keywords; negative numbers and 'default' keep the checkpoint's."""
     choices = (("mode", mode, MODES), ("fill", fill, FILLS), ("warp_colours", warp_colours, WARP_COLOURS),
                ("mirror_search", mirror_search, SWITCH), ("pose_fit", pose_fit, SWITCH))
@@ -53,7 +53,8 @@ def align_options(config: COATConfig, mode="hard", scales="all", fill="default",
                 sim_threshold=keep(sim_threshold), cycle_sigma=keep(cycle_sigma), flow_fill=keep(flow_fill),
                 warp_everywhere=WARP_COLOURS[warp_colours], mirror_search=SWITCH[mirror_search],
                 rotation_search=keep(rotation_search), pose_fit=SWITCH[pose_fit],
-                flow_median=None if flow_median is None or flow_median < 0 else flow_median)  # align checks it
+                flow_median=None if flow_median is None or flow_median < 0 else flow_median,  # align checks it
+                refine_prior=keep(refine_prior))
 
 
 def align(handle: LoadedModel, content: Encoded, style: Encoded, **options) -> Aligned:
@@ -131,6 +132,16 @@ def median_input() -> io.Int.Input:
                                 "and a stray match inside a part takes the part's. 0 = off; larger = smoother.")
 
 
+def prior_input() -> io.Float.Input:
+    """Optional (API prompts saved before it existed still run); shared with COAT Transfer."""
+    return io.Float.Input("refine_prior", default=-1.0, min=-1.0, max=10.0, step=0.05, optional=True,
+                          tooltip="-1 (default) = use the checkpoint's own value (0.4 for the bundled one). Hard "
+                                  "mode, models that refine their matches below the cell: how much more alike a "
+                                  "pixel farther off in the refinement's window must look to move a match there "
+                                  "(the similarity penalty at the window's edge). 0 = the most alike pixel "
+                                  "always wins; larger = matches stay nearer the cell match, smoother colours.")
+
+
 class COATAlign(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
@@ -180,6 +191,7 @@ class COATAlign(io.ComfyNode):
                 rotation_input(),
                 pose_fit_input(),
                 median_input(),
+                prior_input(),
             ],
             outputs=[
                 CoatAlignment.Output(display_name="alignment", tooltip="Style latents aligned to the content."),
@@ -191,11 +203,11 @@ class COATAlign(io.ComfyNode):
     def execute(cls, model: LoadedModel, content: Encoded, style: Encoded, mode="hard", scales="all",
                 fill="default", temperature=-1.0, confidence_threshold=-1.0, sim_threshold=-1.0,
                 cycle_sigma=-1.0, flow_fill=-1.0, warp_colours="default", mirror_search="default",
-                rotation_search=-1.0, pose_fit="default", flow_median=-1) -> io.NodeOutput:
+                rotation_search=-1.0, pose_fit="default", flow_median=-1, refine_prior=-1.0) -> io.NodeOutput:
         aligned = align(model, content, style, mode=mode, scales=scales, fill=fill, temperature=temperature,
                         confidence_threshold=confidence_threshold, sim_threshold=sim_threshold,
                         cycle_sigma=cycle_sigma, flow_fill=flow_fill, warp_colours=warp_colours,
                         mirror_search=mirror_search, rotation_search=rotation_search, pose_fit=pose_fit,
-                        flow_median=flow_median)
+                        flow_median=flow_median, refine_prior=refine_prior)
         interrupt_point()
         return io.NodeOutput(aligned, confidence_mask(model, aligned), ui={"coat_matches": [ui_entry(aligned)]})

@@ -16,7 +16,8 @@ NODE_IDS = ["COATModelLoader", "COATEncode", "COATAlign", "COATDecode", "COATTra
 @pytest.fixture(scope="module")
 def ckpt_dir(comfy_inprocess, tmp_path_factory):
     """A tmp folder registered as a `coat` model folder, holding tiny.safetensors, tiny_pixel.safetensors (with
-    pixel latents) and two non-checkpoints."""
+    pixel latents), tiny_refine.safetensors (matches refined below the cell, with a refinement prior) and two
+    non-checkpoints."""
     import folder_paths
 
     d = tmp_path_factory.mktemp("coat_models")
@@ -27,6 +28,8 @@ def ckpt_dir(comfy_inprocess, tmp_path_factory):
                 p.fill_(0.5)
     model.save(d / "tiny.safetensors")
     coat_model.COAT(coat_model.COATConfig.tiny(pixel_latents=True)).save(d / "tiny_pixel.safetensors")
+    coat_model.COAT(coat_model.COATConfig.tiny(pixel_latents=True, refine_dim=8, refine_radius=2, refine_prior=0.3)) \
+        .save(d / "tiny_refine.safetensors")
     (d / "notes.txt").write_text("not a checkpoint")
     (d / "broken.safetensors").write_bytes(b"\x80\x04 a pickle, not safetensors")
     folder_paths.add_model_folder_path("coat", str(d))
@@ -271,6 +274,34 @@ def test_align_options(M, model):
         align(mirror_search="maybe")
 
 
+def test_refine_prior_reaches_the_refinement_from_both_nodes(M, monkeypatch):
+    """-1: the checkpoint's prior; 0 and other values override it (and move the refined matches); out of range is
+    refused with the range; COAT Transfer passes it the same way."""
+    model = run(M, "COATModelLoader", "tiny_refine.safetensors").args[0]
+    content, style = images(1, 32, 32), images(1, 32, 32, 1)
+    c, s = run(M, "COATEncode", model, content).args[0], run(M, "COATEncode", model, style).args[0]
+    align = lambda **kw: run(M, "COATAlign", model, c, s, **kw).args[0].alignment  # noqa: E731
+    assert align().options.refine_prior == pytest.approx(0.3)
+    assert align(refine_prior=0.0).options.refine_prior == 0.0 and align(refine_prior=2.5).options.refine_prior == 2.5
+    free, pinned = align(refine_prior=0.0).refined.flow, align(refine_prior=10.0).refined.flow
+    assert not torch.equal(free, pinned)  # random descriptors: some pixel finds a more alike one off its cell match
+    torch.testing.assert_close(align(refine_prior=-1.0).refined.flow, align(refine_prior=0.3).refined.flow)
+    with pytest.raises(ValueError, match="refine_prior is a similarity penalty"):
+        align(refine_prior=11.0)  # an API prompt past the widget's range
+    assert "refine_prior" in M["COATAlign"].INPUT_TYPES()["optional"]  # API prompts saved before it still run
+    priors = []
+    real = coat_model.COAT.align
+
+    def spy(self, *args, **kwargs):
+        priors.append(kwargs.get("refine_prior"))
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(coat_model.COAT, "align", spy)
+    outs = [run(M, "COATTransfer", model, content, style, refine_prior=p).args[0] for p in (-1.0, 0.3, 0.0)]
+    assert priors == [None, 0.3, 0.0] and torch.equal(outs[0], outs[1])
+    assert "refine_prior" in M["COATTransfer"].INPUT_TYPES()["optional"]
+
+
 def test_latents_from_another_model(M, model, tmp_path):
     other = coat_model.COAT(coat_model.COATConfig.tiny(w_dim=8))
     other.save(tmp_path / "other.safetensors")
@@ -406,10 +437,10 @@ def test_inputs_that_default_to_the_checkpoints_value_say_so(M):
     inputs = {**info["required"], **info["optional"]}
     page = (Path(__file__).resolve().parent.parent / "web" / "docs" / "COATAlign.md").read_text()
     # optional: API prompts saved before them still validate
-    assert {"flow_fill", "warp_colours", "mirror_search", "rotation_search", "pose_fit", "flow_median"} \
-        <= set(info["optional"])
+    assert {"flow_fill", "warp_colours", "mirror_search", "rotation_search", "pose_fit", "flow_median",
+            "refine_prior"} <= set(info["optional"])
     for name in ("temperature", "confidence_threshold", "sim_threshold", "cycle_sigma", "flow_fill",
-                 "rotation_search", "flow_median"):
+                 "rotation_search", "flow_median", "refine_prior"):
         spec = inputs[name][1]
         assert spec["default"] == -1.0 and spec["tooltip"].startswith("-1 (default) = use the checkpoint's")
         assert f"`{name}`" in page.split("### The -1 inputs")[1]
