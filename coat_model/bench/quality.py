@@ -86,6 +86,16 @@ def gt_matches(flow: torch.Tensor, visible: torch.Tensor, resolution: int, scale
 
 
 @torch.no_grad()
+def scored(model, content_latents, alignment) -> dict[str, torch.Tensor]:
+    """What the bench scores of one alignment: the transfer, the per-pixel matches it decodes with (the refined
+    ones, or the finest cells' at their pixels) and its trusted pixels (the finest scale's mask)."""
+    finest, r = alignment.scales[-1], model.config.resolution
+    flow = (cell_flow_to_pixels(alignment.flow[finest], finest, r) if alignment.refined is None
+            else alignment.refined.flow)
+    trusted = F.interpolate(alignment.mask[finest].float(), size=(r, r), mode="nearest") > 0.5
+    return dict(output=model.decode(content_latents, alignment), pred_flow=flow, confidence=trusted)
+
+
 def coat_outputs(model, content: torch.Tensor, style: torch.Tensor, gt_flow: torch.Tensor | None = None,
                  visible: torch.Tensor | None = None, target: torch.Tensor | None = None) -> dict[str, dict]:
     """Outputs and matches of the network and of its ablations for one batch; ``coat_gt_matches`` and
@@ -95,22 +105,15 @@ def coat_outputs(model, content: torch.Tensor, style: torch.Tensor, gt_flow: tor
     finest = alignment.scales[-1]
     r = model.config.resolution
     cells = cell_flow_to_pixels(alignment.flow[finest], finest, r)
-
-    def pixel_flow(a):  # each variant is scored on its own per-pixel matches (and its own trusted ones, below)
-        return cell_flow_to_pixels(a.flow[finest], finest, r) if a.refined is None else a.refined.flow
-
-    flow = pixel_flow(alignment)
+    # each variant is scored on its own per-pixel matches and its own trusted pixels
+    out = {"coat": scored(model, c, alignment)}
+    flow, confidence = out["coat"]["pred_flow"], out["coat"]["confidence"]
     # no match is trusted, and no warped colour offered where none is (the ablation isolates correspondence)
     global_code = model.align(c, s, fill="global", confidence_threshold=2.0, warp_everywhere=False,
                               mirror_search=False, rotation_search=0.0, pose_fit=False, flow_median=0)
     warp = F.grid_sample(style, flow.permute(0, 2, 3, 1), mode="bilinear", padding_mode="border", align_corners=True)
-    trusted = lambda a: F.interpolate(a.mask[finest].float(), size=(r, r), mode="nearest") > 0.5  # noqa: E731
-    confidence = trusted(alignment)
-    out = {
-        "coat": dict(output=model.decode(c, alignment), pred_flow=flow, confidence=confidence),
-        "coat_global": dict(output=model.decode(c, global_code)),
-        "coat_flow_warp": dict(output=warp, pred_flow=flow),
-    }
+    out["coat_global"] = dict(output=model.decode(c, global_code))
+    out["coat_flow_warp"] = dict(output=warp, pred_flow=flow)
     if alignment.refined is not None:  # the same network with the cell-level matches only
         out["coat_unrefined"] = dict(output=model.decode(c, model.align(c, s, refine=False)), pred_flow=cells,
                                      confidence=confidence)
@@ -118,15 +121,12 @@ def coat_outputs(model, content: torch.Tensor, style: torch.Tensor, gt_flow: tor
     if defaults.flow_fill or defaults.warp_everywhere or defaults.poses_searched or defaults.flow_median:
         plain = model.align(c, s, flow_fill=0.0, warp_everywhere=False, mirror_search=False, rotation_search=0.0,
                             pose_fit=False, flow_median=0, refine_prior=0.0)  # the hard path as trained
-        out["coat_trusted_warp"] = dict(
-            output=model.decode(c, plain), confidence=trusted(plain), pred_flow=pixel_flow(plain))
+        out["coat_trusted_warp"] = scored(model, c, plain)
     for name, option in (("coat_no_mirror", "mirror_search"), ("coat_no_rotation", "rotation_search"),
                          ("coat_no_fit", "pose_fit"), ("coat_no_median", "flow_median"),
                          ("coat_no_prior", "refine_prior")):
         if getattr(defaults, option):  # the defaults without this one alone
-            without = model.align(c, s, **{option: 0})
-            out[name] = dict(output=model.decode(c, without), confidence=trusted(without),
-                             pred_flow=pixel_flow(without))
+            out[name] = scored(model, c, model.align(c, s, **{option: 0}))
     if alignment.warped is not None:
         out["coat_modulation"] = dict(output=model.decode(c, dataclasses.replace(alignment, warped=None, trust=None)))
     if gt_flow is not None:
@@ -144,6 +144,36 @@ def coat_outputs(model, content: torch.Tensor, style: torch.Tensor, gt_flow: tor
                             torch.ones_like(target[:, :1], dtype=torch.bool), r, model.config.scales)
         out["coat_autoencode"] = dict(output=model.decode(t, model.align_from_matches(t, t, itself)))
     return out
+
+
+class Pooled:
+    """Metrics of several methods pooled over batches, each weighted by its batch size; a metric a batch does not
+    have (None) is left out of that method's mean (None when no batch had it)."""
+
+    def __init__(self):
+        self.sums: dict[str, dict[str, float]] = {}
+        self.counts: dict[str, dict[str, int]] = {}
+
+    def add(self, name: str, metrics: dict[str, float | None], n: int) -> None:
+        self.sums.setdefault(name, {})
+        self.counts.setdefault(name, {})
+        for key in KEYS:
+            if metrics[key] is not None:
+                self.sums[name][key] = self.sums[name].get(key, 0.0) + metrics[key] * n
+                self.counts[name][key] = self.counts[name].get(key, 0) + n
+
+    def means(self) -> dict[str, dict[str, float | None]]:
+        return {name: {k: self.sums[name][k] / self.counts[name][k] if k in self.counts[name] else None for k in KEYS}
+                for name in self.sums}
+
+
+def score(method: dict[str, torch.Tensor], pairs) -> dict[str, float | None]:
+    """:func:`metrics.compute_metrics` of one method's ``output`` (and ``pred_flow`` / ``confidence`` where it has
+    them) against a batch of bench pairs."""
+    cpu = lambda key: None if key not in method else method[key].float().cpu()  # noqa: E731
+    return compute_metrics(cpu("output"), pairs.target, pairs.content_labels, pairs.content,
+                           pred_flow=cpu("pred_flow"), gt_flow=pairs.flow, visible=pairs.visible,
+                           confidence=None if "confidence" not in method else method["confidence"].cpu())
 
 
 @dataclasses.dataclass
@@ -167,8 +197,7 @@ def report(model, n_pairs: int = 200, split: str = "easy", batch_size: int = 25,
     default), and per part for :data:`PART_METHODS` (pooled over every scored part)."""
     r = model.config.resolution
     device = device or model.w_avg.device
-    sums: dict[str, dict[str, float]] = {}
-    counts: dict[str, dict[str, int]] = {}
+    pooled = Pooled()
     tallies: dict[str, dict[str, torch.Tensor]] = {}
     for start in range(0, n_pairs, batch_size):
         n = min(batch_size, n_pairs - start)
@@ -188,26 +217,13 @@ def report(model, n_pairs: int = 200, split: str = "easy", batch_size: int = 25,
         methods["gt_warp"] = dict(output=baselines.gt_warp(pairs.content, pairs.style, pairs.flow, labels,
                                                            pairs.visible, pairs.style_labels), pred_flow=pairs.flow)
         for name, m in methods.items():
-            metrics = compute_metrics(
-                m["output"].float().cpu(), pairs.target, labels, pairs.content,
-                pred_flow=None if "pred_flow" not in m else m["pred_flow"].float().cpu(),
-                gt_flow=pairs.flow, visible=pairs.visible,
-                confidence=None if "confidence" not in m else m["confidence"].cpu(),
-            )
-            for key in KEYS:
-                if metrics[key] is not None:
-                    sums.setdefault(name, {}).setdefault(key, 0.0)
-                    sums[name][key] += metrics[key] * n
-                    counts.setdefault(name, {}).setdefault(key, 0)
-                    counts[name][key] += n
+            pooled.add(name, score(m, pairs), n)
             if name in PART_METHODS:
                 t = part_tallies(m["output"].float().cpu(), pairs.target, labels, len(category.labels),
                                  pred_flow=None if "pred_flow" not in m else m["pred_flow"].float().cpu(),
                                  gt_flow=pairs.flow, visible=pairs.visible)
                 tallies[name] = {k: tallies.get(name, {}).get(k, 0) + v for k, v in t.items()}
-    methods = {name: {k: (sums[name][k] / counts[name][k] if k in counts.get(name, {}) else None) for k in KEYS}
-               for name in sums}
-    return Report(methods, {name: part_scores(t, category.labels) for name, t in tallies.items()})
+    return Report(pooled.means(), {name: part_scores(t, category.labels) for name, t in tallies.items()})
 
 
 def format_table(results: dict[str, dict]) -> str:

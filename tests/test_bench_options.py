@@ -1,0 +1,65 @@
+"""``python -m coat_model.bench options``: a checkpoint's transfer under other inference options, scored as the
+quality bench scores its ``coat`` row (the bench itself is the oracle)."""
+
+import json
+
+import pytest
+import torch
+
+from coat_model.bench.options import DEFAULTS, compare, main, parse_variant
+from coat_model.bench.quality import KEYS, evaluate
+from coat_model.model.coat import COAT
+from coat_model.model.config import COATConfig
+
+
+@pytest.fixture(scope="module")
+def tiny_model():
+    torch.manual_seed(0)
+    return COAT(COATConfig.tiny()).eval()
+
+
+def test_variants_parse_into_align_keywords():
+    assert parse_variant("flow_median=2") == ("flow_median=2", {"flow_median": 2})
+    assert parse_variant("plain: refine=false, refine_prior=0.4") == ("plain", {"refine": False, "refine_prior": 0.4})
+    assert parse_variant("g:fill=global,scales=8/4") == ("g", {"fill": "global", "scales": (8, 4)})
+    assert parse_variant("c:scales=8") == ("c", {"scales": (8,)})
+    for bad, says in (("nope=1", "not OPTION=VALUE with an option of COAT.align"),
+                      ("flow_median", "not OPTION=VALUE"), ("x:", "at least one OPTION=VALUE"),
+                      ("defaults:flow_median=1", "a name other than 'defaults'"),
+                      ("scales=8/four", "'8/four' is not a value of scales")):
+        with pytest.raises(ValueError, match=says):
+            parse_variant(bad)
+
+
+def test_the_defaults_row_is_the_quality_bench_s_coat_row_and_variants_change_what_they_set(tiny_model):
+    bench = evaluate(tiny_model, n_pairs=6, split="easy", batch_size=4)["coat"]
+    rows = compare(tiny_model, {"off": {"mirror_search": False}, "none_trusted": {"confidence_threshold": 2.0},
+                                "coarse": parse_variant("scales=8")[1]}, n_pairs=6, batch_size=4)
+    assert list(rows) == [DEFAULTS, "off", "none_trusted", "coarse"]
+    assert rows[DEFAULTS] == pytest.approx(bench) and set(rows[DEFAULTS]) == set(KEYS)
+    assert rows["off"] == rows[DEFAULTS]  # the tiny model's own default: the same transfer
+    assert rows[DEFAULTS]["conf_coverage"] > 0 and rows["none_trusted"]["conf_coverage"] == 0
+    assert rows["coarse"]["pck05"] != rows[DEFAULTS]["pck05"]  # cell matches of 8 px instead of 2 px
+    other = compare(tiny_model, {}, n_pairs=6, batch_size=4, seed=123)
+    assert other[DEFAULTS]["paa"] != rows[DEFAULTS]["paa"]  # another seed draws other pairs
+
+
+def test_the_command_prints_and_writes_every_variant_and_refuses_bad_ones(tiny_model, tmp_path, capsys):
+    ckpt, out = tmp_path / "tiny.safetensors", tmp_path / "sub" / "options.json"
+    tiny_model.save(ckpt)
+    assert main(["--ckpt", str(ckpt), "--pairs", "3", "--variant", "fill=global", "--variant",
+                 "strict:sim_threshold=0.9", "--json", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "3 pairs from seed" in printed and "fill=global" in printed and "strict" in printed
+    saved = json.loads(out.read_text())
+    assert list(saved["methods"]) == [DEFAULTS, "fill=global", "strict"]
+    assert saved["variants"]["strict"] == {"sim_threshold": 0.9} and saved["pairs"] == 3
+    for argv, says in ((["--variant", "speed=3"], "not OPTION=VALUE"),
+                       (["--variant", "flow_median=2", "--variant", "flow_median=2"], "the same name"),
+                       (["--variant", "flow_median=2.5"], "flow_median is a window radius")):
+        with pytest.raises(SystemExit):
+            main(["--ckpt", str(ckpt), "--pairs", "2", *argv])
+        assert says in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["--ckpt", str(tmp_path / "missing.safetensors"), "--variant", "flow_median=2"])
+    assert "checkpoint not found" in capsys.readouterr().err
