@@ -6,8 +6,8 @@ the encodings shared.
         --variant flow_median=2 --variant prior0:refine_prior=0 --variant plain:refine=false,flow_median=0
 
 A variant is ``[NAME:]OPTION=VALUE[,OPTION=VALUE...]``: keywords of ``COAT.align`` (``true``/``false``, numbers,
-words such as ``fill=global``, scales as ``8/4`` or ``8``). ``--seed`` draws other pairs than the bench's (its default is the
-bench's own): choose an option on one set, report it on the other.
+words such as ``fill=global``, scales as ``8/4`` or ``8``). ``--seed`` draws other pairs than the bench's (its
+default is the bench's own): choose an option on one set, report it on the other.
 """
 
 from __future__ import annotations
@@ -57,6 +57,8 @@ def parse_variant(text: str) -> tuple[str, dict]:
     for item in filter(None, (part.strip() for part in body.split(","))):
         key, eq, value = item.partition("=")
         key = key.strip()
+        if key in options:
+            raise ValueError(f"variant {text!r}: {key} is given twice")
         if not eq or key not in OPTIONS:
             raise ValueError(f"variant {text!r}: {item!r} is not OPTION=VALUE with an option of COAT.align "
                              f"({', '.join(OPTIONS)})")
@@ -75,6 +77,8 @@ def compare(model, variants: dict[str, dict], n_pairs: int = 100, split: str = "
             seed: int = EVAL_SEED, device=None, category: Category = FACES) -> dict[str, dict[str, float | None]]:
     """The bench's ``coat`` metrics (:data:`quality.KEYS`) for the checkpoint's defaults (:data:`DEFAULTS`) and for
     each variant (name -> ``COAT.align`` keywords), pooled over ``n_pairs`` held-out pairs as the bench pools them."""
+    if DEFAULTS in variants:
+        raise ValueError(f"{DEFAULTS!r} is the checkpoint's own row: name the variant otherwise")
     device = device or model.w_avg.device
     runs = {DEFAULTS: {}, **variants}
     pooled = Pooled()
@@ -102,6 +106,8 @@ def main(argv=None) -> int:
     p.add_argument("--json", type=Path, default=None)
     p.add_argument("--device", default="cpu")
     args = p.parse_args(argv)
+    if args.data.endswith("-hard"):
+        p.error("the split is --split's: give --data without -hard")
     try:
         variants = dict(parse_variant(v) for v in args.variant)
         category = parse_procedural(args.data)[0]

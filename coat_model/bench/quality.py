@@ -96,6 +96,7 @@ def scored(model, content_latents, alignment) -> dict[str, torch.Tensor]:
     return dict(output=model.decode(content_latents, alignment), pred_flow=flow, confidence=trusted)
 
 
+@torch.no_grad()
 def coat_outputs(model, content: torch.Tensor, style: torch.Tensor, gt_flow: torch.Tensor | None = None,
                  visible: torch.Tensor | None = None, target: torch.Tensor | None = None) -> dict[str, dict]:
     """Outputs and matches of the network and of its ablations for one batch; ``coat_gt_matches`` and
