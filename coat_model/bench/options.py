@@ -24,9 +24,8 @@ from ..checkpoint_format import CheckpointError
 from ..io import load
 from ..model.coat import COAT
 from ..model.inputs import COATInputError
-from ..train.data.categories import parse_procedural
 from ..train.data.faces import FACES, Category, sample_pairs
-from .quality import EVAL_SEED, Pooled, format_table, score, scored
+from .quality import EVAL_SEED, Pooled, add_data_argument, data_category, format_table, score, scored
 
 DEFAULTS = "defaults"  # the row of the checkpoint's own options, always first
 NOT_OPTIONS = {"self", "content", "style", "backend"}
@@ -102,15 +101,13 @@ def main(argv=None) -> int:
     p.add_argument("--split", choices=("easy", "hard"), default="easy")
     p.add_argument("--seed", type=int, default=EVAL_SEED,
                    help=f"the first pair's seed (default {EVAL_SEED}: the quality bench's pairs)")
-    p.add_argument("--data", default="procedural:faces", help="procedural:faces or procedural:cars")
+    add_data_argument(p)
     p.add_argument("--json", type=Path, default=None)
     p.add_argument("--device", default="cpu")
     args = p.parse_args(argv)
-    if args.data.endswith("-hard"):
-        p.error("the split is --split's: give --data without -hard")
+    category = data_category(p, args.data)
     try:
         variants = dict(parse_variant(v) for v in args.variant)
-        category = parse_procedural(args.data)[0]
     except ValueError as error:
         p.error(str(error))
     if len(variants) < len(args.variant):

@@ -168,12 +168,16 @@ class Pooled:
                 for name in self.sums}
 
 
+def on_cpu(method: dict[str, torch.Tensor], key: str) -> torch.Tensor | None:
+    """A method's ``output`` or ``pred_flow`` as the metrics take it (float32 on the CPU), or None without it."""
+    return None if key not in method else method[key].float().cpu()
+
+
 def score(method: dict[str, torch.Tensor], pairs) -> dict[str, float | None]:
     """:func:`metrics.compute_metrics` of one method's ``output`` (and ``pred_flow`` / ``confidence`` where it has
     them) against a batch of bench pairs."""
-    cpu = lambda key: None if key not in method else method[key].float().cpu()  # noqa: E731
-    return compute_metrics(cpu("output"), pairs.target, pairs.content_labels, pairs.content,
-                           pred_flow=cpu("pred_flow"), gt_flow=pairs.flow, visible=pairs.visible,
+    return compute_metrics(on_cpu(method, "output"), pairs.target, pairs.content_labels, pairs.content,
+                           pred_flow=on_cpu(method, "pred_flow"), gt_flow=pairs.flow, visible=pairs.visible,
                            confidence=None if "confidence" not in method else method["confidence"].cpu())
 
 
@@ -220,9 +224,8 @@ def report(model, n_pairs: int = 200, split: str = "easy", batch_size: int = 25,
         for name, m in methods.items():
             pooled.add(name, score(m, pairs), n)
             if name in PART_METHODS:
-                t = part_tallies(m["output"].float().cpu(), pairs.target, labels, len(category.labels),
-                                 pred_flow=None if "pred_flow" not in m else m["pred_flow"].float().cpu(),
-                                 gt_flow=pairs.flow, visible=pairs.visible)
+                t = part_tallies(on_cpu(m, "output"), pairs.target, labels, len(category.labels),
+                                 pred_flow=on_cpu(m, "pred_flow"), gt_flow=pairs.flow, visible=pairs.visible)
                 tallies[name] = {k: tallies.get(name, {}).get(k, 0) + v for k, v in t.items()}
     return Report(pooled.means(), {name: part_scores(t, category.labels) for name, t in tallies.items()})
 
@@ -252,24 +255,34 @@ def format_parts(parts: dict[str, dict[str, dict]]) -> str:
     return "\n".join(lines)
 
 
+def add_data_argument(parser: argparse.ArgumentParser) -> None:
+    """``--data``, shared by the bench commands that draw held-out pairs (read back with :func:`data_category`)."""
+    parser.add_argument("--data", default="procedural:faces",
+                        help="the procedural category the pairs come from: procedural:faces or procedural:cars (not "
+                             "a folder: the bench needs the category's true parts and correspondence)")
+
+
+def data_category(parser: argparse.ArgumentParser, data: str) -> Category:
+    """``--data``'s procedural category, or the parser's error (the split is ``--split``'s, not ``-hard``'s)."""
+    if data.endswith("-hard"):
+        parser.error("the split is --split's: give --data without -hard")
+    try:
+        return parse_procedural(data)[0]
+    except ValueError as error:
+        parser.error(str(error))
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m coat_model.bench quality", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--ckpt", required=True, type=Path)
     p.add_argument("--pairs", type=int, default=200)
     p.add_argument("--split", choices=("easy", "hard"), default="easy")
-    p.add_argument("--data", default="procedural:faces",
-                   help="the procedural category the pairs come from: procedural:faces or procedural:cars (not a "
-                        "folder: the bench needs the category's true parts and correspondence)")
+    add_data_argument(p)
     p.add_argument("--json", type=Path, default=None)
     p.add_argument("--device", default="cpu")
     args = p.parse_args(argv)
-    if args.data.endswith("-hard"):
-        p.error("the split is --split's: give --data without -hard")
-    try:
-        category = parse_procedural(args.data)[0]
-    except ValueError as error:
-        p.error(str(error))
+    category = data_category(p, args.data)
     model = load(args.ckpt, device=args.device)
     measured = report(model, args.pairs, args.split, device=torch.device(args.device), category=category)
     print(format_table(measured.methods))
