@@ -192,7 +192,7 @@ def test_flow_median_is_off_by_default_checked_and_never_on_the_soft_path():
         for bad in (0.0, 1e-30, float("inf"), float("nan")):
             with pytest.raises(COATInputError, match="flow_median_sigma is a colour difference"):
                 model.align(c, s, flow_median=2, flow_median_sigma=bad)
-    assert COATConfig().flow_median == 0 and COATConfig.small().flow_median == 4
+    assert COATConfig().flow_median == 0 and COATConfig.small().flow_median == 3
     with pytest.raises(ValueError, match="flow_median is a window radius"):
         COATConfig.tiny(flow_median=-2)
     legacy = {k: v for k, v in dataclasses.asdict(COATConfig.tiny()).items() if not k.startswith("flow_median")}

@@ -229,7 +229,7 @@ class COATConfig:
             resolution=64, scales=(8, 4, 2), encoder_channels=(32, 48, 64, 96), feature_dim=64,
             descriptor_dim=64, w_dim=32, channel_base=2048, channel_max=64, n_content_layers=4,
             pixel_latents=True, refine_dim=16, refine_radius=3, warp_style=True, flow_fill=2.0, warp_everywhere=True,
-            mirror_search=True, rotation_search=20.0, pose_fit=True, flow_median=4, encoder_norm_groups=8,
+            mirror_search=True, rotation_search=20.0, pose_fit=True, flow_median=3, encoder_norm_groups=8,
             refine_prior=0.4,
         )
         return cls(**{**base, **overrides})
