@@ -7,7 +7,7 @@ import re
 from comfy_api.v0_0_2 import io
 
 from coat_model import COATConfig, COATInputError
-from coat_model.model.config import FILL_MODES, MAX_MEDIAN_RADIUS
+from coat_model.model.config import FILL_MODES, MAX_AFFINE_RADIUS, MAX_MEDIAN_RADIUS
 
 from .matches import ui_entry
 from .types import Aligned, CoatAlignment, CoatLatents, CoatModel, Encoded, LoadedModel, bchw_to_image, interrupt_point
@@ -38,7 +38,7 @@ def parse_scales(text: str, config: COATConfig) -> tuple[int, ...] | None:
 def align_options(config: COATConfig, mode="hard", scales="all", fill="default", temperature=-1.0,
                   confidence_threshold=-1.0, sim_threshold=-1.0, cycle_sigma=-1.0, flow_fill=-1.0,
                   warp_colours="default", mirror_search="default", rotation_search=-1.0,
-                  pose_fit="default", flow_median=-1, refine_prior=-1.0) -> dict:
+                  pose_fit="default", flow_median=-1, refine_prior=-1.0, flow_affine=-1) -> dict:
     """Node widget values -> ``COAT.align`` keywords; negative numbers and 'default' keep the checkpoint's."""
     choices = (("mode", mode, MODES), ("fill", fill, FILLS), ("warp_colours", warp_colours, WARP_COLOURS),
                ("mirror_search", mirror_search, SWITCH), ("pose_fit", pose_fit, SWITCH))
@@ -54,7 +54,8 @@ def align_options(config: COATConfig, mode="hard", scales="all", fill="default",
                 warp_everywhere=WARP_COLOURS[warp_colours], mirror_search=SWITCH[mirror_search],
                 rotation_search=keep(rotation_search), pose_fit=SWITCH[pose_fit],
                 flow_median=None if flow_median is None or flow_median < 0 else flow_median,  # align checks it
-                refine_prior=keep(refine_prior))
+                refine_prior=keep(refine_prior),
+                flow_affine=None if flow_affine is None or flow_affine < 0 else flow_affine)  # align checks it
 
 
 def align(handle: LoadedModel, content: Encoded, style: Encoded, **options) -> Aligned:
@@ -132,6 +133,16 @@ def median_input() -> io.Int.Input:
                                 "and a stray match inside a part takes the part's. 0 = off; larger = smoother.")
 
 
+def affine_input() -> io.Int.Input:
+    """Optional (API prompts saved before it existed still run); shared with COAT Transfer."""
+    return io.Int.Input("flow_affine", default=-1, min=-1, max=MAX_AFFINE_RADIUS, step=1, optional=True,
+                        tooltip="-1 (default) = use the checkpoint's own value. Hard mode: before the median, each "
+                                "pixel's match is set by the smooth (affine) map that fits the matches of the pixels "
+                                "within this many pixels that look alike in the content: flat parts (skin, cloth, a "
+                                "car's body) stop matching a few pixels astray. 0 = off; larger = smoother; 8-20 "
+                                "at 128 px.")
+
+
 def prior_input() -> io.Float.Input:
     """Optional (API prompts saved before it existed still run); shared with COAT Transfer."""
     return io.Float.Input("refine_prior", default=-1.0, min=-1.0, max=10.0, step=0.05, optional=True,
@@ -192,6 +203,7 @@ class COATAlign(io.ComfyNode):
                 pose_fit_input(),
                 median_input(),
                 prior_input(),
+                affine_input(),
             ],
             outputs=[
                 CoatAlignment.Output(display_name="alignment", tooltip="Style latents aligned to the content."),
@@ -203,11 +215,12 @@ class COATAlign(io.ComfyNode):
     def execute(cls, model: LoadedModel, content: Encoded, style: Encoded, mode="hard", scales="all",
                 fill="default", temperature=-1.0, confidence_threshold=-1.0, sim_threshold=-1.0,
                 cycle_sigma=-1.0, flow_fill=-1.0, warp_colours="default", mirror_search="default",
-                rotation_search=-1.0, pose_fit="default", flow_median=-1, refine_prior=-1.0) -> io.NodeOutput:
+                rotation_search=-1.0, pose_fit="default", flow_median=-1, refine_prior=-1.0,
+                flow_affine=-1) -> io.NodeOutput:
         aligned = align(model, content, style, mode=mode, scales=scales, fill=fill, temperature=temperature,
                         confidence_threshold=confidence_threshold, sim_threshold=sim_threshold,
                         cycle_sigma=cycle_sigma, flow_fill=flow_fill, warp_colours=warp_colours,
                         mirror_search=mirror_search, rotation_search=rotation_search, pose_fit=pose_fit,
-                        flow_median=flow_median, refine_prior=refine_prior)
+                        flow_median=flow_median, refine_prior=refine_prior, flow_affine=flow_affine)
         interrupt_point()
         return io.NodeOutput(aligned, confidence_mask(model, aligned), ui={"coat_matches": [ui_entry(aligned)]})

@@ -8,8 +8,8 @@ from comfy_api.v0_0_2 import io
 from coat_model.model.inputs import pair_batches
 
 from .align import (
-    align, confidence_mask, fill_input, median_input, mirror_input, mode_input, pose_fit_input, prior_input,
-    rotation_input,
+    affine_input, align, confidence_mask, fill_input, median_input, mirror_input, mode_input, pose_fit_input,
+    prior_input, rotation_input,
 )
 from .decode import decode, decode_inputs
 from .encode import encode
@@ -42,6 +42,7 @@ class COATTransfer(io.ComfyNode):
                 pose_fit_input(),
                 median_input(),
                 prior_input(),
+                affine_input(),
             ],
             outputs=[
                 io.Image.Output(display_name="image", tooltip="The transferred images, at the content size."),
@@ -52,7 +53,8 @@ class COATTransfer(io.ComfyNode):
     @classmethod
     def execute(cls, model: LoadedModel, content, style, n_content_layers=-1, style_strength=1.0, seed=-1,
                 mode="hard", fill="default", content_mask=None, mirror_search="default",
-                rotation_search=-1.0, pose_fit="default", flow_median=-1, refine_prior=-1.0) -> io.NodeOutput:
+                rotation_search=-1.0, pose_fit="default", flow_median=-1, refine_prior=-1.0,
+                flow_affine=-1) -> io.NodeOutput:
         pair_batches(content.shape[0], style.shape[0])  # fail before any work
         bar = comfy.utils.ProgressBar(4)
         c = encode(model, content, content_mask, "content")
@@ -61,7 +63,7 @@ class COATTransfer(io.ComfyNode):
         bar.update(1)
         aligned = align(model, c, s, mode=mode, fill=fill, mirror_search=mirror_search,
                         rotation_search=rotation_search, pose_fit=pose_fit, flow_median=flow_median,
-                        refine_prior=refine_prior)
+                        refine_prior=refine_prior, flow_affine=flow_affine)
         bar.update(1)
         images = decode(model, c, aligned, n_content_layers, style_strength, seed)
         bar.update(1)

@@ -439,9 +439,9 @@ def test_inputs_that_default_to_the_checkpoints_value_say_so(M):
     page = (Path(__file__).resolve().parent.parent / "web" / "docs" / "COATAlign.md").read_text()
     # optional: API prompts saved before them still validate
     assert {"flow_fill", "warp_colours", "mirror_search", "rotation_search", "pose_fit", "flow_median",
-            "refine_prior"} <= set(info["optional"])
+            "refine_prior", "flow_affine"} <= set(info["optional"])
     for name in ("temperature", "confidence_threshold", "sim_threshold", "cycle_sigma", "flow_fill",
-                 "rotation_search", "flow_median", "refine_prior"):
+                 "rotation_search", "flow_median", "refine_prior", "flow_affine"):
         spec = inputs[name][1]
         assert spec["default"] == -1.0 and spec["tooltip"].startswith("-1 (default) = use the checkpoint's")
         assert f"`{name}`" in page.split("### The -1 inputs")[1]
@@ -461,3 +461,30 @@ def test_the_panel_words_a_fitted_pose_as_the_style_s_zoom_and_turn(M):
     assert fitted_pose(a, 0) == fitted_pose(a, 1) == {"fitted": True, "zoom": 1.25, "turn": 10.0, "shift": [0.05, 0.0]}
     assert fitted_pose(a, 2) == {"fitted": False}
     assert fitted_pose(SimpleNamespace(fitted=None), 0) == {"fitted": False}
+
+
+def test_flow_affine_reaches_the_pixel_stage_from_both_nodes(M, monkeypatch):
+    """-1: the checkpoint's (0 for this one); other values fit the refined matches; out of range or a float is
+    refused with the range; COAT Transfer passes it the same way; both take it as optional (older prompts)."""
+    model = run(M, "COATModelLoader", "tiny_refine.safetensors").args[0]
+    content, style = images(1, 32, 32), images(1, 32, 32, 1)
+    c, s = run(M, "COATEncode", model, content).args[0], run(M, "COATEncode", model, style).args[0]
+    align = lambda **kw: run(M, "COATAlign", model, c, s, **kw).args[0].alignment  # noqa: E731
+    assert align().options.flow_affine == 0 and align(flow_affine=4).options.flow_affine == 4
+    assert not torch.equal(align(flow_affine=4).refined.flow, align().refined.flow)
+    torch.testing.assert_close(align(flow_affine=-1).refined.flow, align(flow_affine=0).refined.flow)
+    for bad in (33, 2.5):  # past the widget's range, and an API prompt's float: checked, not rounded
+        with pytest.raises(ValueError, match="flow_affine is a window radius in pixels"):
+            align(flow_affine=bad)
+    radii = []
+    real = coat_model.COAT.align
+
+    def spy(self, *args, **kwargs):
+        radii.append(kwargs.get("flow_affine"))
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(coat_model.COAT, "align", spy)
+    outs = [run(M, "COATTransfer", model, content, style, flow_affine=r).args[0] for r in (-1, 0, 6)]
+    assert radii == [None, 0, 6] and torch.equal(outs[0], outs[1]) and not torch.equal(outs[0], outs[2])
+    for node in ("COATAlign", "COATTransfer"):
+        assert "flow_affine" in M[node].INPUT_TYPES()["optional"]

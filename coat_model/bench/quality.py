@@ -10,11 +10,11 @@ Methods, all in one run on the same held-out pairs:
   refined per-pixel ones of a ``refine_radius`` model (``coat_unrefined``: the same without the refinement, scored
   on its finest cell matches);
 - ``coat_trusted_warp`` (a checkpoint whose inference defaults set ``flow_fill``, ``warp_everywhere``,
-  ``mirror_search``, ``rotation_search``, ``pose_fit`` or ``flow_median``): the same network without them: untrusted
-  pixels keep their own matches, the decoder renders them, and the style is matched as given; ``coat_no_mirror``
-  (with ``mirror_search``), ``coat_no_rotation`` (with ``rotation_search``), ``coat_no_fit`` (with ``pose_fit``),
-  ``coat_no_median`` (with ``flow_median``) and ``coat_no_prior`` (with ``refine_prior``): the defaults without
-  that one alone;
+  ``mirror_search``, ``rotation_search``, ``pose_fit``, ``flow_median`` or ``flow_affine``): the same network
+  without them: untrusted pixels keep their own matches, the decoder renders them, and the style is matched as
+  given; ``coat_no_mirror`` (with ``mirror_search``), ``coat_no_rotation`` (with ``rotation_search``),
+  ``coat_no_fit`` (with ``pose_fit``), ``coat_no_median`` (with ``flow_median``), ``coat_no_prior`` (with
+  ``refine_prior``) and ``coat_no_affine`` (with ``flow_affine``): the defaults without that one alone;
 - ``coat_modulation``: the same network and matches through the paper's pure modulation path (for a
   ``warp_style`` model: without the warped style's colours);
 - ``coat_global``: the same network with every aligned map replaced by the global style code (the
@@ -22,9 +22,9 @@ Methods, all in one run on the same held-out pairs:
 - ``coat_flow_warp``: the style image sampled at the network's own finest matches (no decoder);
 - ``coat_gt_matches``: the same decoder fed the ground-truth correspondence at every aligned scale (the decoder's
   oracle: what perfect matching would give this network); ``coat_gt_refined`` (a model whose defaults refine the
-  per-pixel matches or take their flow median): the same true cell matches passed through the model's own pixel
-  stage, refinement and median as its defaults run them, scored on the per-pixel matches that stage makes of them
-  (what the pixel stage adds to, or takes from, perfect cell matches);
+  per-pixel matches, fit them locally or take their flow median): the same true cell matches passed through the
+  model's own pixel stage, refinement, affine fit and median as its defaults run them, scored on the per-pixel
+  matches that stage makes of them (what the pixel stage adds to, or takes from, perfect cell matches);
 - ``coat_autoencode``: the network rebuilding the true transfer itself from its own latents (every cell matched to
   itself): no transfer at all, the fidelity ceiling of its encoder and decoder at this resolution;
 - zero-training baselines: ``identity``, ``style_copy`` (its matches, scored by PCK, are every pixel to itself: what
@@ -111,7 +111,7 @@ def coat_outputs(model, content: torch.Tensor, style: torch.Tensor, gt_flow: tor
     flow, confidence = out["coat"]["pred_flow"], out["coat"]["confidence"]
     # no match is trusted, and no warped colour offered where none is (the ablation isolates correspondence)
     global_code = model.align(c, s, fill="global", confidence_threshold=2.0, warp_everywhere=False,
-                              mirror_search=False, rotation_search=0.0, pose_fit=False, flow_median=0)
+                              mirror_search=False, rotation_search=0.0, pose_fit=False, flow_median=0, flow_affine=0)
     warp = F.grid_sample(style, flow.permute(0, 2, 3, 1), mode="bilinear", padding_mode="border", align_corners=True)
     out["coat_global"] = dict(output=model.decode(c, global_code))
     out["coat_flow_warp"] = dict(output=warp, pred_flow=flow)
@@ -119,13 +119,14 @@ def coat_outputs(model, content: torch.Tensor, style: torch.Tensor, gt_flow: tor
         out["coat_unrefined"] = dict(output=model.decode(c, model.align(c, s, refine=False)), pred_flow=cells,
                                      confidence=confidence)
     defaults = alignment.options
-    if defaults.flow_fill or defaults.warp_everywhere or defaults.poses_searched or defaults.flow_median:
+    if (defaults.flow_fill or defaults.warp_everywhere or defaults.poses_searched or defaults.flow_median
+            or defaults.flow_affine):
         plain = model.align(c, s, flow_fill=0.0, warp_everywhere=False, mirror_search=False, rotation_search=0.0,
-                            pose_fit=False, flow_median=0, refine_prior=0.0)  # the hard path as trained
+                            pose_fit=False, flow_median=0, refine_prior=0.0, flow_affine=0)  # the hard path as trained
         out["coat_trusted_warp"] = scored(model, c, plain)
     for name, option in (("coat_no_mirror", "mirror_search"), ("coat_no_rotation", "rotation_search"),
                          ("coat_no_fit", "pose_fit"), ("coat_no_median", "flow_median"),
-                         ("coat_no_prior", "refine_prior")):
+                         ("coat_no_prior", "refine_prior"), ("coat_no_affine", "flow_affine")):
         if getattr(defaults, option):  # the defaults without this one alone
             out[name] = scored(model, c, model.align(c, s, **{option: 0}))
     if alignment.warped is not None:
@@ -134,10 +135,11 @@ def coat_outputs(model, content: torch.Tensor, style: torch.Tensor, gt_flow: tor
         true_cells = gt_matches(gt_flow, visible, r, model.config.scales)
         oracle = model.align_from_matches(c, s, true_cells)
         out["coat_gt_matches"] = dict(output=model.decode(c, oracle))
-        if defaults.refine or defaults.flow_median:  # the model's own pixel stage fed the true cell matches
-            staged = model.align_from_matches(c, s, true_cells, refine=defaults.refine,
+        if defaults.refine or defaults.flow_median or defaults.flow_affine:  # the model's own pixel stage fed the
+            staged = model.align_from_matches(c, s, true_cells, refine=defaults.refine,  # true cell matches
                                               flow_median=defaults.flow_median or 0,
-                                              flow_median_sigma=defaults.flow_median_sigma)
+                                              flow_median_sigma=defaults.flow_median_sigma,
+                                              flow_affine=defaults.flow_affine or 0)
             out["coat_gt_refined"] = dict(output=model.decode(c, staged), pred_flow=staged.refined.flow)
     if target is not None:
         t = model.encode(target)

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..checkpoint_format import save as save_checkpoint
+from .affine import guided_affine
 from .align_options import AlignOptions
 from .config import ALIGN_MODES, FILL_MODES, COATConfig, check_search_options
 from .decoder import Decoder
@@ -84,8 +85,8 @@ class Alignment:
     flow[s]: matched style coordinates in [-1, 1], [B, 2, h, w]; confidence[s]: [B, 1, h, w] in [0, 1];
     mask[s]: [B, 1, h, w] bool; maps[l]: aligned style latent of layer l; mode: "hard" or "soft".
     options: what the alignment ran with (:class:`~coat_model.model.align_options.AlignOptions`).
-    refined: the per-pixel matches below the cell (``refine_dim``, ``refine_radius``; then the content-guided median
-    with ``flow_median``), [B, 2, R, R] flow on the canvas, or None.
+    refined: the per-pixel matches below the cell (``refine_dim``, ``refine_radius``; then the content-guided local
+    affine fit with ``flow_affine`` and median with ``flow_median``), [B, 2, R, R] flow on the canvas, or None.
     warped: the style image warped along the finest per-pixel matches [B, 3, R, R] in [-1, 1], and trust: where
     the decoder may take its colours [B, 1, R, R] in [0, 1] (``warp_style``), or None. cycle_error[s]: the soft
     path's differentiable forward-backward error in cells (for the cycle loss). With a pose search (``mirror_search``
@@ -255,6 +256,7 @@ class COAT(nn.Module):
         flow_median: int | None = None,
         flow_median_sigma: float | None = None,
         refine_prior: float | None = None,
+        flow_affine: int | None = None,
     ) -> Alignment:
         """Align the style latents to the content through dense correspondence (docs/CORRESPONDENCE.md).
 
@@ -280,9 +282,13 @@ class COAT(nn.Module):
                 surer by the margin (``Alignment.fitted`` and ``Alignment.pose`` say which pairs took it).
             flow_median, flow_median_sigma: hard path only, override the config's: last, each pixel's match becomes
                 the weighted median of the matches within ``flow_median`` pixels, neighbours weighed by how alike
-                the content looks (:mod:`coat_model.model.median`; 0 = off).
+                the content looks (:mod:`coat_model.model.median`; 0 = off); ``flow_median_sigma`` weighs the
+                affine fit's neighbours too.
             refine_prior: hard path with refinement, overrides the config's: a window offset's similarity is
                 lowered by this x (offset / radius)^2, and a pixel that stays keeps its interpolated match (0 = off).
+            flow_affine: hard path only, overrides the config's: before the median, each pixel's match becomes the
+                value at it of the affine map fitted to the matches within ``flow_affine`` pixels, neighbours
+                weighed as the median's (:mod:`coat_model.model.affine`; 0 = off).
         """
         cfg = self.config
         if mode not in ALIGN_MODES:
@@ -295,7 +301,8 @@ class COAT(nn.Module):
         check_search_options(COATInputError, flow_fill=flow_fill, mirror_margin=mirror_margin,
                              rotation_search=rotation_search, rotation_margin=rotation_margin,
                              pose_fit_margin=pose_fit_margin, flow_median=flow_median,
-                             flow_median_sigma=flow_median_sigma, refine_prior=refine_prior)
+                             flow_median_sigma=flow_median_sigma, refine_prior=refine_prior,
+                             flow_affine=flow_affine)
         options = AlignOptions.resolve(
             cfg, mode=mode, scales=scales, backend=backend, temperature=temperature,
             confidence_threshold=confidence_threshold, sim_threshold=sim_threshold, cycle_sigma=cycle_sigma,
@@ -303,7 +310,7 @@ class COAT(nn.Module):
             warp_everywhere=warp_everywhere, mirror_search=mirror_search, mirror_margin=mirror_margin,
             rotation_search=rotation_search, rotation_margin=rotation_margin, pose_fit=pose_fit,
             pose_fit_margin=pose_fit_margin, flow_median=flow_median, flow_median_sigma=flow_median_sigma,
-            refine_prior=refine_prior,
+            refine_prior=refine_prior, flow_affine=flow_affine,
         )
         given = style.expand(content.batch_size)
         if not (options.mirror_search or options.rotation_search):  # the style as given (and the soft path)
@@ -382,7 +389,7 @@ class COAT(nn.Module):
 
     def align_from_matches(self, content: Latents, style: Latents, matches: dict[int, Match], *,
                            fill: str | None = None, refine: bool = False, flow_median: int = 0,
-                           flow_median_sigma: float | None = None) -> Alignment:
+                           flow_median_sigma: float | None = None, flow_affine: int = 0) -> Alignment:
         """Aligned latents from matches found elsewhere: ground truth, another matcher, edited matches.
 
         ``matches[s]`` gives, for every content cell of scale s (a subset of the model's scales), its style location
@@ -391,9 +398,9 @@ class COAT(nn.Module):
         this is the decoder's oracle: the transfer with perfect correspondence.
 
         The per-pixel matches are the finest ones interpolated, as given. ``refine`` searches them again in the
-        model's full-resolution descriptors and ``flow_median`` (a radius; ``flow_median_sigma`` None: the config's)
-        passes them through the content-guided median, as :meth:`align` does: with the ground truth, what the
-        model's own pixel stage makes of perfect cell matches.
+        model's full-resolution descriptors, ``flow_affine`` (a radius) fits them locally and ``flow_median`` (a radius;
+        ``flow_median_sigma`` None: the config's) passes them through the content-guided median, as :meth:`align`
+        does: with the ground truth, what the model's own pixel stage makes of perfect cell matches.
         """
         cfg = self.config
         pair_batches(content.batch_size, style.batch_size)
@@ -407,14 +414,15 @@ class COAT(nn.Module):
         fill = cfg.fill if fill is None else fill
         if fill not in FILL_MODES:
             raise COATInputError(f"fill must be one of {FILL_MODES}, got {fill!r}")
-        check_search_options(COATInputError, flow_median=flow_median, flow_median_sigma=flow_median_sigma)
+        check_search_options(COATInputError, flow_median=flow_median, flow_median_sigma=flow_median_sigma,
+                             flow_affine=flow_affine)
         # Only where the matches point and which are trusted: values a soft alignment carried are not reused.
         # The content mask restricts them as it does the matches align finds.
         matches = {s: restrict_to_object(Match(flow=matches[s].flow, confidence=matches[s].confidence,
                                                mask=matches[s].mask.bool()), content.mask)
                    for s in cfg.scales if s in matches}
         options = AlignOptions.given_matches(cfg, tuple(matches), fill, refine=refine, flow_median=flow_median,
-                                             flow_median_sigma=flow_median_sigma)
+                                             flow_median_sigma=flow_median_sigma, flow_affine=flow_affine)
         return self._assemble(content, style.expand(content.batch_size), matches, options)
 
     def _assemble(self, content: Latents, style: Latents, matches: dict[int, Match],
@@ -433,9 +441,10 @@ class COAT(nn.Module):
     def _pixel_matches(self, content: Latents, style: Latents, matches: dict[int, Match],
                        options: AlignOptions) -> Match | None:
         """The finest matches per pixel of the canvas (interpolated between trusted matches, then refined in a
-        window of full-resolution descriptors when ``options.refine``, then each the content-guided median of its
-        window's with ``options.flow_median``), restricted to the content's object; None when no full-resolution
-        consumer needs them."""
+        window of full-resolution descriptors when ``options.refine``, then each the value at it of the affine map
+        fitted to its window's with ``options.flow_affine`` and the content-guided median of its window's with
+        ``options.flow_median``), restricted to the content's object; None when no full-resolution consumer needs
+        them."""
         cfg = self.config
         if not cfg.pixel_matches:
             return None
@@ -447,11 +456,12 @@ class COAT(nn.Module):
             pixels = refine_match(content.descriptors[1], style.descriptors[1], pixels,
                                   radius=max(1, cfg.refine_radius), temperature=cfg.refine_temperature,
                                   mode=options.mode, prior=options.refine_prior or 0.0)
-        if options.flow_median and content.image is not None:  # the content canvas is in [-1, 1]
+        if (options.flow_affine or options.flow_median) and content.image is not None:
+            guide = (content.image + 1) / 2  # the content canvas is in [-1, 1]
             voters = content.frame.image_area(content.image.device)  # not the letterbox padding, nor the background
             voters = voters if content.mask is None else voters * content.mask
-            flow = guided_median(pixels.flow, (content.image + 1) / 2, options.flow_median, options.flow_median_sigma,
-                                 voters)
+            flow = guided_affine(pixels.flow, guide, options.flow_affine or 0, options.flow_median_sigma, voters)
+            flow = guided_median(flow, guide, options.flow_median or 0, options.flow_median_sigma, voters)
             pixels = dataclasses.replace(pixels, flow=flow)
         return restrict_to_object(pixels, content.mask)
 

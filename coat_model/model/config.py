@@ -11,11 +11,12 @@ FILL_MODES = ("propagate", "global", "average", "content", "none")
 ALIGN_MODES = ("hard", "soft")
 BACKENDS = ("auto", "xformers", "sdpa", "chunked", "naive")
 MAX_MEDIAN_RADIUS = 8  # flow_median: a (2r+1)^2 window sorted per pixel
+MAX_AFFINE_RADIUS = 32  # flow_affine: a window sampled at most 15 x 15 per pixel
 #: The hard path's inference defaults: what ``align`` does at inference, never a weight's shape nor a training step's
 #: loss (a teacher's matches aside), so a run may resume under other values of them.
 INFERENCE_FIELDS = ("flow_fill", "warp_everywhere", "mirror_search", "mirror_margin", "rotation_search",
                     "rotation_margin", "pose_fit", "pose_fit_margin", "flow_median", "flow_median_sigma",
-                    "refine_prior")
+                    "refine_prior", "flow_affine")
 
 
 def check_search_options(error: type[Exception], **values: float | None) -> None:
@@ -30,6 +31,8 @@ def check_search_options(error: type[Exception], **values: float | None) -> None
         "flow_median": (lambda v: float(v).is_integer() and 0 <= v <= MAX_MEDIAN_RADIUS,
                         f"a window radius in pixels, a whole number from 0 (off) to {MAX_MEDIAN_RADIUS}"),
         "flow_median_sigma": (lambda v: 0.1 <= v <= 1000, "a colour difference in CIELAB units, from 0.1 to 1000"),
+        "flow_affine": (lambda v: float(v).is_integer() and 0 <= v <= MAX_AFFINE_RADIUS,
+                        f"a window radius in pixels, a whole number from 0 (off) to {MAX_AFFINE_RADIUS}"),
         "refine_prior": (lambda v: 0 <= v <= 10,
                          "a similarity penalty at a distance of the window's radius, from 0 (off) to 10"),
     }
@@ -117,6 +120,9 @@ class COATConfig:
                                                # its (2r+1)^2 window, neighbours weighed by how alike the content looks
                                                # (flow edges move onto the content's; docs/CORRESPONDENCE.md section 7)
     flow_median_sigma: float = 10.0            # that likeness's falloff, a colour difference in CIELAB units
+    flow_affine: int = 0                       # > 0: before the median, each pixel's match becomes the value at it of
+                                               # the affine map fitted to the matches of its window of this radius,
+                                               # neighbours weighed as the median's (docs/CORRESPONDENCE.md section 8)
 
     def __post_init__(self) -> None:
         r = self.resolution
@@ -148,7 +154,8 @@ class COATConfig:
         check_search_options(ValueError, flow_fill=self.flow_fill, mirror_margin=self.mirror_margin,
                              rotation_search=self.rotation_search, rotation_margin=self.rotation_margin,
                              pose_fit_margin=self.pose_fit_margin, flow_median=self.flow_median,
-                             flow_median_sigma=self.flow_median_sigma, refine_prior=self.refine_prior)
+                             flow_median_sigma=self.flow_median_sigma, refine_prior=self.refine_prior,
+                             flow_affine=self.flow_affine)
         if self.warp_everywhere and not self.warp_style:
             raise ValueError("warp_everywhere widens the warped-style colour path: set warp_style=True as well")
         if self.refine_dim and not self.pixel_latents:
