@@ -205,7 +205,7 @@ def test_match_panel(server, browser, mode):
         saved = ui.page.evaluate("() => window.app.graph.serialize()")
         node, = [n for n in saved["nodes"] if n["type"] == NODE]
         assert node["properties"]["coat_match"]["id"] == match_id
-        assert len(node["widgets_values"]) == 10  # the node's ten widgets (refine_prior the tenth): the panel adds none
+        assert len(node["widgets_values"]) == 11  # its eleven widgets (flow_affine the last): the panel adds none
         ui.page.evaluate("() => window.app.graph.clear()")
         ui.load_workflow(saved)
         ui.page.wait_for_function(f"() => document.querySelector('{PANEL}')?.dataset.state === 'ready'",
