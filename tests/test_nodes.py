@@ -275,6 +275,19 @@ def test_align_options(M, model):
         align(mirror_search="maybe")
 
 
+def _record_align(monkeypatch, keyword: str) -> list:
+    """The value of ``keyword`` each later ``COAT.align`` call is given (None: not given), in order."""
+    seen = []
+    real = coat_model.COAT.align
+
+    def spy(self, *args, **kwargs):
+        seen.append(kwargs.get(keyword))
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(coat_model.COAT, "align", spy)
+    return seen
+
+
 def test_refine_prior_reaches_the_refinement_from_both_nodes(M, monkeypatch):
     """-1: the checkpoint's prior; 0 and other values override it (and move the refined matches); out of range is
     refused with the range; COAT Transfer passes it the same way."""
@@ -290,14 +303,7 @@ def test_refine_prior_reaches_the_refinement_from_both_nodes(M, monkeypatch):
     with pytest.raises(ValueError, match="refine_prior is a similarity penalty"):
         align(refine_prior=11.0)  # an API prompt past the widget's range
     assert "refine_prior" in M["COATAlign"].INPUT_TYPES()["optional"]  # API prompts saved before it still run
-    priors = []
-    real = coat_model.COAT.align
-
-    def spy(self, *args, **kwargs):
-        priors.append(kwargs.get("refine_prior"))
-        return real(self, *args, **kwargs)
-
-    monkeypatch.setattr(coat_model.COAT, "align", spy)
+    priors = _record_align(monkeypatch, "refine_prior")
     outs = [run(M, "COATTransfer", model, content, style, refine_prior=p).args[0] for p in (-1.0, 0.3, 0.0)]
     assert priors == [None, 0.3, 0.0] and torch.equal(outs[0], outs[1])
     assert "refine_prior" in M["COATTransfer"].INPUT_TYPES()["optional"]
@@ -476,14 +482,7 @@ def test_flow_affine_reaches_the_pixel_stage_from_both_nodes(M, monkeypatch):
     for bad in (33, 2.5):  # past the widget's range, and an API prompt's float: checked, not rounded
         with pytest.raises(ValueError, match="flow_affine is a window radius in pixels"):
             align(flow_affine=bad)
-    radii = []
-    real = coat_model.COAT.align
-
-    def spy(self, *args, **kwargs):
-        radii.append(kwargs.get("flow_affine"))
-        return real(self, *args, **kwargs)
-
-    monkeypatch.setattr(coat_model.COAT, "align", spy)
+    radii = _record_align(monkeypatch, "flow_affine")
     outs = [run(M, "COATTransfer", model, content, style, flow_affine=r).args[0] for r in (-1, 0, 6)]
     assert radii == [None, 0, 6] and torch.equal(outs[0], outs[1]) and not torch.equal(outs[0], outs[2])
     for node in ("COATAlign", "COATTransfer"):

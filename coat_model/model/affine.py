@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from ..colour import srgb_to_lab
+from .median import band_windows
 
 MAX_SIDE = 15          # neighbours per window side at most (the window is sampled every ``step`` pixels)
 HUBER_PX = 2.0         # the reweighting's scale: a neighbour whose match is off the fit by more weighs less
@@ -67,10 +68,9 @@ def guided_affine(flow: torch.Tensor, guide: torch.Tensor, radius: int, sigma: f
     lab = srgb_to_lab(guide.float())
     voters = torch.ones_like(lab[:, :1]) if voters is None else voters.to(lab).expand(b, 1, h, w)
     step = window_step(radius)
-    reach = (radius // step) * step                     # the farthest sampled offset
-    side = 2 * (radius // step) + 1
-    k = side * side
-    offsets = window_offsets(radius).to(lab) / max(1, reach)           # [K, 2] (dy, dx) in [-1, 1]
+    offsets = window_offsets(radius)                                    # [K, 2] (dy, dx) in pixels
+    k, reach = len(offsets), int(offsets.max())                         # reach: the farthest sampled offset
+    offsets = offsets.to(lab) / max(1, reach)                           # in [-1, 1]
     basis = torch.cat([torch.ones_like(offsets[:, :1]), offsets.flip(1)], 1)  # [K, 3]: 1, dx, dy
     moments = (basis[:, :, None] * basis[:, None, :]).reshape(k, 9)    # [K, 9]: the 3 x 3 normal matrix's terms
     huber = HUBER_PX * 2 / max(1, max(h, w) - 1)                       # pixels -> canvas units
@@ -82,11 +82,7 @@ def guided_affine(flow: torch.Tensor, guide: torch.Tensor, radius: int, sigma: f
     for i in range(b):
         for top in range(0, h, rows):
             n = min(rows, h - top)
-
-            def window(x: torch.Tensor) -> torch.Tensor:  # [1, C, n, W, K]
-                span = x[i:i + 1, :, top:top + n + 2 * reach].unfold(2, 2 * reach + 1, 1).unfold(3, 2 * reach + 1, 1)
-                return span[..., ::step, ::step].reshape(1, x.shape[1], n, w, k)
-
+            window = lambda x: band_windows(x, i, top, n, reach, step)  # noqa: E731  [1, C, n, W, K]
             centre = lab[i:i + 1, :, top:top + n, :, None]
             prior = torch.exp(-(window(lab_p) - centre).pow(2).sum(1) / (2 * sigma ** 2)) * window(voters_p)[:, 0]
             prior[..., k // 2] = 1.0                                        # the pixel itself

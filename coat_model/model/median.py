@@ -53,8 +53,7 @@ def guided_median(flow: torch.Tensor, guide: torch.Tensor, radius: int, sigma: f
     for i in range(b):
         for top in range(0, h, rows):
             n = min(rows, h - top)
-            window = lambda x: x[i:i + 1, :, top:top + n + 2 * radius].unfold(2, k, 1).unfold(3, k, 1).reshape(  # noqa: E731
-                1, x.shape[1], n, w, k * k)
+            window = lambda x: band_windows(x, i, top, n, radius)  # noqa: E731
             centre = lab[i:i + 1, :, top:top + n, :, None]                           # [1, 3, n, W, 1]
             alike = torch.exp(-(window(lab_p) - centre).pow(2).sum(1) / (2 * sigma ** 2))
             weights = alike * window(voters_p)[:, 0]                                 # [1, n, W, K]
@@ -64,6 +63,17 @@ def guided_median(flow: torch.Tensor, guide: torch.Tensor, radius: int, sigma: f
             below = (cumulative < cumulative[..., -1:] / 2).sum(-1, keepdim=True)    # the first reaching half
             out[i:i + 1, :, top:top + n] = values.gather(-1, below.clamp_max(k * k - 1)).squeeze(-1)
     return out
+
+
+def band_windows(padded: torch.Tensor, image: int, top: int, rows: int, reach: int, step: int = 1) -> torch.Tensor:
+    """The windows of ``rows`` rows from ``top`` of one ``image`` of a canvas padded by ``reach`` on every side
+    ([B, C, H + 2 reach, W + 2 reach]): [1, C, rows, W, K], each pixel's window laid out last, row-major, every
+    ``step``-th offset from -``reach`` to ``reach`` (K = (2 reach / step + 1)^2). Shared with the local affine fit
+    (:mod:`coat_model.model.affine`)."""
+    side = 2 * reach + 1
+    span = padded[image:image + 1, :, top:top + rows + 2 * reach].unfold(2, side, 1).unfold(3, side, 1)
+    span = span[..., ::step, ::step]
+    return span.reshape(1, padded.shape[1], rows, padded.shape[-1] - 2 * reach, span.shape[-2] * span.shape[-1])
 
 
 def guided_median_reference(flow: torch.Tensor, guide: torch.Tensor, radius: int, sigma: float,
