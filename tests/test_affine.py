@@ -114,9 +114,14 @@ def _images(n, seed):
     return torch.rand(n, 3, 32, 32, generator=torch.Generator().manual_seed(seed))
 
 
+def _encoded(model, content_seed, style_seed):
+    """Two contents and two styles of random pixels, encoded."""
+    return model.encode(_images(2, content_seed)), model.encode(_images(2, style_seed))
+
+
 def test_align_fits_its_refined_matches_before_the_median():
     model = _model()
-    c, s = model.encode(_images(2, 1)), model.encode(_images(2, 2))
+    c, s = _encoded(model, 1, 2)
     with torch.no_grad():
         plain = model.align(c, s)
         fitted = model.align(c, s, flow_affine=5, flow_median_sigma=12.0)
@@ -134,7 +139,7 @@ def test_align_fits_its_refined_matches_before_the_median():
 
 def test_flow_affine_is_off_by_default_checked_never_on_the_soft_path_and_absent_from_old_checkpoints():
     model = _model()
-    c, s = model.encode(_images(2, 5)), model.encode(_images(2, 6))
+    c, s = _encoded(model, 5, 6)
     with torch.no_grad():
         soft = model.align(c, s, mode="soft", flow_affine=5)
         assert soft.options.flow_affine is None
@@ -155,7 +160,7 @@ def test_flow_affine_is_off_by_default_checked_never_on_the_soft_path_and_absent
 
 def test_given_matches_are_fitted_only_when_asked_as_align_does_its_own():
     model = _model(flow_affine=5)
-    c, s = model.encode(_images(2, 21)), model.encode(_images(2, 22))
+    c, s = _encoded(model, 21, 22)
     with torch.no_grad():
         own = model.align(c, s, flow_fill=0.0)
         cells = {sc: Match(flow=own.flow[sc], confidence=own.confidence[sc], mask=own.mask[sc]) for sc in own.scales}
@@ -174,3 +179,72 @@ def test_the_bench_reports_the_defaults_without_the_fit():
     assert "coat_no_affine" not in plain and fitted["coat_no_affine"] == plain["coat"]
     assert fitted["coat_trusted_warp"] == plain["coat"] and fitted["coat_global"] == plain["coat_global"]
     assert fitted["coat"] != plain["coat"]
+
+
+# The wide fit inside large parts (``flow_affine_wide``)
+
+@pytest.mark.parametrize("wide", [4, 9])
+def test_the_wide_fit_equals_its_oracle_and_is_off_unless_wider(wide, monkeypatch):
+    flow, guide = _random(10 + wide, h=12, w=13)
+    guide[..., :6] = torch.tensor([0.3, 0.6, 0.2])[:, None, None]  # a flat part: windows that look like their pixel
+    voters = (torch.rand(1, 1, 12, 13, generator=torch.Generator().manual_seed(wide)) > 0.2).float()
+    expected = guided_affine_reference(flow, guide, 2, 30.0, voters, wide=wide)
+    torch.testing.assert_close(guided_affine(flow, guide, 2, 30.0, voters, wide=wide), expected, atol=2e-5, rtol=1e-4)
+    monkeypatch.setattr(affine, "BAND_ELEMENTS", 60)
+    torch.testing.assert_close(guided_affine(flow, guide, 2, 30.0, voters, wide=wide), expected, atol=2e-5, rtol=1e-4)
+    narrow = guided_affine(flow, guide, 2, 30.0, voters)
+    assert (expected - narrow).abs().max() > 0.05  # (the wide fit takes over somewhere)
+    for off in (0, 1, 2):  # not wider than the fit: the fit alone
+        assert torch.equal(guided_affine(flow, guide, 2, 30.0, voters, wide=off), narrow)
+
+
+def test_a_large_part_takes_the_wide_fit_and_a_thin_one_keeps_the_narrow_fit():
+    # a flat field of one colour with a one-pixel dot of another: the field's windows look like their pixel (share 1
+    # far from the dot: the wide fit alone), the dot's does not (1/25 at radius 2, under WIDE_SHARE: the narrow fit)
+    g = torch.Generator().manual_seed(8)
+    guide = torch.full((1, 3, 40, 40), 0.5)
+    guide[0, :, 6, 6] = torch.tensor([0.9, 0.1, 0.1])  # a dot: 1 of 25 in its window
+    flow = identity_flow(40) + 0.02 * torch.randn(1, 2, 40, 40, generator=g)  # noise of 0.4 px
+    narrow = guided_affine(flow, guide, 2, 5.0)
+    wide_fit = guided_affine(flow, guide, 8, 5.0)
+    out = guided_affine(flow, guide, 2, 5.0, wide=8)
+    assert torch.equal(out[..., 6, 6], narrow[..., 6, 6])  # the dot's share 1/25 < 0.1
+    far = (slice(None), slice(None), slice(14, 26), slice(14, 26))  # the field far from the dot and the edges
+    torch.testing.assert_close(out[far], wide_fit[far], atol=1e-6, rtol=0)
+    truth = identity_flow(40)
+    assert (out[far] - truth[far]).abs().mean() < 0.5 * (narrow[far] - truth[far]).abs().mean()  # more averaged
+
+
+def test_align_takes_the_wide_fit_only_with_a_narrower_one_on_and_checks_it():
+    model = _model()
+    c, s = _encoded(model, 31, 32)
+    guide = (c.image + 1) / 2
+    with torch.no_grad():
+        wide, plain = model.align(c, s, flow_affine=3, flow_affine_wide=9), model.align(c, s)
+        assert wide.options.flow_affine_wide == 9
+        assert torch.equal(wide.refined.flow, guided_affine(plain.refined.flow, guide, 3, 10.0, wide=9))
+        for narrow_only in (dict(flow_affine=3, flow_affine_wide=3), dict(flow_affine=0, flow_affine_wide=9)):
+            assert model.align(c, s, **narrow_only).options.flow_affine_wide == 0
+        assert torch.equal(model.align(c, s, flow_affine_wide=9).refined.flow, plain.refined.flow)
+        for bad in (-1, 33, 2.5):
+            with pytest.raises(COATInputError, match="flow_affine_wide is a window radius"):
+                model.align(c, s, flow_affine=3, flow_affine_wide=bad)
+        cells = {sc: Match(flow=wide.flow[sc], confidence=wide.confidence[sc], mask=wide.mask[sc])
+                 for sc in wide.scales}
+        given = model.align_from_matches(c, s, cells, refine=True, flow_affine=3, flow_affine_wide=9)
+        assert given.options.flow_affine_wide == 9
+    assert COATConfig().flow_affine_wide == 0
+    with pytest.raises(ValueError, match="flow_affine_wide is a window radius"):
+        COATConfig.tiny(flow_affine_wide=40)
+    legacy = {k: v for k, v in dataclasses.asdict(COATConfig.tiny()).items() if k != "flow_affine_wide"}
+    assert COATConfig.from_json(json.dumps(legacy)).flow_affine_wide == 0  # checkpoints from before it
+
+
+def test_the_bench_reports_the_defaults_without_the_wide_fit():
+    from coat_model.bench.quality import evaluate
+
+    narrow = evaluate(_model(flow_affine=3), n_pairs=4, split="hard", batch_size=4)
+    wide = evaluate(_model(flow_affine=3, flow_affine_wide=9), n_pairs=4, split="hard", batch_size=4)
+    assert "coat_no_wide" not in narrow and wide["coat_no_wide"] == narrow["coat"]
+    assert wide["coat_no_affine"] == narrow["coat_no_affine"]
+    assert wide["coat"] != narrow["coat"]

@@ -20,7 +20,9 @@ stray matches fall out of the fit. The window is sampled every ``step`` pixels s
 An affine map of the window is reproduced (the least-squares fit of an affine field is that field, to within the
 slope terms' small ridge), also next to an edge, where a window's weights are lopsided: unlike the median over
 positions, the fit moves a pixel's match only as far as its neighbours disagree with it. The ridge is there for a
-part one pixel thin (no spread across it): its slope across the part is then 0.
+part one pixel thin (no spread across it): its slope across the part is then 0. A wider window averages a large
+part's matches better but fills a small part's with look-alike neighbours: with ``wide``, the fit at that radius is
+blended in where enough of the pixel's window at ``radius`` looks like it (:data:`WIDE_SHARE`): inside large parts.
 
 :func:`guided_affine` is the fast path (every window of a band of rows at once; the sums over a window are one
 matrix product with the window's offsets); :func:`guided_affine_reference` is its test oracle, one pixel at a time.
@@ -28,6 +30,7 @@ matrix product with the window's offsets); :func:`guided_affine_reference` is it
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import torch
@@ -40,6 +43,11 @@ MAX_SIDE = 15          # neighbours per window side at most (the window is sampl
 HUBER_PX = 2.0         # the reweighting's scale: a neighbour whose match is off the fit by more weighs less
 RIDGE = 1e-3           # the slope terms' ridge, relative to the window's total weight
 BAND_ELEMENTS = 1 << 21  # window values held at once (rows per band follow from it)
+#: The wide fit (``wide`` > ``radius``) takes over as a pixel's window looks more like it: the mean likeness of its
+#: window at ``radius`` (the pixel counted, the neighbours weighed as the fit weighs them) from the first value (the
+#: narrow fit alone: a small part, such as an eye or a brow, 0.03-0.17 in the faces) to the second (the wide fit
+#: alone: a large part, such as the skin, hair or clothing, 0.4-0.6 at the median).
+WIDE_SHARE = (0.1, 0.3)
 
 
 def window_step(radius: int) -> int:
@@ -57,13 +65,25 @@ def window_offsets(radius: int) -> torch.Tensor:
 
 
 def guided_affine(flow: torch.Tensor, guide: torch.Tensor, radius: int, sigma: float,
-                  voters: torch.Tensor | None = None) -> torch.Tensor:
+                  voters: torch.Tensor | None = None, wide: int = 0) -> torch.Tensor:
     """flow [B, C, H, W] (C = 2 for matches, in canvas units [-1, 1]), guide [B, 3, H, W] sRGB in [0, 1] (the
     content) -> each pixel's value of the affine map fitted to its window's flow, [B, C, H, W]; ``radius`` 0 returns
     ``flow``. ``voters`` [B or 1, 1, H, W] in [0, 1] scales each neighbour's weight (None: every pixel);
-    neighbours outside the canvas weigh 0, a pixel 1 in its own window."""
+    neighbours outside the canvas weigh 0, a pixel 1 in its own window. ``wide`` > ``radius``: the fit over the
+    window of that radius too, taken where a pixel's window at ``radius`` looks like it (:data:`WIDE_SHARE`)."""
     if radius <= 0:
         return flow
+    narrow, share = _fit_windows(flow, guide, radius, sigma, voters)
+    if wide <= radius:
+        return narrow
+    take = ((share - WIDE_SHARE[0]) / (WIDE_SHARE[1] - WIDE_SHARE[0])).clamp(0, 1)
+    return narrow + take * (_fit_windows(flow, guide, wide, sigma, voters)[0] - narrow)
+
+
+def _fit_windows(flow: torch.Tensor, guide: torch.Tensor, radius: int, sigma: float,
+                 voters: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`guided_affine`'s fit at one radius, and each window's mean weight before the reweighting (how much of
+    it looks like the pixel), [B, 1, H, W]."""
     b, c, h, w = flow.shape
     lab = srgb_to_lab(guide.float())
     voters = torch.ones_like(lab[:, :1]) if voters is None else voters.to(lab).expand(b, 1, h, w)
@@ -78,7 +98,7 @@ def guided_affine(flow: torch.Tensor, guide: torch.Tensor, radius: int, sigma: f
     pad = lambda x: F.pad(x, (reach, reach, reach, reach))  # noqa: E731  (0: outside the canvas)
     lab_p, voters_p, flow_p = pad(lab), pad(voters), pad(flow.float())
     rows = max(1, BAND_ELEMENTS // (k * w))
-    out = torch.empty_like(flow)
+    out, share = torch.empty_like(flow), torch.empty_like(lab[:, :1])
     for i in range(b):
         for top in range(0, h, rows):
             n = min(rows, h - top)
@@ -86,13 +106,14 @@ def guided_affine(flow: torch.Tensor, guide: torch.Tensor, radius: int, sigma: f
             centre = lab[i:i + 1, :, top:top + n, :, None]
             prior = torch.exp(-(window(lab_p) - centre).pow(2).sum(1) / (2 * sigma ** 2)) * window(voters_p)[:, 0]
             prior[..., k // 2] = 1.0                                        # the pixel itself
+            share[i, 0, top:top + n] = prior[0].mean(-1)
             values = window(flow_p)[0]                                      # [C, n, W, K]
             coef = _fit(prior[0], values, basis, moments, ridge)            # [C, n, W, 3]
             residual = (values - coef @ basis.T).square().sum(0).sqrt()     # [n, W, K]
             weights = prior[0] / (residual / huber).clamp_min(1.0)          # the stray neighbours weigh less
             coef = _fit(weights, values, basis, moments, ridge)
             out[i, :, top:top + n] = coef[..., 0].to(flow.dtype)
-    return out
+    return out, share
 
 
 def _fit(weights: torch.Tensor, values: torch.Tensor, basis: torch.Tensor, moments: torch.Tensor,
@@ -113,10 +134,25 @@ def _fit(weights: torch.Tensor, values: torch.Tensor, basis: torch.Tensor, momen
 
 
 def guided_affine_reference(flow: torch.Tensor, guide: torch.Tensor, radius: int, sigma: float,
-                            voters: torch.Tensor | None = None) -> torch.Tensor:
-    """:func:`guided_affine` one pixel and one component at a time, neighbours outside the canvas left out."""
+                            voters: torch.Tensor | None = None, wide: int = 0) -> torch.Tensor:
+    """:func:`guided_affine` one pixel and one component at a time, neighbours outside the canvas left out (they
+    count in a window's size as the wide fit's share counts them)."""
     if radius <= 0:
         return flow
+    narrow, share = _reference_fit(flow, guide, radius, sigma, voters)
+    if wide <= radius:
+        return narrow
+    wide_fit = _reference_fit(flow, guide, wide, sigma, voters)[0]
+    lo, hi = WIDE_SHARE
+    out = narrow.clone()
+    for i, y, x in itertools.product(range(flow.shape[0]), range(flow.shape[2]), range(flow.shape[3])):
+        take = min(1.0, max(0.0, (share[i][y][x] - lo) / (hi - lo)))
+        out[i, :, y, x] = narrow[i, :, y, x] + take * (wide_fit[i, :, y, x] - narrow[i, :, y, x])
+    return out
+
+
+def _reference_fit(flow, guide, radius, sigma, voters):
+    """The oracle's fit at one radius and each window's share (nested lists [B][H][W])."""
     lab = srgb_to_lab(guide.float()).double()
     b, c, h, w = flow.shape
     voters = torch.ones(b, 1, h, w) if voters is None else voters.float().expand(b, 1, h, w)
@@ -124,6 +160,7 @@ def guided_affine_reference(flow: torch.Tensor, guide: torch.Tensor, radius: int
     reach = max(1, (radius // step) * step)
     huber = HUBER_PX * 2 / max(1, max(h, w) - 1)
     out = flow.clone()
+    share = [[[0.0] * w for _ in range(h)] for _ in range(b)]
     for i in range(b):
         for y in range(h):
             for x in range(w):
@@ -138,6 +175,7 @@ def guided_affine_reference(flow: torch.Tensor, guide: torch.Tensor, radius: int
                 design = torch.tensor([[1.0, ex, ey] for _, _, ex, ey in rows], dtype=torch.float64)
                 target = torch.stack([flow[i, :, v, u] for v, u, _, _ in rows]).double()   # [K, C]
                 weights = torch.tensor(prior, dtype=torch.float64)
+                share[i][y][x] = float(weights.sum()) / len(window_offsets(radius))
                 for reweigh in (True, False):  # the fit, then once more with the stray neighbours weighed down
                     normal = design.T @ (weights[:, None] * design)
                     normal = normal + torch.diag(torch.tensor([0.0, RIDGE, RIDGE], dtype=torch.float64)) * weights.sum()
@@ -146,4 +184,4 @@ def guided_affine_reference(flow: torch.Tensor, guide: torch.Tensor, radius: int
                         residual = (target - design @ coef).norm(dim=1)
                         weights = torch.tensor(prior, dtype=torch.float64) / (residual / huber).clamp_min(1.0)
                 out[i, :, y, x] = coef[0].to(flow.dtype)
-    return out
+    return out, share

@@ -257,6 +257,7 @@ class COAT(nn.Module):
         flow_median_sigma: float | None = None,
         refine_prior: float | None = None,
         flow_affine: int | None = None,
+        flow_affine_wide: int | None = None,
     ) -> Alignment:
         """Align the style latents to the content through dense correspondence (docs/CORRESPONDENCE.md).
 
@@ -289,6 +290,8 @@ class COAT(nn.Module):
             flow_affine: hard path only, overrides the config's: before the median, each pixel's match becomes the
                 value at it of the affine map fitted to the matches within ``flow_affine`` pixels, neighbours
                 weighed as the median's (:mod:`coat_model.model.affine`; 0 = off).
+            flow_affine_wide: hard path with ``flow_affine``, overrides the config's: the fit over windows of this
+                radius too, taken where a pixel's window looks like it, inside large parts (0 or not wider: off).
         """
         cfg = self.config
         if mode not in ALIGN_MODES:
@@ -302,7 +305,7 @@ class COAT(nn.Module):
                              rotation_search=rotation_search, rotation_margin=rotation_margin,
                              pose_fit_margin=pose_fit_margin, flow_median=flow_median,
                              flow_median_sigma=flow_median_sigma, refine_prior=refine_prior,
-                             flow_affine=flow_affine)
+                             flow_affine=flow_affine, flow_affine_wide=flow_affine_wide)
         options = AlignOptions.resolve(
             cfg, mode=mode, scales=scales, backend=backend, temperature=temperature,
             confidence_threshold=confidence_threshold, sim_threshold=sim_threshold, cycle_sigma=cycle_sigma,
@@ -310,7 +313,7 @@ class COAT(nn.Module):
             warp_everywhere=warp_everywhere, mirror_search=mirror_search, mirror_margin=mirror_margin,
             rotation_search=rotation_search, rotation_margin=rotation_margin, pose_fit=pose_fit,
             pose_fit_margin=pose_fit_margin, flow_median=flow_median, flow_median_sigma=flow_median_sigma,
-            refine_prior=refine_prior, flow_affine=flow_affine,
+            refine_prior=refine_prior, flow_affine=flow_affine, flow_affine_wide=flow_affine_wide,
         )
         given = style.expand(content.batch_size)
         if not (options.mirror_search or options.rotation_search):  # the style as given (and the soft path)
@@ -389,7 +392,8 @@ class COAT(nn.Module):
 
     def align_from_matches(self, content: Latents, style: Latents, matches: dict[int, Match], *,
                            fill: str | None = None, refine: bool = False, flow_median: int = 0,
-                           flow_median_sigma: float | None = None, flow_affine: int = 0) -> Alignment:
+                           flow_median_sigma: float | None = None, flow_affine: int = 0,
+                           flow_affine_wide: int = 0) -> Alignment:
         """Aligned latents from matches found elsewhere: ground truth, another matcher, edited matches.
 
         ``matches[s]`` gives, for every content cell of scale s (a subset of the model's scales), its style location
@@ -398,9 +402,10 @@ class COAT(nn.Module):
         this is the decoder's oracle: the transfer with perfect correspondence.
 
         The per-pixel matches are the finest ones interpolated, as given. ``refine`` searches them again in the
-        model's full-resolution descriptors, ``flow_affine`` (a radius) fits them locally and ``flow_median`` (a radius;
-        ``flow_median_sigma`` None: the config's) passes them through the content-guided median, as :meth:`align`
-        does: with the ground truth, what the model's own pixel stage makes of perfect cell matches.
+        model's full-resolution descriptors, ``flow_affine`` (a radius; ``flow_affine_wide`` inside large parts) fits
+        them locally and ``flow_median`` (a radius; ``flow_median_sigma`` None: the config's) passes them through the
+        content-guided median, as :meth:`align` does: with the ground truth, what the model's own pixel stage makes of
+        perfect cell matches.
         """
         cfg = self.config
         pair_batches(content.batch_size, style.batch_size)
@@ -415,14 +420,15 @@ class COAT(nn.Module):
         if fill not in FILL_MODES:
             raise COATInputError(f"fill must be one of {FILL_MODES}, got {fill!r}")
         check_search_options(COATInputError, flow_median=flow_median, flow_median_sigma=flow_median_sigma,
-                             flow_affine=flow_affine)
+                             flow_affine=flow_affine, flow_affine_wide=flow_affine_wide)
         # Only where the matches point and which are trusted: values a soft alignment carried are not reused.
         # The content mask restricts them as it does the matches align finds.
         matches = {s: restrict_to_object(Match(flow=matches[s].flow, confidence=matches[s].confidence,
                                                mask=matches[s].mask.bool()), content.mask)
                    for s in cfg.scales if s in matches}
         options = AlignOptions.given_matches(cfg, tuple(matches), fill, refine=refine, flow_median=flow_median,
-                                             flow_median_sigma=flow_median_sigma, flow_affine=flow_affine)
+                                             flow_median_sigma=flow_median_sigma, flow_affine=flow_affine,
+                                             flow_affine_wide=flow_affine_wide)
         return self._assemble(content, style.expand(content.batch_size), matches, options)
 
     def _assemble(self, content: Latents, style: Latents, matches: dict[int, Match],
@@ -460,7 +466,8 @@ class COAT(nn.Module):
             guide = (content.image + 1) / 2  # the content canvas is in [-1, 1]
             voters = content.frame.image_area(content.image.device)  # not the letterbox padding, nor the background
             voters = voters if content.mask is None else voters * content.mask
-            flow = guided_affine(pixels.flow, guide, options.flow_affine or 0, options.flow_median_sigma, voters)
+            flow = guided_affine(pixels.flow, guide, options.flow_affine or 0, options.flow_median_sigma, voters,
+                                 wide=options.flow_affine_wide or 0)
             flow = guided_median(flow, guide, options.flow_median or 0, options.flow_median_sigma, voters)
             pixels = dataclasses.replace(pixels, flow=flow)
         return restrict_to_object(pixels, content.mask)

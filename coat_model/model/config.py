@@ -16,7 +16,7 @@ MAX_AFFINE_RADIUS = 32  # flow_affine: a window sampled at most 15 x 15 per pixe
 #: loss (a teacher's matches aside), so a run may resume under other values of them.
 INFERENCE_FIELDS = ("flow_fill", "warp_everywhere", "mirror_search", "mirror_margin", "rotation_search",
                     "rotation_margin", "pose_fit", "pose_fit_margin", "flow_median", "flow_median_sigma",
-                    "refine_prior", "flow_affine")
+                    "refine_prior", "flow_affine", "flow_affine_wide")
 
 
 def check_search_options(error: type[Exception], **values: float | None) -> None:
@@ -33,6 +33,8 @@ def check_search_options(error: type[Exception], **values: float | None) -> None
         "flow_median_sigma": (lambda v: 0.1 <= v <= 1000, "a colour difference in CIELAB units, from 0.1 to 1000"),
         "flow_affine": (lambda v: float(v).is_integer() and 0 <= v <= MAX_AFFINE_RADIUS,
                         f"a window radius in pixels, a whole number from 0 (off) to {MAX_AFFINE_RADIUS}"),
+        "flow_affine_wide": (lambda v: float(v).is_integer() and 0 <= v <= MAX_AFFINE_RADIUS,
+                             f"a window radius in pixels, a whole number from 0 (off) to {MAX_AFFINE_RADIUS}"),
         "refine_prior": (lambda v: 0 <= v <= 10,
                          "a similarity penalty at a distance of the window's radius, from 0 (off) to 10"),
     }
@@ -123,6 +125,8 @@ class COATConfig:
     flow_affine: int = 0                       # > 0: before the median, each pixel's match becomes the value at it of
                                                # the affine map fitted to the matches of its window of this radius,
                                                # neighbours weighed as the median's (docs/CORRESPONDENCE.md section 8)
+    flow_affine_wide: int = 0                  # > flow_affine: the fit over windows of this radius too, taken where a
+                                               # pixel's window looks like it (inside large parts; section 8)
 
     def __post_init__(self) -> None:
         r = self.resolution
@@ -155,7 +159,7 @@ class COATConfig:
                              rotation_search=self.rotation_search, rotation_margin=self.rotation_margin,
                              pose_fit_margin=self.pose_fit_margin, flow_median=self.flow_median,
                              flow_median_sigma=self.flow_median_sigma, refine_prior=self.refine_prior,
-                             flow_affine=self.flow_affine)
+                             flow_affine=self.flow_affine, flow_affine_wide=self.flow_affine_wide)
         if self.warp_everywhere and not self.warp_style:
             raise ValueError("warp_everywhere widens the warped-style colour path: set warp_style=True as well")
         if self.refine_dim and not self.pixel_latents:
