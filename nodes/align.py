@@ -46,6 +46,7 @@ def align_options(config: COATConfig, mode="hard", scales="all", fill="default",
         if value not in options:
             raise COATInputError(f"{name} must be one of {list(options)}, got {value!r}")
     keep = lambda v: None if v is None or v < 0 else float(v)  # noqa: E731
+    keep_radius = lambda v: None if v is None or v < 0 else v  # noqa: E731  (a whole number: align checks it)
     if keep(temperature) == 0:
         raise COATInputError("temperature must be > 0 (or negative for the checkpoint's default)")
     return dict(mode=mode, scales=parse_scales(scales, config), fill=None if fill == "default" else fill,
@@ -53,9 +54,8 @@ def align_options(config: COATConfig, mode="hard", scales="all", fill="default",
                 sim_threshold=keep(sim_threshold), cycle_sigma=keep(cycle_sigma), flow_fill=keep(flow_fill),
                 warp_everywhere=WARP_COLOURS[warp_colours], mirror_search=SWITCH[mirror_search],
                 rotation_search=keep(rotation_search), pose_fit=SWITCH[pose_fit],
-                flow_median=None if flow_median is None or flow_median < 0 else flow_median,  # align checks it
-                refine_prior=keep(refine_prior),
-                flow_affine=None if flow_affine is None or flow_affine < 0 else flow_affine)  # align checks it
+                flow_median=keep_radius(flow_median), refine_prior=keep(refine_prior),
+                flow_affine=keep_radius(flow_affine))
 
 
 def align(handle: LoadedModel, content: Encoded, style: Encoded, **options) -> Aligned:

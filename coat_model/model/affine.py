@@ -73,20 +73,21 @@ def guided_affine(flow: torch.Tensor, guide: torch.Tensor, radius: int, sigma: f
     window of that radius too, taken where a pixel's window at ``radius`` looks like it (:data:`WIDE_SHARE`)."""
     if radius <= 0:
         return flow
-    narrow, share = _fit_windows(flow, guide, radius, sigma, voters)
+    b, _, h, w = flow.shape
+    lab = srgb_to_lab(guide.float())
+    voters = torch.ones_like(lab[:, :1]) if voters is None else voters.to(lab).expand(b, 1, h, w)
+    narrow, share = _fit_windows(flow, lab, voters, radius, sigma)
     if wide <= radius:
         return narrow
     take = ((share - WIDE_SHARE[0]) / (WIDE_SHARE[1] - WIDE_SHARE[0])).clamp(0, 1)
-    return narrow + take * (_fit_windows(flow, guide, wide, sigma, voters)[0] - narrow)
+    return narrow + take * (_fit_windows(flow, lab, voters, wide, sigma)[0] - narrow)
 
 
-def _fit_windows(flow: torch.Tensor, guide: torch.Tensor, radius: int, sigma: float,
-                 voters: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """:func:`guided_affine`'s fit at one radius, and each window's mean weight before the reweighting (how much of
-    it looks like the pixel), [B, 1, H, W]."""
+def _fit_windows(flow: torch.Tensor, lab: torch.Tensor, voters: torch.Tensor, radius: int,
+                 sigma: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`guided_affine`'s fit at one radius (``lab`` the guide in CIELAB, ``voters`` [B, 1, H, W]), and each
+    window's mean weight before the reweighting (how much of it looks like the pixel), [B, 1, H, W]."""
     b, c, h, w = flow.shape
-    lab = srgb_to_lab(guide.float())
-    voters = torch.ones_like(lab[:, :1]) if voters is None else voters.to(lab).expand(b, 1, h, w)
     step = window_step(radius)
     offsets = window_offsets(radius)                                    # [K, 2] (dy, dx) in pixels
     k, reach = len(offsets), int(offsets.max())                         # reach: the farthest sampled offset

@@ -22,19 +22,20 @@ INFERENCE_FIELDS = ("flow_fill", "warp_everywhere", "mirror_search", "mirror_mar
 def check_search_options(error: type[Exception], **values: float | None) -> None:
     """Range checks of the hard path's inference options (``None``: not given), raising ``error`` with the fix:
     shared by the config and :meth:`COAT.align`'s overrides."""
+    def radius(limit: int) -> tuple:
+        return (lambda v: float(v).is_integer() and 0 <= v <= limit,
+                f"a window radius in pixels, a whole number from 0 (off) to {limit}")
+
     rules = {
         "flow_fill": (lambda v: v >= 0, "a sigma in cells (0: off)"),
         "mirror_margin": (lambda v: v >= 0, "a lead in mean confidence (>= 0)"),
         "rotation_margin": (lambda v: v >= 0, "a lead in mean confidence (>= 0)"),
         "rotation_search": (lambda v: 0 <= v <= 45, "an angle in degrees from 0 (off) to 45"),
         "pose_fit_margin": (lambda v: v >= 0, "a lead in mean confidence (>= 0)"),
-        "flow_median": (lambda v: float(v).is_integer() and 0 <= v <= MAX_MEDIAN_RADIUS,
-                        f"a window radius in pixels, a whole number from 0 (off) to {MAX_MEDIAN_RADIUS}"),
+        "flow_median": radius(MAX_MEDIAN_RADIUS),
         "flow_median_sigma": (lambda v: 0.1 <= v <= 1000, "a colour difference in CIELAB units, from 0.1 to 1000"),
-        "flow_affine": (lambda v: float(v).is_integer() and 0 <= v <= MAX_AFFINE_RADIUS,
-                        f"a window radius in pixels, a whole number from 0 (off) to {MAX_AFFINE_RADIUS}"),
-        "flow_affine_wide": (lambda v: float(v).is_integer() and 0 <= v <= MAX_AFFINE_RADIUS,
-                             f"a window radius in pixels, a whole number from 0 (off) to {MAX_AFFINE_RADIUS}"),
+        "flow_affine": radius(MAX_AFFINE_RADIUS),
+        "flow_affine_wide": radius(MAX_AFFINE_RADIUS),
         "refine_prior": (lambda v: 0 <= v <= 10,
                          "a similarity penalty at a distance of the window's radius, from 0 (off) to 10"),
     }
