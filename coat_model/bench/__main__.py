@@ -1,11 +1,11 @@
-"""``python -m coat_model.bench speed|quality|options|bounds|figures|poses [options]``: dispatch to the benchmark's
+"""``python -m coat_model.bench speed|quality|merge|options|bounds|figures|poses [options]``: dispatch to the benchmark's
 own ``main``."""
 
 from __future__ import annotations
 
 import sys
 
-USAGE = "usage: python -m coat_model.bench {speed,quality,options,bounds,figures,poses} [options]   (each takes --help)"
+USAGE = "usage: python -m coat_model.bench {speed,quality,merge,options,bounds,figures,poses} [options]   (each takes --help)"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -22,6 +22,10 @@ def main(argv: list[str] | None = None) -> int:
         from .quality import main as quality_main
 
         return quality_main(rest)
+    if command == "merge":
+        from .shards import main as merge_main
+
+        return merge_main(rest)
     if command == "options":
         from .options import main as options_main
 

@@ -2,6 +2,10 @@
 
     python -m coat_model.bench quality --ckpt checkpoints/coat_faces.safetensors --pairs 200 --split easy --json q.json
 
+``--first 100 --pairs 100`` scores pairs 100-199 only: a shard of the run, added up with the others by ``python -m
+coat_model.bench merge`` (:mod:`.shards`). ``--set OPTION=VALUE`` changes an inference default of the checkpoint's
+config (such as ``flow_affine``) for the run, as a file saved with it would run.
+
 ``--data procedural:cars`` scores on the second procedural category (``train/data/cars.py``) instead: the check
 that a recipe made on faces works, with only ``--data`` changed, on a category it was not made on.
 
@@ -42,6 +46,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import inspect
 import json
 import sys
 from pathlib import Path
@@ -49,7 +54,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from ..io import load
+from ..checkpoint_format import CheckpointError
+from ..io import grow, load
+from ..model.coat import COAT
+from ..model.config import COATConfig
 from ..model.coords import cells_to_flow, cells_to_pixels, flow_to_cells, identity_flow
 from ..model.matching import Match, resample_flow
 from ..train.data.categories import parse_procedural
@@ -61,6 +69,9 @@ from .metrics import compute_metrics, part_scores, part_tallies
 KEYS = ("paa", "de_part", "psnr", "pck02", "pck05", "pck10", "conf_precision", "conf_coverage", "bg_l1")
 PART_METHODS = ("coat", "coat_flow_warp", "coat_gt_matches", "style_copy")  # also scored per part
 EVAL_SEED = 987_654_321  # held out: training draws images from other seeds
+BATCH_SIZE = 25  # the command's batches: a shard (``--first``) starts where one of them does
+INFERENCE_DEFAULTS = tuple(name for name in inspect.signature(COAT.align).parameters  # config fields that only
+                           if name in {f.name for f in dataclasses.fields(COATConfig)})  # say how weights run
 
 
 def cell_flow_to_pixels(flow: torch.Tensor, scale: int, resolution: int) -> torch.Tensor:
@@ -189,10 +200,13 @@ def score(method: dict[str, torch.Tensor], pairs) -> dict[str, float | None]:
 @dataclasses.dataclass
 class Report:
     """What the bench measured: ``methods`` (method -> metric -> value, :data:`KEYS`) and ``parts`` (for
-    :data:`PART_METHODS`: method -> label -> paa, de_part, pck02, pck05, parts; see :func:`metrics.part_scores`)."""
+    :data:`PART_METHODS`: method -> label -> paa, de_part, pck02, pck05, parts; see :func:`metrics.part_scores`).
+    ``pooled`` and ``tallies`` are the sums they come from: what :mod:`.shards` adds up across runs."""
 
     methods: dict[str, dict[str, float | None]]
     parts: dict[str, dict[str, dict[str, float | None]]]
+    pooled: Pooled
+    tallies: dict[str, dict[str, torch.Tensor]]
 
 
 def evaluate(model, n_pairs: int = 200, split: str = "easy", batch_size: int = 25, seed: int = EVAL_SEED,
@@ -202,15 +216,19 @@ def evaluate(model, n_pairs: int = 200, split: str = "easy", batch_size: int = 2
 
 
 def report(model, n_pairs: int = 200, split: str = "easy", batch_size: int = 25, seed: int = EVAL_SEED,
-           device=None, category: Category = FACES) -> Report:
+           device=None, category: Category = FACES, first: int = 0) -> Report:
     """Metrics per method pooled over ``n_pairs`` pairs (weighted by batch size) of ``category`` (faces by
-    default), and per part for :data:`PART_METHODS` (pooled over every scored part)."""
+    default), and per part for :data:`PART_METHODS` (pooled over every scored part). ``first`` skips the bench's
+    first pairs: a multiple of ``batch_size``, so that the batches are the full run's (a shard of it)."""
+    if first < 0 or first % batch_size:
+        raise ValueError(f"first={first}: start a shard at a multiple of the batch size ({batch_size}), where one "
+                         "of the full run's batches starts")
     r = model.config.resolution
     device = device or model.w_avg.device
     pooled = Pooled()
     tallies: dict[str, dict[str, torch.Tensor]] = {}
-    for start in range(0, n_pairs, batch_size):
-        n = min(batch_size, n_pairs - start)
+    for start in range(first, first + n_pairs, batch_size):
+        n = min(batch_size, first + n_pairs - start)
         pairs = sample_pairs(n, seed=seed + start, size=r, split=split, category=category)
         content, style = pairs.content.to(device), pairs.style.to(device)
         methods = coat_outputs(model, content, style, pairs.flow.to(device), pairs.visible.to(device),
@@ -232,7 +250,8 @@ def report(model, n_pairs: int = 200, split: str = "easy", batch_size: int = 25,
                 t = part_tallies(on_cpu(m, "output"), pairs.target, labels, len(category.labels),
                                  pred_flow=on_cpu(m, "pred_flow"), gt_flow=pairs.flow, visible=pairs.visible)
                 tallies[name] = {k: tallies.get(name, {}).get(k, 0) + v for k, v in t.items()}
-    return Report(pooled.means(), {name: part_scores(t, category.labels) for name, t in tallies.items()})
+    return Report(pooled.means(), {name: part_scores(t, category.labels) for name, t in tallies.items()}, pooled,
+                  tallies)
 
 
 def format_table(results: dict[str, dict]) -> str:
@@ -277,28 +296,65 @@ def data_category(parser: argparse.ArgumentParser, data: str) -> Category:
         parser.error(str(error))
 
 
+def record(report: Report, **meta) -> dict:
+    """The bench's JSON record: ``meta`` (ckpt, data, pairs, first, split, resolution, ...), the means and the parts,
+    and under ``sums`` what they pool (a shard's record adds up with the others': :func:`.shards.merge`)."""
+    sums = {"pooled": {"sums": report.pooled.sums, "counts": report.pooled.counts},
+            "tallies": {name: {k: v.tolist() for k, v in t.items()} for name, t in report.tallies.items()}}
+    return {**meta, "methods": report.methods, "parts": report.parts, "sums": sums}
+
+
+def parse_settings(parser: argparse.ArgumentParser, items: list[str]) -> dict:
+    """``--set OPTION=VALUE`` items -> the inference defaults they change (only those: the weights stay the file's)."""
+    from .options import parse_value
+
+    settings = {}
+    for item in items:
+        key, eq, value = item.partition("=")
+        if not eq or key.strip() not in INFERENCE_DEFAULTS:
+            parser.error(f"--set {item!r}: give OPTION=VALUE with an inference default of the checkpoint's config "
+                         f"({', '.join(INFERENCE_DEFAULTS)})")
+        settings[key.strip()] = parse_value(value)
+        if key.strip() == "scales" and isinstance(settings["scales"], int):
+            settings["scales"] = (settings["scales"],)
+    return settings
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m coat_model.bench quality", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--ckpt", required=True, type=Path)
     p.add_argument("--pairs", type=int, default=200)
+    p.add_argument("--first", type=int, default=0,
+                   help="skip the bench's first pairs (a multiple of 25): one shard of a run that several processes "
+                        "or sessions share, added up by `python -m coat_model.bench merge`")
     p.add_argument("--split", choices=("easy", "hard"), default="easy")
+    p.add_argument("--set", action="append", default=[], metavar="OPTION=VALUE", dest="settings",
+                   help="score the checkpoint with this inference default changed (repeat for more), as a file "
+                        "saved with it would run: what to bench before bundling new defaults")
     add_data_argument(p)
     p.add_argument("--json", type=Path, default=None)
     p.add_argument("--device", default="cpu")
     args = p.parse_args(argv)
     category = data_category(p, args.data)
-    model = load(args.ckpt, device=args.device)
-    measured = report(model, args.pairs, args.split, device=torch.device(args.device), category=category)
+    settings = parse_settings(p, args.settings)
+    if args.first < 0 or args.first % BATCH_SIZE:
+        p.error(f"--first {args.first}: give a multiple of {BATCH_SIZE} (where one of the full run's batches starts)")
+    try:
+        model = grow(args.ckpt, **settings).eval() if settings else load(args.ckpt)
+    except CheckpointError as error:
+        p.error(str(error))
+    model = model.to(args.device)
+    measured = report(model, args.pairs, args.split, BATCH_SIZE, device=torch.device(args.device),
+                      category=category, first=args.first)
     print(format_table(measured.methods))
     print()
     print(format_parts(measured.parts))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"ckpt": str(args.ckpt), "data": args.data, "pairs": args.pairs,
-                                         "split": args.split,
-                                         "resolution": model.config.resolution, "methods": measured.methods,
-                                         "parts": measured.parts}, indent=2))
+        args.json.write_text(json.dumps(record(measured, ckpt=str(args.ckpt), data=args.data, pairs=args.pairs,
+                                               first=args.first, split=args.split, settings=settings,
+                                               resolution=model.config.resolution), indent=2))
     return 0
 
 
