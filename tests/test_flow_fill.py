@@ -157,3 +157,50 @@ def test_the_bench_reports_the_network_without_its_inference_defaults_beside_it(
     assert tuned["coat_trusted_warp"] == plain["coat"]  # the same weights, run as trained
     assert tuned["coat_global"] == plain["coat_global"]  # still no correspondence: no warped colours either
     assert tuned["coat"]["paa"] != plain["coat"]["paa"]
+
+
+def test_a_displacement_fill_continues_a_shift_to_the_frames_edge_where_a_position_fill_pulls_back():
+    size = 24
+    shift = torch.tensor([0.10, -0.05]).view(1, 2, 1, 1)
+    flow = (identity_flow(size) + shift).clamp(-1, 1)  # every pixel matched 1.15 px right and 0.6 px up
+    mask = torch.zeros(1, 1, size, size, dtype=torch.bool)
+    mask[..., 2:14, 2:14] = True  # trusted inside; the rows and columns beyond it (to the frame's edge) are not
+    flow[~mask.expand(-1, 2, -1, -1)] = 0.9  # untrusted: pointing anywhere
+    truth = (identity_flow(size) + shift).clamp(-1, 1)
+    by_shift = fill_matches(_match(flow, mask), sigma=2.0, displacement=True)
+    by_position = fill_matches(_match(flow, mask), sigma=2.0)
+    inside = (truth > -1) & (truth < 1)  # where the clamp to the frame does not bite
+    assert torch.allclose(by_shift.flow[inside], truth[inside], atol=1e-5)
+    pixel = 2 / (size - 1)
+    edge = by_position.flow[0, 1, 20:, 4:10] - truth[0, 1, 20:, 4:10]  # the bottom rows, below the trusted block
+    assert (edge < -3 * pixel).all()  # a position fill sends them back to where the block's last rows look
+    trusted = mask.expand(-1, 2, -1, -1)
+    assert torch.equal(by_shift.flow[trusted], flow[trusted]) and torch.equal(by_shift.mask, mask)
+
+
+def test_a_displacement_fill_is_the_normalised_convolution_of_the_displacements_written_out():
+    g = torch.Generator().manual_seed(2)
+    flow = torch.rand(2, 2, 14, 14, generator=g) * 2 - 1
+    mask = torch.rand(2, 1, 14, 14, generator=g) < 0.3
+    ident = identity_flow(14)
+    filled = fill_matches(_match(flow, mask), sigma=1.0, displacement=True)
+    expected = (_fill_reference(flow - ident, mask, 1.0) + ident).clamp(-1, 1)
+    expected = torch.where(mask.expand(-1, 2, -1, -1), flow, expected)
+    assert torch.allclose(filled.flow, expected, atol=1e-5)
+
+
+def test_the_displacement_fill_is_an_inference_default_that_needs_the_fill():
+    content, style = _pair(6)
+    base, tuned = _model(flow_fill=2.0), _model(flow_fill=2.0, fill_displacement=True)
+    assert tuned.config == COATConfig.from_json(tuned.config.to_json())
+    with torch.no_grad():
+        cb, sb = base.encode(content), base.encode(style)
+        by_position, by_shift = base.align(cb, sb), tuned.align(cb, sb)
+        assert torch.equal(base.align(cb, sb, fill_displacement=True).refined.flow, by_shift.refined.flow)
+        off = tuned.align(cb, sb, flow_fill=0.0)
+    trusted = by_position.refined.mask.expand(-1, 2, -1, -1)
+    assert torch.equal(by_shift.refined.flow[trusted], by_position.refined.flow[trusted])
+    assert not torch.equal(by_shift.refined.flow[~trusted], by_position.refined.flow[~trusted])
+    assert by_position.options.fill_displacement is False and by_shift.options.fill_displacement is True
+    assert off.options.fill_displacement is None  # no fill: nothing to average
+    assert "coat_no_displacement" in evaluate(tuned, n_pairs=2, split="easy", batch_size=2)

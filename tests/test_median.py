@@ -234,3 +234,41 @@ def test_given_matches_are_refined_and_smoothed_only_when_asked_as_align_does_it
         cells = {sc: Match(flow=plain.flow[sc], confidence=plain.confidence[sc], mask=plain.mask[sc])
                  for sc in plain.scales}
         assert flat.align_from_matches(fc, fs, cells, refine=True, flow_median=3).options.flow_median == 0
+
+
+def test_over_displacements_a_shift_stays_a_shift_where_a_window_is_one_sided():
+    # the median of positions moves a pixel by a part's edge to its neighbours' places (above); of displacements,
+    # a part matched by one shift keeps it up to the edge, and the canvas's own edges are no edge at all
+    guide = _two_parts(edge=7)
+    shifted = (identity_flow(14) + torch.tensor([0.1, -0.05]).view(1, 2, 1, 1)).clamp(-1, 1)
+    out = guided_median(shifted, guide, 3, 10.0, displacement=True)
+    inside = (shifted > -1) & (shifted < 1)  # where the clamp to the frame did not bite
+    torch.testing.assert_close(out[inside], shifted[inside])
+    by_position = guided_median(shifted, guide, 3, 10.0)
+    assert (by_position - shifted)[inside].abs().max() > 2 / 13  # (more than a pixel off somewhere)
+
+
+def test_the_median_of_displacements_is_the_oracles_median_of_the_displacements():
+    g = torch.Generator().manual_seed(4)
+    flow, guide = torch.rand(2, 2, 9, 9, generator=g) * 2 - 1, torch.rand(2, 3, 9, 9, generator=g)
+    place = identity_flow(9)
+    expected = (guided_median_reference(flow - place, guide, 2, 20.0) + place).clamp(-1, 1)
+    torch.testing.assert_close(guided_median(flow, guide, 2, 20.0, displacement=True), expected)
+
+
+def test_median_displacement_is_an_inference_default_recorded_only_with_a_median():
+    model = _model(flow_median=2, median_displacement=True)
+    assert model.config == COATConfig.from_json(model.config.to_json())
+    c, s = model.encode(_images(2, 31)), model.encode(_images(2, 32))
+    with torch.no_grad():
+        by_shift, by_position = model.align(c, s), model.align(c, s, median_displacement=False)
+        no_median = model.align(c, s, flow_median=0)
+        cells = {sc: Match(flow=by_shift.flow[sc], confidence=by_shift.confidence[sc], mask=by_shift.mask[sc])
+                 for sc in by_shift.scales}
+        given = model.align_from_matches(c, s, cells, refine=True, flow_median=2, median_displacement=True)
+    guide = (c.image + 1) / 2
+    assert torch.equal(by_shift.refined.flow, guided_median(no_median.refined.flow, guide, 2, 10.0, displacement=True))
+    assert not torch.equal(by_shift.refined.flow, by_position.refined.flow)
+    assert (by_shift.options.median_displacement, by_position.options.median_displacement) == (True, False)
+    assert no_median.options.median_displacement is None
+    assert given.options.median_displacement is True

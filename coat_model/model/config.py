@@ -16,7 +16,8 @@ MAX_AFFINE_RADIUS = 32  # flow_affine: a window sampled at most 15 x 15 per pixe
 #: loss (a teacher's matches aside), so a run may resume under other values of them.
 INFERENCE_FIELDS = ("flow_fill", "warp_everywhere", "mirror_search", "mirror_margin", "rotation_search",
                     "rotation_margin", "pose_fit", "pose_fit_margin", "flow_median", "flow_median_sigma",
-                    "refine_prior", "flow_affine", "flow_affine_wide")
+                    "refine_prior", "flow_affine", "flow_affine_wide", "fill_displacement",
+                    "median_displacement")
 
 
 def check_search_options(error: type[Exception], **values: float | None) -> None:
@@ -106,6 +107,9 @@ class COATConfig:
     flow_fill: float = 0.0                     # > 0: untrusted pixel matches take the trusted ones' flow, averaged
                                                # by normalised convolution at this sigma (cells of the finest scale,
                                                # then 2x and 4x), before refinement; 0: they keep their own match
+    fill_displacement: bool = False            # flow_fill averages the trusted matches' displacements (where each
+                                               # looks, less where it is), not their positions: a pixel beyond them
+                                               # (a frame's edge) looks as far on, not where they look (section 9)
     warp_everywhere: bool = False              # warp_style: offer the warped style's colours to the gate on the
                                                # whole object, not only where matches are trusted
     mirror_search: bool = False                # also align the style's mirror image and keep it for the pairs it
@@ -123,6 +127,9 @@ class COATConfig:
                                                # its (2r+1)^2 window, neighbours weighed by how alike the content looks
                                                # (flow edges move onto the content's; docs/CORRESPONDENCE.md section 7)
     flow_median_sigma: float = 10.0            # that likeness's falloff, a colour difference in CIELAB units
+    median_displacement: bool = False          # the median of the displacements (where each looks, less where it
+                                               # is), not of the positions: unbiased where a window is one-sided
+                                               # (a frame's or a part's edge; section 9)
     flow_affine: int = 0                       # > 0: before the median, each pixel's match becomes the value at it of
                                                # the affine map fitted to the matches of its window of this radius,
                                                # neighbours weighed as the median's (docs/CORRESPONDENCE.md section 8)

@@ -43,7 +43,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .coords import flow_to_index
+from .coords import flow_to_index, identity_flow
 from .fill import SIGMA as FILL_SIGMA
 from .fill import fill_unconfident, propagate
 from .matching import Match, resample_flow, sample_at
@@ -137,13 +137,20 @@ def pixel_matches(finest: Match, scale: int, resolution: int) -> Match:
     return Match(flow=flow, confidence=confidence.clamp(0, 1), mask=mask)
 
 
-def fill_matches(pixels: Match, sigma: float) -> Match:
+def fill_matches(pixels: Match, sigma: float, displacement: bool = False) -> Match:
     """Per-pixel matches whose untrusted pixels take the flow of the trusted ones around them: ``propagate``'s
     normalised convolution (:func:`coat_model.model.fill.propagate`, at ``sigma``, 2 and 4 ``sigma`` pixels); a pixel
     with no trusted match within reach keeps its own. Trusted pixels, confidence and mask are unchanged: the fill
-    moves where the untrusted pixels look (and where a refinement searches), not whether they are trusted."""
+    moves where the untrusted pixels look (and where a refinement searches), not whether they are trusted.
+
+    ``displacement``: average the trusted matches' displacements (matched position less the pixel's own) instead of
+    their positions. An average of positions sends a pixel where its trusted neighbours look, which is where they
+    are, not where it is: a pixel beyond them (a frame's edge, a part's end) is pulled back by its distance to them.
+    An average of displacements is exact for any shift (docs/CORRESPONDENCE.md section 9)."""
     m = pixels.mask.to(pixels.flow.dtype)
-    filled = propagate(pixels.flow, m, pixels.flow, sigma)
+    base = identity_flow(pixels.flow.shape[-1], pixels.flow.device, pixels.flow.dtype) if displacement else 0.0
+    values = pixels.flow - base
+    filled = (propagate(values, m, values, sigma) + base).clamp(-1, 1)
     return Match(flow=m * pixels.flow + (1 - m) * filled, confidence=pixels.confidence, mask=pixels.mask)
 
 
