@@ -19,9 +19,8 @@ Methods, all in one run on the same held-out pairs:
   given; ``coat_no_mirror`` (with ``mirror_search``), ``coat_no_rotation`` (with ``rotation_search``),
   ``coat_no_fit`` (with ``pose_fit``), ``coat_no_median`` (with ``flow_median``), ``coat_no_prior`` (with
   ``refine_prior``), ``coat_no_affine`` (with ``flow_affine``), ``coat_no_wide`` (with ``flow_affine_wide``: the
-  fit at ``flow_affine`` everywhere), ``coat_no_displacement`` (with ``fill_displacement``: the fill averages
-  positions) and ``coat_no_median_displacement`` (with ``median_displacement``: the median of positions): the
-  defaults without that one alone;
+  fit at ``flow_affine`` everywhere) and ``coat_no_displacement`` (with ``fill_displacement``: the fill averages
+  positions): the defaults without that one alone;
 - ``coat_modulation``: the same network and matches through the paper's pure modulation path (for a
   ``warp_style`` model: without the warped style's colours);
 - ``coat_global``: the same network with every aligned map replaced by the global style code (the
@@ -141,8 +140,7 @@ def coat_outputs(model, content: torch.Tensor, style: torch.Tensor, gt_flow: tor
     for name, option in (("coat_no_mirror", "mirror_search"), ("coat_no_rotation", "rotation_search"),
                          ("coat_no_fit", "pose_fit"), ("coat_no_median", "flow_median"),
                          ("coat_no_prior", "refine_prior"), ("coat_no_affine", "flow_affine"),
-                         ("coat_no_wide", "flow_affine_wide"), ("coat_no_displacement", "fill_displacement"),
-                         ("coat_no_median_displacement", "median_displacement")):
+                         ("coat_no_wide", "flow_affine_wide"), ("coat_no_displacement", "fill_displacement")):
         if getattr(defaults, option):  # the defaults without this one alone
             out[name] = scored(model, c, model.align(c, s, **{option: 0}))
     if alignment.warped is not None:
@@ -156,8 +154,7 @@ def coat_outputs(model, content: torch.Tensor, style: torch.Tensor, gt_flow: tor
                                               flow_median=defaults.flow_median or 0,
                                               flow_median_sigma=defaults.flow_median_sigma,
                                               flow_affine=defaults.flow_affine or 0,
-                                              flow_affine_wide=defaults.flow_affine_wide or 0,
-                                              median_displacement=bool(defaults.median_displacement))
+                                              flow_affine_wide=defaults.flow_affine_wide or 0)
             out["coat_gt_refined"] = dict(output=model.decode(c, staged), pred_flow=staged.refined.flow)
     if target is not None:
         t = model.encode(target)

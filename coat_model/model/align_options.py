@@ -43,7 +43,6 @@ class AlignOptions:
     flow_median: int | None = None           # hard path: the radius of the content-guided flow median (0: off, or
                                              # a model without per-pixel matches)
     flow_median_sigma: float | None = None   # hard path, median or affine fit: the guide's falloff (CIELAB units)
-    median_displacement: bool | None = None  # hard path with flow_median: the median of the displacements
     refine_prior: float | None = None        # hard path with refine: the similarity penalty at the window's radius
     flow_affine: int | None = None           # hard path: the radius of the content-guided local affine fit of the
                                              # per-pixel matches, before the median (0: off, or no per-pixel matches)
@@ -60,8 +59,7 @@ class AlignOptions:
                 rotation_margin: float | None = None, pose_fit: bool | None = None,
                 pose_fit_margin: float | None = None, flow_median: int | None = None,
                 flow_median_sigma: float | None = None, refine_prior: float | None = None,
-                flow_affine: int | None = None, flow_affine_wide: int | None = None,
-                median_displacement: bool | None = None) -> "AlignOptions":
+                flow_affine: int | None = None, flow_affine_wide: int | None = None) -> "AlignOptions":
         """The options :meth:`COAT.align` runs with for these overrides (``None``: the config's value)."""
         pick = lambda value, default: default if value is None else value  # noqa: E731
         common = dict(
@@ -89,8 +87,7 @@ class AlignOptions:
                    pose_fit=fit, pose_fit_margin=float(pick(pose_fit_margin, config.pose_fit_margin)) if fit else None,
                    **_median_options(config, pick(flow_median, config.flow_median), flow_median_sigma,
                                      pick(flow_affine, config.flow_affine),
-                                     pick(flow_affine_wide, config.flow_affine_wide),
-                                     pick(median_displacement, config.median_displacement)),
+                                     pick(flow_affine_wide, config.flow_affine_wide)),
                    refine_prior=float(pick(refine_prior, config.refine_prior)) if common["refine"] else None)
 
     @property
@@ -102,8 +99,7 @@ class AlignOptions:
     @classmethod
     def given_matches(cls, config: COATConfig, scales: tuple[int, ...], fill: str, *, refine: bool = False,
                       flow_median: int = 0, flow_median_sigma: float | None = None,
-                      flow_affine: int = 0, flow_affine_wide: int = 0,
-                      median_displacement: bool = False) -> "AlignOptions":
+                      flow_affine: int = 0, flow_affine_wide: int = 0) -> "AlignOptions":
         """The options of an alignment built from matches found elsewhere (sampled as the hard path does); their
         per-pixel matches refined (``refine``, a model with refinement descriptors) and passed through the flow
         median (``flow_median`` > 0, a model with per-pixel matches; ``flow_median_sigma`` None: the config's) and
@@ -111,21 +107,17 @@ class AlignOptions:
         when asked (the refinement with the config's ``refine_prior``)."""
         refine = bool(refine) and bool(config.refine_dim)
         return cls(mode="hard", scales=tuple(scales), fill=fill, refine=refine,
-                   **_median_options(config, flow_median, flow_median_sigma, flow_affine, flow_affine_wide,
-                                     median_displacement),
+                   **_median_options(config, flow_median, flow_median_sigma, flow_affine, flow_affine_wide),
                    refine_prior=float(config.refine_prior) if refine else None)
 
 
-def _median_options(config: COATConfig, radius: int, sigma: float | None, affine: int = 0, wide: int = 0,
-                    displacement: bool = False) -> dict:
+def _median_options(config: COATConfig, radius: int, sigma: float | None, affine: int = 0, wide: int = 0) -> dict:
     """The flow median and the local affine fit as an alignment records them: their radii (0 for a model without
-    per-pixel matches; the wide fit's 0 unless it is wider than an affine fit that is on), whether the median is of
-    the displacements (None without a median) and, when either is on, the sigma of the guide they share (None: the
-    config's)."""
+    per-pixel matches; the wide fit's 0 unless it is wider than an affine fit that is on) and, when either is on,
+    the sigma of the guide they share (None: the config's)."""
     median = int(radius) if config.pixel_matches else 0
     affine = int(affine) if config.pixel_matches else 0
     wide = int(wide) if affine and int(wide) > affine else 0
     return dict(flow_median=median, flow_affine=affine, flow_affine_wide=wide,
-                median_displacement=bool(displacement) if median else None,
                 flow_median_sigma=float(config.flow_median_sigma if sigma is None else sigma) if median or affine
                 else None)

@@ -259,7 +259,6 @@ class COAT(nn.Module):
         refine_prior: float | None = None,
         flow_affine: int | None = None,
         flow_affine_wide: int | None = None,
-        median_displacement: bool | None = None,
     ) -> Alignment:
         """Align the style latents to the content through dense correspondence (docs/CORRESPONDENCE.md).
 
@@ -298,10 +297,6 @@ class COAT(nn.Module):
                 weighed as the median's (:mod:`coat_model.model.affine`; 0 = off).
             flow_affine_wide: hard path with ``flow_affine``, overrides the config's: the fit over windows of this
                 radius too, taken where a pixel's window looks like it, inside large parts (0 or not wider: off).
-            median_displacement: hard path with ``flow_median``, overrides the config's: the median of the
-                displacements (matched position less the pixel's own), not of the positions, so that a pixel whose
-                window is one-sided (at a frame's or a part's edge) is not moved to its neighbours' places
-                (docs/CORRESPONDENCE.md section 9).
         """
         cfg = self.config
         if mode not in ALIGN_MODES:
@@ -324,7 +319,6 @@ class COAT(nn.Module):
             rotation_search=rotation_search, rotation_margin=rotation_margin, pose_fit=pose_fit,
             pose_fit_margin=pose_fit_margin, flow_median=flow_median, flow_median_sigma=flow_median_sigma,
             refine_prior=refine_prior, flow_affine=flow_affine, flow_affine_wide=flow_affine_wide,
-            median_displacement=median_displacement,
         )
         given = style.expand(content.batch_size)
         if not (options.mirror_search or options.rotation_search):  # the style as given (and the soft path)
@@ -404,7 +398,7 @@ class COAT(nn.Module):
     def align_from_matches(self, content: Latents, style: Latents, matches: dict[int, Match], *,
                            fill: str | None = None, refine: bool = False, flow_median: int = 0,
                            flow_median_sigma: float | None = None, flow_affine: int = 0,
-                           flow_affine_wide: int = 0, median_displacement: bool = False) -> Alignment:
+                           flow_affine_wide: int = 0) -> Alignment:
         """Aligned latents from matches found elsewhere: ground truth, another matcher, edited matches.
 
         ``matches[s]`` gives, for every content cell of scale s (a subset of the model's scales), its style location
@@ -414,9 +408,9 @@ class COAT(nn.Module):
 
         The per-pixel matches are the finest ones interpolated, as given. ``refine`` searches them again in the
         model's full-resolution descriptors, ``flow_affine`` (a radius; ``flow_affine_wide`` inside large parts) fits
-        them locally and ``flow_median`` (a radius; ``flow_median_sigma`` None: the config's; of the displacements
-        with ``median_displacement``) passes them through the content-guided median, as :meth:`align` does: with the
-        ground truth, what the model's own pixel stage makes of perfect cell matches.
+        them locally and ``flow_median`` (a radius; ``flow_median_sigma`` None: the config's) passes them through the
+        content-guided median, as :meth:`align` does: with the ground truth, what the model's own pixel stage makes of
+        perfect cell matches.
         """
         cfg = self.config
         pair_batches(content.batch_size, style.batch_size)
@@ -439,8 +433,7 @@ class COAT(nn.Module):
                    for s in cfg.scales if s in matches}
         options = AlignOptions.given_matches(cfg, tuple(matches), fill, refine=refine, flow_median=flow_median,
                                              flow_median_sigma=flow_median_sigma, flow_affine=flow_affine,
-                                             flow_affine_wide=flow_affine_wide,
-                                             median_displacement=median_displacement)
+                                             flow_affine_wide=flow_affine_wide)
         return self._assemble(content, style.expand(content.batch_size), matches, options)
 
     def _assemble(self, content: Latents, style: Latents, matches: dict[int, Match],
@@ -481,8 +474,7 @@ class COAT(nn.Module):
             voters = voters if content.mask is None else voters * content.mask
             flow = guided_affine(pixels.flow, guide, options.flow_affine or 0, options.flow_median_sigma, voters,
                                  wide=options.flow_affine_wide or 0)
-            flow = guided_median(flow, guide, options.flow_median or 0, options.flow_median_sigma, voters,
-                                 displacement=bool(options.median_displacement))
+            flow = guided_median(flow, guide, options.flow_median or 0, options.flow_median_sigma, voters)
             pixels = dataclasses.replace(pixels, flow=flow)
         return restrict_to_object(pixels, content.mask)
 

@@ -16,8 +16,7 @@ MAX_AFFINE_RADIUS = 32  # flow_affine: a window sampled at most 15 x 15 per pixe
 #: loss (a teacher's matches aside), so a run may resume under other values of them.
 INFERENCE_FIELDS = ("flow_fill", "warp_everywhere", "mirror_search", "mirror_margin", "rotation_search",
                     "rotation_margin", "pose_fit", "pose_fit_margin", "flow_median", "flow_median_sigma",
-                    "refine_prior", "flow_affine", "flow_affine_wide", "fill_displacement",
-                    "median_displacement")
+                    "refine_prior", "flow_affine", "flow_affine_wide", "fill_displacement")
 
 
 def check_search_options(error: type[Exception], **values: float | None) -> None:
@@ -127,9 +126,6 @@ class COATConfig:
                                                # its (2r+1)^2 window, neighbours weighed by how alike the content looks
                                                # (flow edges move onto the content's; docs/CORRESPONDENCE.md section 7)
     flow_median_sigma: float = 10.0            # that likeness's falloff, a colour difference in CIELAB units
-    median_displacement: bool = False          # the median of the displacements (where each looks, less where it
-                                               # is), not of the positions: unbiased where a window is one-sided
-                                               # (a frame's or a part's edge; section 9)
     flow_affine: int = 0                       # > 0: before the median, each pixel's match becomes the value at it of
                                                # the affine map fitted to the matches of its window of this radius,
                                                # neighbours weighed as the median's (docs/CORRESPONDENCE.md section 8)

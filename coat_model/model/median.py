@@ -26,13 +26,12 @@ import torch
 import torch.nn.functional as F
 
 from ..colour import srgb_to_lab
-from .coords import identity_flow
 
 BAND_ELEMENTS = 1 << 22  # window values held at once per flow component (rows per band follow from it)
 
 
 def guided_median(flow: torch.Tensor, guide: torch.Tensor, radius: int, sigma: float,
-                  voters: torch.Tensor | None = None, displacement: bool = False) -> torch.Tensor:
+                  voters: torch.Tensor | None = None) -> torch.Tensor:
     """flow [B, C, H, W] (any values; C = 2 for matches), guide [B, 3, H, W] sRGB in [0, 1] (the content) -> the
     flow's weighted median in each (2 ``radius`` + 1)^2 window, [B, C, H, W]; ``radius`` 0 returns ``flow``.
 
@@ -40,17 +39,9 @@ def guided_median(flow: torch.Tensor, guide: torch.Tensor, radius: int, sigma: f
     canvas, times the content's object mask; None: every pixel), and neighbours outside the canvas weigh 0; a pixel
     always weighs 1 in its own window. The median is the lower one: the smallest value whose cumulative weight
     reaches half the window's. Windows are laid out last ([..., K]) so that the sort runs along contiguous memory,
-    one image and one band of rows at a time (at most ``BAND_ELEMENTS`` window values per component).
-
-    ``displacement``: ``flow`` is matched positions [B, 2, H, W] (pixel-centre grid, :func:`identity_flow`); take the
-    median of the displacements (each neighbour's position less its own place) and add the pixel's place back,
-    clamped to the frame: a window cut by a frame's or a part's edge then gives the pixel its neighbours' shift,
-    not their places (docs/CORRESPONDENCE.md section 9)."""
+    one image and one band of rows at a time (at most ``BAND_ELEMENTS`` window values per component)."""
     if radius <= 0:
         return flow
-    if displacement:
-        place = identity_flow(flow.shape[-1], flow.device, flow.dtype)
-        return (guided_median(flow - place, guide, radius, sigma, voters) + place).clamp(-1, 1)
     b, _, h, w = flow.shape
     k = 2 * radius + 1
     lab = srgb_to_lab(guide.float())
