@@ -25,26 +25,13 @@ from ..io import load
 from ..model.coat import COAT
 from ..model.inputs import COATInputError
 from ..train.data.faces import FACES, Category, sample_pairs
-from .quality import EVAL_SEED, Pooled, add_data_argument, data_category, format_table, score, scored
+from .quality import (
+    EVAL_SEED, Pooled, add_data_argument, data_category, format_table, parse_value, score, scored,
+)
 
 DEFAULTS = "defaults"  # the row of the checkpoint's own options, always first
 NOT_OPTIONS = {"self", "content", "style", "backend"}
 OPTIONS = tuple(name for name in inspect.signature(COAT.align).parameters if name not in NOT_OPTIONS)
-
-
-def parse_value(text: str):
-    """``true``/``false`` -> bool, ``8/4`` -> a tuple of scales, a number -> int or float, anything else as is."""
-    low = text.strip().lower()
-    if low in ("true", "false"):
-        return low == "true"
-    if "/" in low:
-        return tuple(int(v) for v in low.split("/"))
-    for kind in (int, float):
-        try:
-            return kind(low)
-        except ValueError:
-            pass
-    return text.strip()
 
 
 def parse_variant(text: str) -> tuple[str, dict]:

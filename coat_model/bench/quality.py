@@ -305,10 +305,23 @@ def record(report: Report, **meta) -> dict:
     return {**meta, "methods": report.methods, "parts": report.parts, "sums": sums}
 
 
+def parse_value(text: str):
+    """``true``/``false`` -> bool, ``8/4`` -> a tuple of scales, a number -> int or float, anything else as is."""
+    low = text.strip().lower()
+    if low in ("true", "false"):
+        return low == "true"
+    if "/" in low:
+        return tuple(int(v) for v in low.split("/"))
+    for kind in (int, float):
+        try:
+            return kind(low)
+        except ValueError:
+            pass
+    return text.strip()
+
+
 def parse_settings(parser: argparse.ArgumentParser, items: list[str]) -> dict:
     """``--set OPTION=VALUE`` items -> the inference defaults they change (only those: the weights stay the file's)."""
-    from .options import parse_value
-
     settings = {}
     for item in items:
         key, eq, value = item.partition("=")
