@@ -1,11 +1,12 @@
-"""``python -m coat_model.bench speed|quality|merge|options|bounds|figures|poses [options]``: dispatch to the benchmark's
-own ``main``."""
+"""``python -m coat_model.bench speed|quality|merge|options|bounds|figures|poses [options]``: dispatch to the
+benchmark's own ``main``."""
 
 from __future__ import annotations
 
 import sys
 
-USAGE = "usage: python -m coat_model.bench {speed,quality,merge,options,bounds,figures,poses} [options]   (each takes --help)"
+USAGE = ("usage: python -m coat_model.bench {speed,quality,merge,options,bounds,figures,poses} [options]   "
+         "(each takes --help)")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -26,7 +26,7 @@ from ..model.coat import COAT
 from ..model.inputs import COATInputError
 from ..train.data.faces import FACES, Category, sample_pairs
 from .quality import (
-    EVAL_SEED, Pooled, add_data_argument, data_category, format_table, parse_value, score, scored,
+    EVAL_SEED, Pooled, add_data_argument, data_category, format_table, parse_option, score, scored,
 )
 
 DEFAULTS = "defaults"  # the row of the checkpoint's own options, always first
@@ -49,11 +49,9 @@ def parse_variant(text: str) -> tuple[str, dict]:
             raise ValueError(f"variant {text!r}: {item!r} is not OPTION=VALUE with an option of COAT.align "
                              f"({', '.join(OPTIONS)})")
         try:
-            options[key] = parse_value(value)
+            options[key] = parse_option(key, value)
         except ValueError:
             raise ValueError(f"variant {text!r}: {value!r} is not a value of {key}") from None
-        if key == "scales" and isinstance(options[key], int):
-            options[key] = (options[key],)
     if not options or name.strip() in ("", DEFAULTS):
         raise ValueError(f"variant {text!r}: give at least one OPTION=VALUE and a name other than {DEFAULTS!r}")
     return name.strip(), options

@@ -180,6 +180,14 @@ class Pooled:
                 self.sums[name][key] = self.sums[name].get(key, 0.0) + metrics[key] * n
                 self.counts[name][key] = self.counts[name].get(key, 0) + n
 
+    def add_sums(self, sums: dict[str, dict[str, float]], counts: dict[str, dict[str, int]]) -> None:
+        """Another pooling's ``sums`` and ``counts`` (a shard's record) added to these."""
+        for name, values in sums.items():
+            into_sums, into_counts = self.sums.setdefault(name, {}), self.counts.setdefault(name, {})
+            for key, value in values.items():
+                into_sums[key] = into_sums.get(key, 0.0) + value
+                into_counts[key] = into_counts.get(key, 0) + counts[name][key]
+
     def means(self) -> dict[str, dict[str, float | None]]:
         return {name: {k: self.sums[name][k] / self.counts[name][k] if k in self.counts[name] else None for k in KEYS}
                 for name in self.sums}
@@ -209,21 +217,31 @@ class Report:
     pooled: Pooled
     tallies: dict[str, dict[str, torch.Tensor]]
 
+    @classmethod
+    def of(cls, pooled: Pooled, tallies: dict[str, dict[str, torch.Tensor]], labels) -> "Report":
+        """The report of these sums: the methods' means and the parts' scores (``labels``: the category's)."""
+        return cls(pooled.means(), {name: part_scores(t, labels) for name, t in tallies.items()}, pooled, tallies)
 
-def evaluate(model, n_pairs: int = 200, split: str = "easy", batch_size: int = 25, seed: int = EVAL_SEED,
+
+def evaluate(model, n_pairs: int = 200, split: str = "easy", batch_size: int = BATCH_SIZE, seed: int = EVAL_SEED,
              device=None, category: Category = FACES) -> dict[str, dict[str, float | None]]:
     """Metrics per method, pooled over ``n_pairs`` pairs (weighted by batch size)."""
     return report(model, n_pairs, split, batch_size, seed, device, category).methods
 
 
-def report(model, n_pairs: int = 200, split: str = "easy", batch_size: int = 25, seed: int = EVAL_SEED,
+def check_first(first: int, batch_size: int = BATCH_SIZE) -> None:
+    """A shard's first pair must be where one of the full run's batches starts, or ValueError says so."""
+    if first < 0 or first % batch_size:
+        raise ValueError(f"first={first}: start a shard at a multiple of the batch size, here a multiple of "
+                         f"{batch_size} (where one of the full run's batches starts)")
+
+
+def report(model, n_pairs: int = 200, split: str = "easy", batch_size: int = BATCH_SIZE, seed: int = EVAL_SEED,
            device=None, category: Category = FACES, first: int = 0) -> Report:
     """Metrics per method pooled over ``n_pairs`` pairs (weighted by batch size) of ``category`` (faces by
     default), and per part for :data:`PART_METHODS` (pooled over every scored part). ``first`` skips the bench's
     first pairs: a multiple of ``batch_size``, so that the batches are the full run's (a shard of it)."""
-    if first < 0 or first % batch_size:
-        raise ValueError(f"first={first}: start a shard at a multiple of the batch size ({batch_size}), where one "
-                         "of the full run's batches starts")
+    check_first(first, batch_size)
     r = model.config.resolution
     device = device or model.w_avg.device
     pooled = Pooled()
@@ -251,8 +269,7 @@ def report(model, n_pairs: int = 200, split: str = "easy", batch_size: int = 25,
                 t = part_tallies(on_cpu(m, "output"), pairs.target, labels, len(category.labels),
                                  pred_flow=on_cpu(m, "pred_flow"), gt_flow=pairs.flow, visible=pairs.visible)
                 tallies[name] = {k: tallies.get(name, {}).get(k, 0) + v for k, v in t.items()}
-    return Report(pooled.means(), {name: part_scores(t, category.labels) for name, t in tallies.items()}, pooled,
-                  tallies)
+    return Report.of(pooled, tallies, category.labels)
 
 
 def format_table(results: dict[str, dict]) -> str:
@@ -320,6 +337,12 @@ def parse_value(text: str):
     return text.strip()
 
 
+def parse_option(key: str, text: str):
+    """An inference option's value as ``COAT.align`` takes it: :func:`parse_value`, and ``scales`` always a tuple."""
+    value = parse_value(text)
+    return (value,) if key == "scales" and isinstance(value, int) else value
+
+
 def parse_settings(parser: argparse.ArgumentParser, items: list[str]) -> dict:
     """``--set OPTION=VALUE`` items -> the inference defaults they change (only those: the weights stay the file's)."""
     settings = {}
@@ -328,9 +351,10 @@ def parse_settings(parser: argparse.ArgumentParser, items: list[str]) -> dict:
         if not eq or key.strip() not in INFERENCE_DEFAULTS:
             parser.error(f"--set {item!r}: give OPTION=VALUE with an inference default of the checkpoint's config "
                          f"({', '.join(INFERENCE_DEFAULTS)})")
-        settings[key.strip()] = parse_value(value)
-        if key.strip() == "scales" and isinstance(settings["scales"], int):
-            settings["scales"] = (settings["scales"],)
+        try:
+            settings[key.strip()] = parse_option(key.strip(), value)
+        except ValueError:
+            parser.error(f"--set {item!r}: {value!r} is not a value of {key.strip()}")
     return settings
 
 
@@ -352,8 +376,10 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     category = data_category(p, args.data)
     settings = parse_settings(p, args.settings)
-    if args.first < 0 or args.first % BATCH_SIZE:
-        p.error(f"--first {args.first}: give a multiple of {BATCH_SIZE} (where one of the full run's batches starts)")
+    try:
+        check_first(args.first)
+    except ValueError as error:
+        p.error(str(error))
     try:
         model = grow(args.ckpt, **settings).eval() if settings else load(args.ckpt)
     except CheckpointError as error:

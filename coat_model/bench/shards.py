@@ -21,8 +21,7 @@ from pathlib import Path
 import torch
 
 from ..train.data.categories import parse_procedural
-from .metrics import part_scores
-from .quality import Pooled, format_parts, format_table
+from .quality import Pooled, Report, format_parts, format_table, record
 
 SAME = ("data", "split", "resolution", "settings")  # what every shard of one run shares (and the ckpt's name)
 
@@ -58,24 +57,14 @@ def merge(records: list[dict]) -> dict:
     pooled = Pooled()
     tallies: dict[str, dict[str, torch.Tensor]] = {}
     for r in ordered:
-        for name, sums in r["sums"]["pooled"]["sums"].items():
-            counts = r["sums"]["pooled"]["counts"][name]
-            target_sums, target_counts = pooled.sums.setdefault(name, {}), pooled.counts.setdefault(name, {})
-            for key, value in sums.items():
-                target_sums[key] = target_sums.get(key, 0.0) + value
-                target_counts[key] = target_counts.get(key, 0) + counts[key]
+        pooled.add_sums(r["sums"]["pooled"]["sums"], r["sums"]["pooled"]["counts"])
         for name, t in r["sums"]["tallies"].items():
             into = tallies.setdefault(name, {})
             for key, values in t.items():
                 into[key] = into.get(key, 0) + torch.tensor(values, dtype=torch.float64)
-    labels = parse_procedural(first["data"])[0].labels
-    merged = {key: value for key, value in first.items() if key not in ("methods", "parts", "sums")}
-    merged.update(pairs=end, first=0, shards=[[r["first"], r["pairs"]] for r in ordered])
-    merged.update(methods=pooled.means(),
-                  parts={name: part_scores(t, labels) for name, t in tallies.items()},
-                  sums={"pooled": {"sums": pooled.sums, "counts": pooled.counts},
-                        "tallies": {name: {k: v.tolist() for k, v in t.items()} for name, t in tallies.items()}})
-    return merged
+    meta = {key: value for key, value in first.items() if key not in ("methods", "parts", "sums")}
+    meta.update(pairs=end, first=0, shards=[[r["first"], r["pairs"]] for r in ordered])
+    return record(Report.of(pooled, tallies, parse_procedural(first["data"])[0].labels), **meta)
 
 
 def main(argv=None) -> int:
