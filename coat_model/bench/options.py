@@ -24,13 +24,14 @@ from ..checkpoint_format import CheckpointError
 from ..io import load
 from ..model.coat import COAT
 from ..model.inputs import COATInputError
+from ..model.search_memo import SearchMemo
 from ..train.data.faces import FACES, Category, sample_pairs
 from .quality import (
     EVAL_SEED, Pooled, add_data_argument, data_category, format_table, parse_option, score, scored,
 )
 
 DEFAULTS = "defaults"  # the row of the checkpoint's own options, always first
-NOT_OPTIONS = {"self", "content", "style", "backend"}
+NOT_OPTIONS = {"self", "content", "style", "backend", "memo"}
 OPTIONS = tuple(name for name in inspect.signature(COAT.align).parameters if name not in NOT_OPTIONS)
 
 
@@ -71,8 +72,9 @@ def compare(model, variants: dict[str, dict], n_pairs: int = 100, split: str = "
             n = min(batch_size, n_pairs - start)
             pairs = sample_pairs(n, seed=seed + start, size=model.config.resolution, split=split, category=category)
             c, s = model.encode(pairs.content.to(device)), model.encode(pairs.style.to(device))
+            memo = SearchMemo()  # the variants share the poses and matches they search alike
             for name, options in runs.items():
-                pooled.add(name, score(scored(model, c, model.align(c, s, **options)), pairs), n)
+                pooled.add(name, score(scored(model, c, model.align(c, s, memo=memo, **options)), pairs), n)
     return pooled.means()
 
 

@@ -41,12 +41,16 @@ Methods, all in one run on the same held-out pairs:
 
 Per part, for ``PART_METHODS``: PAA, dE and PCK of every label pooled over the pairs (a second table, and
 ``parts`` in the JSON): a part-averaged PAA does not say whether the small parts or the large ones fail.
+
+The network's variants of one batch share a :class:`~coat_model.model.search_memo.SearchMemo`: the poses and the
+matches they search alike are computed once (the scores are those of aligning each afresh, value for value).
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import inspect
 import json
 import sys
@@ -61,6 +65,7 @@ from ..model.coat import COAT
 from ..model.config import COATConfig
 from ..model.coords import cells_to_flow, cells_to_pixels, flow_to_cells, identity_flow
 from ..model.matching import Match, resample_flow
+from ..model.search_memo import SearchMemo
 from ..train.data.categories import parse_procedural
 from ..train.data.faces import FACES, Category, sample_pairs
 from ..train.pairs import at_cell_centres
@@ -115,7 +120,9 @@ def coat_outputs(model, content: torch.Tensor, style: torch.Tensor, gt_flow: tor
     """Outputs and matches of the network and of its ablations for one batch; ``coat_gt_matches`` and
     ``coat_autoencode`` only when the ground truth (``gt_flow`` and ``visible``; ``target``) is given."""
     c, s = model.encode(content), model.encode(style)
-    alignment = model.align(c, s)
+    memo = SearchMemo()  # the variants below share the poses and matches they search alike
+    align = functools.partial(model.align, memo=memo)
+    alignment = align(c, s)
     finest = alignment.scales[-1]
     r = model.config.resolution
     cells = cell_flow_to_pixels(alignment.flow[finest], finest, r)
@@ -123,26 +130,26 @@ def coat_outputs(model, content: torch.Tensor, style: torch.Tensor, gt_flow: tor
     out = {"coat": scored(model, c, alignment)}
     flow, confidence = out["coat"]["pred_flow"], out["coat"]["confidence"]
     # no match is trusted, and no warped colour offered where none is (the ablation isolates correspondence)
-    global_code = model.align(c, s, fill="global", confidence_threshold=2.0, warp_everywhere=False,
-                              mirror_search=False, rotation_search=0.0, pose_fit=False, flow_median=0, flow_affine=0)
+    global_code = align(c, s, fill="global", confidence_threshold=2.0, warp_everywhere=False,
+                        mirror_search=False, rotation_search=0.0, pose_fit=False, flow_median=0, flow_affine=0)
     warp = F.grid_sample(style, flow.permute(0, 2, 3, 1), mode="bilinear", padding_mode="border", align_corners=True)
     out["coat_global"] = dict(output=model.decode(c, global_code))
     out["coat_flow_warp"] = dict(output=warp, pred_flow=flow)
     if alignment.refined is not None:  # the same network with the cell-level matches only
-        out["coat_unrefined"] = dict(output=model.decode(c, model.align(c, s, refine=False)), pred_flow=cells,
+        out["coat_unrefined"] = dict(output=model.decode(c, align(c, s, refine=False)), pred_flow=cells,
                                      confidence=confidence)
     defaults = alignment.options
     if (defaults.flow_fill or defaults.warp_everywhere or defaults.poses_searched or defaults.flow_median
             or defaults.flow_affine):
-        plain = model.align(c, s, flow_fill=0.0, warp_everywhere=False, mirror_search=False, rotation_search=0.0,
-                            pose_fit=False, flow_median=0, refine_prior=0.0, flow_affine=0)  # the hard path as trained
+        plain = align(c, s, flow_fill=0.0, warp_everywhere=False, mirror_search=False, rotation_search=0.0,
+                      pose_fit=False, flow_median=0, refine_prior=0.0, flow_affine=0)  # the hard path as trained
         out["coat_trusted_warp"] = scored(model, c, plain)
     for name, option in (("coat_no_mirror", "mirror_search"), ("coat_no_rotation", "rotation_search"),
                          ("coat_no_fit", "pose_fit"), ("coat_no_median", "flow_median"),
                          ("coat_no_prior", "refine_prior"), ("coat_no_affine", "flow_affine"),
                          ("coat_no_wide", "flow_affine_wide"), ("coat_no_displacement", "fill_displacement")):
         if getattr(defaults, option):  # the defaults without this one alone
-            out[name] = scored(model, c, model.align(c, s, **{option: 0}))
+            out[name] = scored(model, c, align(c, s, **{option: 0}))
     if alignment.warped is not None:
         out["coat_modulation"] = dict(output=model.decode(c, dataclasses.replace(alignment, warped=None, trust=None)))
     if gt_flow is not None:

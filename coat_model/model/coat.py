@@ -26,6 +26,7 @@ from .pose import (
     FittedPose, Pose, candidate_poses, fit_similarity, in_style_coordinates, map_flows, object_confidence,
     per_pair, per_pair_matches, pose_matrices, winners,
 )
+from .search_memo import NoMemo, SearchMemo
 
 
 @dataclass
@@ -259,6 +260,7 @@ class COAT(nn.Module):
         refine_prior: float | None = None,
         flow_affine: int | None = None,
         flow_affine_wide: int | None = None,
+        memo: SearchMemo | None = None,
     ) -> Alignment:
         """Align the style latents to the content through dense correspondence (docs/CORRESPONDENCE.md).
 
@@ -297,6 +299,9 @@ class COAT(nn.Module):
                 weighed as the median's (:mod:`coat_model.model.affine`; 0 = off).
             flow_affine_wide: hard path with ``flow_affine``, overrides the config's: the fit over windows of this
                 radius too, taken where a pixel's window looks like it, inside large parts (0 or not wider: off).
+            memo: a :class:`~coat_model.model.search_memo.SearchMemo` shared by aligns of the same latents: the
+                styles posed and the matches found are kept there and re-used (the same alignment, without
+                encoding and matching again when only the pixel stage or the poses searched change).
         """
         cfg = self.config
         if mode not in ALIGN_MODES:
@@ -321,23 +326,26 @@ class COAT(nn.Module):
             pose_fit_margin=pose_fit_margin, flow_median=flow_median, flow_median_sigma=flow_median_sigma,
             refine_prior=refine_prior, flow_affine=flow_affine, flow_affine_wide=flow_affine_wide,
         )
+        memo = NoMemo() if memo is None else memo.bind(self)
+        match = lambda s: memo.matches(content, s, options, lambda: self._match(content, s, options))  # noqa: E731
         given = style.expand(content.batch_size)
         if not (options.mirror_search or options.rotation_search):  # the style as given (and the soft path)
-            searched, matches, to_style = given, self._match(content, given, options), lambda a: a
+            searched, matches, to_style = given, match(given), lambda a: a
         else:
             poses = candidate_poses(bool(options.mirror_search), options.rotation_search)  # as given first
-            styles = [given] + [self.posed(style, p).expand(content.batch_size) for p in poses[1:]]  # one style: once
-            match_sets = [self._match(content, s, options) for s in styles]
+            styles = [given] + [memo.posed(style, p, lambda p=p: self.posed(style, p)).expand(content.batch_size)
+                                for p in poses[1:]]  # one style: posed once
+            match_sets = [match(s) for s in styles]
             pick = winners(match_sets, poses, content.mask, options.mirror_margin or 0.0,
                            options.rotation_margin or 0.0)
             searched, matches = Latents.select(styles, pick), per_pair_matches(match_sets, pick)
             to_style = lambda a: in_style_coordinates(a, poses, pick)  # noqa: E731
         if not options.pose_fit:  # each pair assembled once, from the pose it took
             return to_style(self._assemble(content, searched, matches, options))
-        return self._refit(content, given, searched, matches, to_style, options)
+        return self._refit(content, given, searched, matches, to_style, options, memo)
 
     def _refit(self, content: Latents, style: Latents, searched: Latents, matches: dict[int, Match], to_style,
-               options: AlignOptions) -> Alignment:
+               options: AlignOptions, memo: SearchMemo | NoMemo) -> Alignment:
         """The style re-posed by the similarity fitted to the searched pose's trusted finest ``matches`` (their
         confidence as weights; ``searched``: each pair's posed style, ``to_style`` maps an alignment to it back into
         ``style``'s coordinates), matched again and kept per pair where its finest matches are surer over the
@@ -355,8 +363,8 @@ class COAT(nn.Module):
         if bool(fitted.any()):  # else no pair has matches enough to fit: nothing to match again
             pose = FittedPose.from_cells(theta, r, finest)
             mask = None if style.mask is None else pose.apply(style.mask, fill="zeros")
-            posed = self._encode_canvas(pose.apply(style.image), style.frame, mask)
-            again = self._match(content, posed, options)
+            posed = memo.posed(style, pose, lambda: self._encode_canvas(pose.apply(style.image), style.frame, mask))
+            again = memo.matches(content, posed, options, lambda: self._match(content, posed, options))
             score = lambda m: object_confidence(m[finest].confidence, content.mask)  # noqa: E731
             take = fitted & (score(again) > score(matches) + options.pose_fit_margin)
         if not bool(take.any()):
