@@ -99,6 +99,19 @@ def test_the_memo_computes_each_pose_and_its_matches_once(model, latents):
     assert calls["posed"] == 5 and calls["match"] <= 7 + 2
 
 
+def test_one_style_for_a_batch_of_contents_is_posed_and_matched_once(model, latents):
+    c, s = latents
+    one = model.encode(sample_pairs(1, seed=12, size=model.config.resolution, split="hard").style)
+    memo = SearchMemo()
+    with torch.no_grad():
+        first = model.align(c, one, memo=memo)
+        misses = memo.misses
+        again = model.align(c, one, memo=memo, flow_median=0)
+    assert memo.misses == misses  # the style as given, its poses and their matches: all found in the memo
+    assert_same(again, model.align(c, one, flow_median=0))
+    assert_same(first, model.align(c, one))
+
+
 def test_other_matcher_options_are_searched_again(model, latents):
     c, s = latents
     memo = SearchMemo()

@@ -328,12 +328,13 @@ class COAT(nn.Module):
         )
         memo = NoMemo() if memo is None else memo.bind(self)
         match = lambda s: memo.matches(content, s, options, lambda: self._match(content, s, options))  # noqa: E731
-        given = style.expand(content.batch_size)
+        batch = content.batch_size
+        given = memo.posed(style, None, batch, lambda: style.expand(batch))
         if not (options.mirror_search or options.rotation_search):  # the style as given (and the soft path)
             searched, matches, to_style = given, match(given), lambda a: a
         else:
             poses = candidate_poses(bool(options.mirror_search), options.rotation_search)  # as given first
-            styles = [given] + [memo.posed(style, p, lambda p=p: self.posed(style, p)).expand(content.batch_size)
+            styles = [given] + [memo.posed(style, p, batch, lambda p=p: self.posed(style, p).expand(batch))
                                 for p in poses[1:]]  # one style: posed once
             match_sets = [match(s) for s in styles]
             pick = winners(match_sets, poses, content.mask, options.mirror_margin or 0.0,
@@ -363,7 +364,8 @@ class COAT(nn.Module):
         if bool(fitted.any()):  # else no pair has matches enough to fit: nothing to match again
             pose = FittedPose.from_cells(theta, r, finest)
             mask = None if style.mask is None else pose.apply(style.mask, fill="zeros")
-            posed = memo.posed(style, pose, lambda: self._encode_canvas(pose.apply(style.image), style.frame, mask))
+            posed = memo.posed(style, pose, content.batch_size,
+                               lambda: self._encode_canvas(pose.apply(style.image), style.frame, mask))
             again = memo.matches(content, posed, options, lambda: self._match(content, posed, options))
             score = lambda m: object_confidence(m[finest].confidence, content.mask)  # noqa: E731
             take = fitted & (score(again) > score(matches) + options.pose_fit_margin)

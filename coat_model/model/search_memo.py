@@ -46,9 +46,10 @@ class SearchMemo:
         self._entries[key] = (keep, value)  # keep: the objects whose identities the key holds
         return value
 
-    def posed(self, style, pose, compute: Callable[[], T]) -> T:
-        """The latents of ``style`` in ``pose`` (a hashable Pose, or a FittedPose keyed by its matrices)."""
-        return self._get(("posed", id(style), _pose_key(pose)), (style,), compute)
+    def posed(self, style, pose, batch: int, compute: Callable[[], T]) -> T:
+        """The latents of ``style`` in ``pose`` (None: as given; a Pose; a FittedPose, keyed by its matrices) for a
+        content batch of ``batch``."""
+        return self._get(("posed", id(style), _pose_key(pose), batch), (style,), compute)
 
     def matches(self, content, style, options, compute: Callable[[], T]) -> T:
         """The matches of ``content`` in ``style`` as :meth:`COAT._match` finds them with ``options``."""
@@ -59,7 +60,7 @@ class SearchMemo:
 class NoMemo:
     """Align without a memo: everything computed, nothing kept."""
 
-    def posed(self, style, pose, compute: Callable[[], T]) -> T:
+    def posed(self, style, pose, batch: int, compute: Callable[[], T]) -> T:
         return compute()
 
     def matches(self, content, style, options, compute: Callable[[], T]) -> T:
@@ -67,6 +68,8 @@ class NoMemo:
 
 
 def _pose_key(pose) -> tuple:
+    if pose is None:
+        return ("as given",)
     theta = getattr(pose, "theta", None)
     if theta is None:
         return ("pose", pose)
