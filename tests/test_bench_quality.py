@@ -222,3 +222,12 @@ def test_the_pose_bench_times_each_search_setting_and_writes_the_json(tmp_path, 
     assert "defaults" in capsys.readouterr().out
     record = json.loads(out.read_text())
     assert set(record["seconds"]) == set(SETTINGS) and all(t > 0 for t in record["seconds"].values())
+
+
+def test_the_printed_table_keeps_its_columns_for_the_longest_method_name():
+    from coat_model.bench.quality import format_table
+    row = dict.fromkeys(KEYS, 0.5) | {"pck02": None}
+    text = format_table({"coat": row, "coat_no_displacement": row, "a_method_named_at_length_beyond": row})
+    lines = text.splitlines()
+    assert len({len(line) for line in lines}) == 1  # header, rule and rows end in the same column
+    assert all(line.split()[1] == "0.500" for line in lines[2:])  # the name never runs into the first value

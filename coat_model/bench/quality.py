@@ -280,10 +280,12 @@ def report(model, n_pairs: int = 200, split: str = "easy", batch_size: int = BAT
 
 
 def format_table(results: dict[str, dict]) -> str:
-    header = f"{'method':<18}" + "".join(f"{k:>15}" for k in KEYS)
+    width = max(18, *(len(name) + 1 for name in results))  # the longest ablation's name keeps the columns
+    header = f"{'method':<{width}}" + "".join(f"{k:>15}" for k in KEYS)
     lines = [header, "-" * len(header)]
     for name, metrics in results.items():
-        lines.append(f"{name:<18}" + "".join(f"{'-' if metrics[k] is None else f'{metrics[k]:.3f}':>15}" for k in KEYS))
+        lines.append(f"{name:<{width}}"
+                     + "".join(f"{'-' if metrics[k] is None else f'{metrics[k]:.3f}':>15}" for k in KEYS))
     return "\n".join(lines)
 
 
