@@ -9,7 +9,7 @@ import torch
 import coat_model.bench.quality as quality
 from coat_model.model.coat import COAT
 from coat_model.model.config import COATConfig
-from coat_model.model.search_memo import SearchMemo
+from coat_model.model.search_memo import NoMemo, SearchMemo
 from coat_model.train.data.faces import sample_pairs
 
 # The quality bench's variants of a model that searches every pose and runs every pixel stage.
@@ -34,13 +34,6 @@ def model():
 def latents(model):
     pairs = sample_pairs(3, seed=11, size=model.config.resolution, split="hard")
     return model.encode(pairs.content), model.encode(pairs.style)
-
-
-class Forgetful(SearchMemo):
-    """A memo that computes everything again: the alignment without a memo, through the same code."""
-
-    def _get(self, key, keep, compute):
-        return compute()
 
 
 def assert_same(a, b, where="alignment"):
@@ -139,6 +132,6 @@ def test_the_quality_bench_scores_the_same_outputs_with_its_memo(model, monkeypa
     pairs = sample_pairs(2, seed=5, size=model.config.resolution, split="easy")
     args = (model, pairs.content, pairs.style, pairs.flow, pairs.visible, pairs.target)
     remembered = quality.coat_outputs(*args)
-    monkeypatch.setattr(quality, "SearchMemo", Forgetful)
+    monkeypatch.setattr(quality, "SearchMemo", NoMemo)  # every alignment afresh
     assert_same(remembered, quality.coat_outputs(*args), "coat_outputs")
     assert {"coat_no_mirror", "coat_no_fit", "coat_no_displacement", "coat_no_wide"} <= set(remembered)

@@ -326,7 +326,7 @@ class COAT(nn.Module):
             pose_fit_margin=pose_fit_margin, flow_median=flow_median, flow_median_sigma=flow_median_sigma,
             refine_prior=refine_prior, flow_affine=flow_affine, flow_affine_wide=flow_affine_wide,
         )
-        memo = NoMemo() if memo is None else memo.bind(self)
+        memo = (NoMemo() if memo is None else memo).bind(self)
         match = lambda s: memo.matches(content, s, options, lambda: self._match(content, s, options))  # noqa: E731
         batch = content.batch_size
         given = memo.posed(style, None, batch, lambda: style.expand(batch))

@@ -24,16 +24,15 @@ class SearchMemo:
     """Remembers, for one model, the styles it posed and the matches it found (see the module's docstring)."""
 
     def __init__(self):
-        self.model_id: int | None = None
+        self._model = None  # the model bound (kept, so its identity stays its own)
         self._entries: dict[tuple, tuple[tuple, object]] = {}
         self.hits = self.misses = 0
 
     def bind(self, model) -> "SearchMemo":
         """This memo for ``model`` (the first model bound; another one is an error: its matches would differ)."""
-        if self.model_id is None:
-            self.model_id = id(model)
-            self._model = model  # kept, so the identity stays this model's
-        elif self.model_id != id(model):
+        if self._model is None:
+            self._model = model
+        elif self._model is not model:
             raise ValueError("this SearchMemo holds another model's search: make one SearchMemo per model")
         return self
 
@@ -58,7 +57,10 @@ class SearchMemo:
 
 
 class NoMemo:
-    """Align without a memo: everything computed, nothing kept."""
+    """Align without a memo: everything computed, nothing kept (for any model)."""
+
+    def bind(self, model) -> "NoMemo":
+        return self
 
     def posed(self, style, pose, batch: int, compute: Callable[[], T]) -> T:
         return compute()

@@ -1,5 +1,5 @@
 """One quality-bench batch (coat_outputs: the network and its ablations) of the bundled checkpoint with the candidate
-defaults, timed with the bench's SearchMemo and with a memo that forgets (every alignment searched afresh), in
+defaults, timed with the bench's SearchMemo and with NoMemo (every alignment searched afresh), in
 turns, on one thread; the outputs are checked equal.
 
     OMP_NUM_THREADS=1 python benchmarks/results/search_memo_2026-12-05/time_bench_batch.py [PAIRS] [ROUNDS]
@@ -12,13 +12,8 @@ import torch
 
 import coat_model.bench.quality as quality
 from coat_model.io import grow
-from coat_model.model.search_memo import SearchMemo
+from coat_model.model.search_memo import NoMemo, SearchMemo
 from coat_model.train.data.faces import sample_pairs
-
-
-class Forgetful(SearchMemo):
-    def _get(self, key, keep, compute):
-        return compute()
 
 
 def main(n_pairs: int = 4, rounds: int = 2) -> None:
@@ -30,7 +25,7 @@ def main(n_pairs: int = 4, rounds: int = 2) -> None:
     times = {"memo": [], "afresh": []}
     outputs = {}
     for _ in range(rounds):
-        for name, memo in (("memo", SearchMemo), ("afresh", Forgetful)):
+        for name, memo in (("memo", SearchMemo), ("afresh", NoMemo)):
             quality.SearchMemo = memo
             start = time.perf_counter()
             outputs[name] = quality.coat_outputs(*args)
