@@ -1,6 +1,15 @@
-import json, sys
+"""The mean of the two halves of the bench's 200 pairs (the s200_*.json beside this file), per split and row.
+
+    python benchmarks/results/stage_s_2026-12-05/average_halves.py
+"""
+
+import json
+from pathlib import Path
+
+HERE = Path(__file__).parent
+
 for split in ("easy", "hard"):
-    halves = [json.load(open(f"/tmp/s200_{split}_{s}.json")) for s in (987654321, 987654421)]
+    halves = [json.loads((HERE / f"s200_{split}_{seed}.json").read_text()) for seed in (987654321, 987654421)]
     for row in ("defaults", "old"):
-        m = [h["methods"][row] for h in halves]
-        print(split, row, {k: round((m[0][k] + m[1][k]) / 2, 3) for k in m[0] if m[0][k] is not None})
+        a, b = (half["methods"][row] for half in halves)
+        print(split, row, {k: round((a[k] + b[k]) / 2, 3) for k in a if a[k] is not None})
