@@ -99,6 +99,27 @@ def test_the_commands_write_shards_and_merge_them(tiny_model, tmp_path, capsys):
     assert "different runs: settings" in capsys.readouterr().err
 
 
+class ClosedPipe:
+    """A stdout whose reader has gone, as ``merge ... | head -1`` leaves it."""
+
+    def write(self, text):
+        raise BrokenPipeError(32, "Broken pipe")
+
+    def flush(self):
+        pass
+
+
+def test_the_merged_record_is_written_before_a_closed_pipe_stops_the_tables(runs, tmp_path, monkeypatch):
+    paths = []
+    for i, part in enumerate(runs[1][:2]):
+        paths.append(tmp_path / f"s{i}.json")
+        paths[-1].write_text(json.dumps(part))
+    monkeypatch.setattr("sys.stdout", ClosedPipe())
+    with pytest.raises(BrokenPipeError):
+        shards.main([str(p) for p in paths] + ["--json", str(tmp_path / "m.json")])
+    assert_same(json.loads((tmp_path / "m.json").read_text())["methods"], runs[0].methods)
+
+
 @pytest.mark.parametrize("args, message", [
     (["--first", "10"], "multiple of 25"),
     (["--set", "resolution=64"], "inference default"),

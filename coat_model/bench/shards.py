@@ -83,13 +83,13 @@ def main(argv=None) -> int:
         merged = merge(records)
     except ShardError as error:
         p.error(str(error))
+    if args.json:  # written before the tables are printed: a closed pipe (``| head``) must not lose the record
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(merged, indent=2))
     print(f"{merged['ckpt']}: {merged['data']} {merged['split']}, {merged['pairs']} pairs in {len(records)} shards")
     print(format_table(merged["methods"]))
     print()
     print(format_parts(merged["parts"]))
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(merged, indent=2))
     return 0
 
 
