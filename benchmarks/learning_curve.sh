@@ -10,6 +10,9 @@
 # Writes RUN/curve/coat_<minutes>min.safetensors and RUN/curve/quality_<minutes>min.json; run again, it goes on
 # from the last snapshot (with the same DATA and BENCH_DATA, recorded in RUN/curve/data). Run it from a checkout
 # nobody edits meanwhile (each segment imports the code afresh).
+# STEPS="223 446 908 1445" takes the marks in optimiser steps instead (`--stop-at`, the schedule unchanged): the
+# curve of a machine whose hour is that many steps, measured on a slower or busier one, in as many sessions as it
+# takes (RUN/curve/coat_<N>steps.safetensors, quality_<N>steps.json).
 set -eu
 RUN=${1:-runs/curve64}; PAIRS=${2:-200}; PY=${PY:-.venv/bin/python}
 DATA=${DATA:-procedural:faces}
@@ -27,19 +30,27 @@ if [ -f "$RUN/curve/data" ] && [ "$(cat "$RUN/curve/data")" != "$record" ]; then
   exit 2
 fi
 echo "$record" > "$RUN/curve/data"
-done_minutes=0
-for mark in 10 20 40 60; do
-  if [ -f "$RUN/curve/quality_${mark}min.json" ]; then done_minutes=$mark; continue; fi
-  if [ ! -f "$RUN/curve/coat_${mark}min.safetensors" ]; then
+if [ -n "${STEPS:-}" ]; then marks=$STEPS; unit=steps; else marks="10 20 40 60"; unit=min; fi
+done_mark=0
+for mark in $marks; do
+  if [ -f "$RUN/curve/quality_${mark}${unit}.json" ]; then done_mark=$mark; continue; fi
+  if [ ! -f "$RUN/curve/coat_${mark}${unit}.safetensors" ]; then
     resume=""; [ -f "$RUN/train_state.safetensors" ] && resume="--resume"
-    echo "== $(date -u +%H:%M:%S) training to $mark min"
-    $PY -m coat_model.train --data "$DATA" --preset small --resolution 64 --out "$RUN" $resume \
-      --max-minutes $((mark - done_minutes))
-    cp "$RUN/coat.safetensors" "$RUN/curve/coat_${mark}min.safetensors"
+    if [ $unit = steps ]; then stop="--stop-at $mark"; else stop="--max-minutes $((mark - done_mark))"; fi
+    echo "== $(date -u +%H:%M:%S) training to $mark $unit"
+    $PY -m coat_model.train --data "$DATA" --preset small --resolution 64 --out "$RUN" $resume $stop
+    if [ $unit = steps ]; then
+      at=$($PY -c "import sys; from coat_model.train.state import load_state; \
+print(int(load_state(sys.argv[1])['step']))" "$RUN/train_state.safetensors")
+      if [ "$at" != "$mark" ]; then
+        echo "the run stopped at step $at, before $mark: run the script again" >&2; exit 1
+      fi
+    fi
+    cp "$RUN/coat.safetensors" "$RUN/curve/coat_${mark}${unit}.safetensors"
   fi
-  echo "== $(date -u +%H:%M:%S) bench at $mark min"
-  $PY -m coat_model.bench quality --ckpt "$RUN/curve/coat_${mark}min.safetensors" --pairs "$PAIRS" --split easy \
-    --data "$BENCH_DATA" --json "$RUN/curve/quality_${mark}min.json.tmp"
-  mv "$RUN/curve/quality_${mark}min.json.tmp" "$RUN/curve/quality_${mark}min.json"
-  done_minutes=$mark
+  echo "== $(date -u +%H:%M:%S) bench at $mark $unit"
+  $PY -m coat_model.bench quality --ckpt "$RUN/curve/coat_${mark}${unit}.safetensors" --pairs "$PAIRS" \
+    --split easy --data "$BENCH_DATA" --json "$RUN/curve/quality_${mark}${unit}.json.tmp"
+  mv "$RUN/curve/quality_${mark}${unit}.json.tmp" "$RUN/curve/quality_${mark}${unit}.json"
+  done_mark=$mark
 done

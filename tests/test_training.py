@@ -130,6 +130,30 @@ def test_resume_equals_an_uninterrupted_run(tmp_path):
         assert torch.equal(a, b)
 
 
+def test_stop_at_ends_at_the_step_and_resume_continues_exactly(tmp_path):
+    """``--stop-at``: the invocation ends at that step with the schedule unchanged and saves; resumed, the run is
+    the uninterrupted one (a learning curve in steps, or a long run in pieces)."""
+    from coat_model.train.cli import fit, parse_args
+
+    quiet = dict(log_every=0, sample_every=0, ckpt_every=0)
+    straight = _trainer(steps=6)
+    assert fit(straight, **quiet) == "done" and straight.step == 6
+    first = _trainer(steps=6)
+    assert fit(first, out_dir=tmp_path, stop_at=4, **quiet) == "step"
+    assert (first.step, first.config.steps) == (4, 6)
+    resumed = _trainer(steps=6)
+    resumed.load(tmp_path / "train_state.safetensors")
+    assert fit(resumed, stop_at=4, **quiet) == "step" and resumed.step == 4  # already there: no step taken
+    assert fit(resumed, stop_at=9, **quiet) == "done" and resumed.step == 6
+    for (name, a), b in zip(straight.model.state_dict().items(), resumed.model.state_dict().values()):
+        assert torch.equal(a, b), name
+    for a, b in zip(straight.ema.state_dict().values(), resumed.ema.state_dict().values()):
+        assert torch.equal(a, b)
+    assert parse_args(["--out", str(tmp_path), "--stop-at", "223"]).stop_at == 223
+    with pytest.raises(SystemExit):
+        parse_args(["--out", str(tmp_path), "--stop-at", "0"])
+
+
 def test_background_workers_give_the_same_batches():
     a, b = _trainer(steps=3), _trainer(steps=3)
     b.workers = 1

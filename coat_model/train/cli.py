@@ -64,9 +64,14 @@ def fit(
     should_stop: Callable[[], bool] | None = None,
     metadata: dict[str, str] | None = None,
     fit_to_time: bool = False,
+    stop_at: int | None = None,
 ) -> str:
-    """Run ``trainer`` until its configured steps, a stop request or the time budget; returns why it stopped
-    ("done", "stopped", "time"). Rank 0 logs, writes samples and checkpoints.
+    """Run ``trainer`` until its configured steps, a stop request, the time budget or step ``stop_at``; returns
+    why it stopped ("done", "stopped", "time", "step"). Rank 0 logs, writes samples and checkpoints.
+
+    ``stop_at`` ends this invocation at that step with the schedule unchanged, so ``--resume`` continues the run
+    exactly: a learning curve taken in steps rather than minutes (the same curve on a slower or busier machine),
+    or a long run in pieces.
 
     ``fit_to_time`` (with ``max_seconds``): after 100 steps, shorten the schedule (learning-rate decay,
     curricula) to the number of steps the measured speed allows, so that a time-boxed run still finishes its
@@ -80,6 +85,9 @@ def fit(
     reason = "done"
     try:
         while trainer.step < trainer.config.steps:  # fit_to_time may shorten trainer.config
+            if stop_at is not None and trainer.step >= stop_at:
+                reason = "step"
+                break
             stats = trainer.train_step()
             window_images += trainer.config.batch_size
             step = trainer.step
@@ -242,7 +250,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--max-minutes", type=float, default=None, help="stop (and save) after this much wall-clock time")
     p.add_argument("--fit-to-time", action="store_true",
                    help="with --max-minutes: shorten the schedule to the steps the measured speed allows")
+    p.add_argument("--stop-at", type=int, default=None, metavar="STEP",
+                   help="stop (and save) at this step, the schedule unchanged: --resume continues the run exactly")
     args = p.parse_args(argv)
+    if args.stop_at is not None and args.stop_at < 1:
+        p.error(f"--stop-at {args.stop_at}: give the step to stop at, 1 or more")
     try:
         args.train_overrides = parse_overrides(TrainConfig, args.train_set)
         args.model_overrides = parse_overrides(COATConfig, args.model_set)
@@ -343,10 +355,11 @@ def _run(args, device, rank: int, world_size: int) -> int:
     reason = fit(
         trainer, out_dir=out, ckpt_every=args.ckpt_every, log_every=args.log_every, sample_every=args.sample_every,
         max_seconds=args.max_minutes * 60 if args.max_minutes else None, should_stop=lambda: stop["flag"],
-        metadata=metadata, fit_to_time=args.fit_to_time,
+        metadata=metadata, fit_to_time=args.fit_to_time, stop_at=args.stop_at,
     )
     if rank == 0:
-        print(f"{reason} at step {trainer.step}: {run.model}"
+        said = "stopped (--stop-at)" if reason == "step" else reason
+        print(f"{said} at step {trainer.step}: {run.model}"
               + ("" if reason == "done" else f" (continue with --resume --out {out})"), file=sys.stderr)
     return 0
 
