@@ -109,6 +109,22 @@ def reference(tmp_path_factory):
     return out
 
 
+def test_stop_at_then_a_bare_resume_equals_an_uninterrupted_run(tmp_path, reference):
+    """``--stop-at`` ends the run at a step; ``--resume`` with nothing else (no --seed, no --steps) goes on with
+    the run's own schedule, seed and pairs (it once took the command line's defaults: seed 0, 20000 steps)."""
+    stopped = train(tmp_path, "--stop-at", "3")
+    assert stopped.returncode == 0, stopped.stderr[-2000:]
+    assert "stopped (--stop-at) at step 3" in stopped.stderr
+    assert load_state(tmp_path / "train_state.safetensors")["step"] == 3
+    bare = ["--device", "cpu", "--threads", "1", "--ckpt-every", str(EVERY), "--log-every", "1", "--sample-every",
+            "0", "--out", str(tmp_path), "--resume"]
+    done = subprocess.run([sys.executable, "-m", "coat_model.train", *bare], cwd=REPO, env=ENV, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert_same_weights(tmp_path, reference)
+    assert coat_model.io.metadata(tmp_path / "coat.safetensors")["seed"] == "7"
+
+
 def test_sigkill_at_a_random_step_then_resume_equals_an_uninterrupted_run(tmp_path, reference):
     kill_at = RNG.randint(EVERY + 1, STEPS - 1)
     proc = start(tmp_path)

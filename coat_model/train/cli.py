@@ -187,13 +187,13 @@ def _train_option(p: argparse.ArgumentParser, field: str, help: str, **kw) -> No
     cannot drift), and ``--help`` shows the default."""
     default = _TRAIN_DEFAULTS[field]
     p.add_argument("--" + field.replace("_", "-"), type=type(default), default=default,
-                   help=f"{help} (default: %(default)s)", **kw)
+                   help=f"{help} (default: {default})", **kw)
 
 
 # The TrainConfig fields with an option of their own: (field, help, extra add_argument keywords). The one list the
 # parser, the ``--set`` fold and the run's TrainConfig all read.
 _TRAIN_OPTIONS = (
-    ("steps", "optimiser steps of the run (with --resume: its new total)", {}),
+    ("steps", "optimiser steps of the run (with --resume: its new total; without, the run's own)", {}),
     ("batch_size", "global batch over all processes", {}),
     ("accumulate", "micro-batches per optimiser step", {}),
     ("lr", "Adam learning rate", {}),
@@ -215,7 +215,7 @@ def _fold_flagged_overrides(p: argparse.ArgumentParser, args: argparse.Namespace
             continue
         value, flag = args.train_overrides.pop(field), "--" + field.replace("_", "-")
         given = getattr(args, field)
-        if given != _TRAIN_DEFAULTS[field] and given != value:
+        if given not in (None, _TRAIN_DEFAULTS[field]) and given != value:
             p.error(f"{flag} {given} and --set {field}={value} disagree: give the value once")
         setattr(args, field, value)
     if "freeze_decoder" in args.train_overrides:
@@ -236,6 +236,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--resume", action="store_true", help="continue the run in --out exactly where it stopped")
     for field, text, kw in _TRAIN_OPTIONS:
         _train_option(p, field, text, **kw)
+    p.set_defaults(steps=None)  # not given: a new run's default, a resumed run's own schedule
     p.add_argument("--set", dest="train_set", action="append", metavar="FIELD=VALUE",
                    help="override any TrainConfig field, e.g. --set betas=0,0.99 --set ccl_detach_keys=true")
     p.add_argument("--model-set", action="append", metavar="FIELD=VALUE",
@@ -255,6 +256,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.stop_at is not None and args.stop_at < 1:
         p.error(f"--stop-at {args.stop_at}: give the step to stop at, 1 or more")
+    if args.stop_at is not None and args.fit_to_time:
+        p.error("--stop-at keeps the schedule and --fit-to-time shortens it: give one of them")
     try:
         args.train_overrides = parse_overrides(TrainConfig, args.train_set)
         args.model_overrides = parse_overrides(COATConfig, args.model_set)
@@ -305,8 +308,8 @@ def _run(args, device, rank: int, world_size: int) -> int:
               f"--out NEW_FOLDER --set ...", file=sys.stderr)
         return 2
     train_cfg = TrainConfig(
-        **{field: getattr(args, field) for field in _FLAGGED}, freeze_decoder=args.stylegan2 is not None,
-        **args.train_overrides,
+        **{field: getattr(args, field) for field in _FLAGGED if getattr(args, field) is not None},
+        freeze_decoder=args.stylegan2 is not None, **args.train_overrides,
     )
     model = None
     if resume:
@@ -314,8 +317,9 @@ def _run(args, device, rank: int, world_size: int) -> int:
 
         saved = load_state(run.state)
         model_cfg = COATConfig.from_json(saved["model_config"])
-        # The run continues with its own settings; only --steps may extend it.
-        train_cfg = dataclasses.replace(TrainConfig.from_json(saved["train_config"]), steps=args.steps)
+        # The run continues with its own settings (its schedule too, unless --steps gives a new total).
+        own = TrainConfig.from_json(saved["train_config"])
+        train_cfg = own if args.steps is None else dataclasses.replace(own, steps=args.steps)
     elif args.stylegan2 is not None:
         model = import_stylegan2(args.stylegan2)
         model_cfg = model.config
@@ -325,7 +329,7 @@ def _run(args, device, rank: int, world_size: int) -> int:
     else:
         overrides = {"resolution": args.resolution} if args.resolution else {}
         model_cfg = PRESETS[args.preset](**{**overrides, **args.model_overrides})
-    dataset = make_dataset(args.data, model_cfg.resolution, args.seed)
+    dataset = make_dataset(args.data, model_cfg.resolution, train_cfg.seed)  # resumed: the run's own seed
     trainer = Trainer(model_cfg, train_cfg, dataset, device=device, model=model, rank=rank, world_size=world_size,
                       workers=args.workers)
     if args.resume:
@@ -351,7 +355,7 @@ def _run(args, device, rank: int, world_size: int) -> int:
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, request_stop)
-    metadata = {"data": args.data, "seed": str(args.seed)}
+    metadata = {"data": args.data, "seed": str(train_cfg.seed)}
     reason = fit(
         trainer, out_dir=out, ckpt_every=args.ckpt_every, log_every=args.log_every, sample_every=args.sample_every,
         max_seconds=args.max_minutes * 60 if args.max_minutes else None, should_stop=lambda: stop["flag"],
