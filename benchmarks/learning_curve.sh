@@ -23,14 +23,22 @@ if [ -z "${BENCH_DATA:-}" ]; then
        exit 2 ;;
   esac
 fi
+if [ -n "${STEPS:-}" ]; then marks=$STEPS; unit=steps; else marks="10 20 40 60"; unit=min; fi
+last=0
+for mark in $marks; do
+  case "$mark" in ''|*[!0-9]*) echo "STEPS=\"$STEPS\": give whole steps, smallest first" >&2; exit 2 ;; esac
+  if [ "$mark" -le "$last" ]; then echo "STEPS=\"$STEPS\": give whole steps, smallest first" >&2; exit 2; fi
+  last=$mark
+done
+if [ $last = 0 ]; then echo "STEPS=\"$STEPS\": give whole steps, smallest first" >&2; exit 2; fi
 mkdir -p "$RUN/curve"
 record="data=$DATA bench_data=$BENCH_DATA"
+if [ $unit = steps ]; then record="$record unit=steps"; fi  # a run's marks are all minutes or all steps
 if [ -f "$RUN/curve/data" ] && [ "$(cat "$RUN/curve/data")" != "$record" ]; then
   echo "$RUN was made with $(cat "$RUN/curve/data"), not $record: use another RUN" >&2
   exit 2
 fi
 echo "$record" > "$RUN/curve/data"
-if [ -n "${STEPS:-}" ]; then marks=$STEPS; unit=steps; else marks="10 20 40 60"; unit=min; fi
 done_mark=0
 for mark in $marks; do
   if [ -f "$RUN/curve/quality_${mark}${unit}.json" ]; then done_mark=$mark; continue; fi
@@ -42,8 +50,10 @@ for mark in $marks; do
     if [ $unit = steps ]; then
       at=$($PY -c "import sys; from coat_model.train.state import load_state; \
 print(int(load_state(sys.argv[1])['step']))" "$RUN/train_state.safetensors")
-      if [ "$at" != "$mark" ]; then
+      if [ "$at" -lt "$mark" ]; then
         echo "the run stopped at step $at, before $mark: run the script again" >&2; exit 1
+      elif [ "$at" -gt "$mark" ]; then
+        echo "$RUN is at step $at, past $mark: a curve needs a run that has not gone past its marks" >&2; exit 2
       fi
     fi
     cp "$RUN/coat.safetensors" "$RUN/curve/coat_${mark}${unit}.safetensors"
