@@ -24,13 +24,14 @@ if [ -z "${BENCH_DATA:-}" ]; then
   esac
 fi
 if [ -n "${STEPS:-}" ]; then marks=$STEPS; unit=steps; else marks="10 20 40 60"; unit=min; fi
+bad_marks() { echo "STEPS=\"$STEPS\": give whole steps, smallest first" >&2; exit 2; }
 last=0
 for mark in $marks; do
-  case "$mark" in ''|*[!0-9]*) echo "STEPS=\"$STEPS\": give whole steps, smallest first" >&2; exit 2 ;; esac
-  if [ "$mark" -le "$last" ]; then echo "STEPS=\"$STEPS\": give whole steps, smallest first" >&2; exit 2; fi
+  case "$mark" in ''|*[!0-9]*) bad_marks ;; esac
+  [ "$mark" -gt "$last" ] || bad_marks
   last=$mark
 done
-if [ $last = 0 ]; then echo "STEPS=\"$STEPS\": give whole steps, smallest first" >&2; exit 2; fi
+[ $last != 0 ] || bad_marks
 mkdir -p "$RUN/curve"
 record="data=$DATA bench_data=$BENCH_DATA"
 if [ $unit = steps ]; then record="$record unit=steps"; fi  # a run's marks are all minutes or all steps
@@ -48,8 +49,8 @@ for mark in $marks; do
     echo "== $(date -u +%H:%M:%S) training to $mark $unit"
     $PY -m coat_model.train --data "$DATA" --preset small --resolution 64 --out "$RUN" $resume $stop
     if [ $unit = steps ]; then
-      at=$($PY -c "import sys; from coat_model.train.state import load_state; \
-print(int(load_state(sys.argv[1])['step']))" "$RUN/train_state.safetensors")
+      at=$($PY -c "import sys; from coat_model.io import metadata; print(metadata(sys.argv[1])['steps'])" \
+        "$RUN/coat.safetensors")  # the step of the very file the snapshot copies
       if [ "$at" -lt "$mark" ]; then
         echo "the run stopped at step $at, before $mark: run the script again" >&2; exit 1
       elif [ "$at" -gt "$mark" ]; then
