@@ -111,6 +111,14 @@ def test_new_settings_reach_the_batch_workers():
     assert trainer._loader is None and trainer.config.steps == 10
 
 
+def assert_same_weights(straight, resumed):
+    """The model and its EMA of two trainers equal to the bit."""
+    for (name, a), b in zip(straight.model.state_dict().items(), resumed.model.state_dict().values()):
+        assert torch.equal(a, b), name
+    for a, b in zip(straight.ema.state_dict().values(), resumed.ema.state_dict().values()):
+        assert torch.equal(a, b)
+
+
 def test_resume_equals_an_uninterrupted_run(tmp_path):
     straight = _trainer(steps=6)
     for _ in range(6):
@@ -124,10 +132,7 @@ def test_resume_equals_an_uninterrupted_run(tmp_path):
     assert resumed.step == 3
     for _ in range(3):
         resumed.train_step()
-    for (name, a), b in zip(straight.model.state_dict().items(), resumed.model.state_dict().values()):
-        assert torch.equal(a, b), name
-    for a, b in zip(straight.ema.state_dict().values(), resumed.ema.state_dict().values()):
-        assert torch.equal(a, b)
+    assert_same_weights(straight, resumed)
 
 
 def test_stop_at_ends_at_the_step_and_resume_continues_exactly(tmp_path):
@@ -145,10 +150,7 @@ def test_stop_at_ends_at_the_step_and_resume_continues_exactly(tmp_path):
     resumed.load(tmp_path / "train_state.safetensors")
     assert fit(resumed, stop_at=4, **quiet) == "step" and resumed.step == 4  # already there: no step taken
     assert fit(resumed, stop_at=9, **quiet) == "done" and resumed.step == 6
-    for (name, a), b in zip(straight.model.state_dict().items(), resumed.model.state_dict().values()):
-        assert torch.equal(a, b), name
-    for a, b in zip(straight.ema.state_dict().values(), resumed.ema.state_dict().values()):
-        assert torch.equal(a, b)
+    assert_same_weights(straight, resumed)
     assert parse_args(["--out", str(tmp_path), "--stop-at", "223"]).stop_at == 223
     with pytest.raises(SystemExit):
         parse_args(["--out", str(tmp_path), "--stop-at", "0"])
